@@ -1,0 +1,68 @@
+# cyxwiz-node. `make run` and `make test` do all the set-up on a fresh machine
+# (after .ci/run's apt/npm/go installs; see README.md).
+
+GO        ?= go
+BIN       := bin
+LIB       := lib
+CONFIG    ?= node.toml
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+export CGO_ENABLED := 1
+
+# Tests find the native libraries under lib/ (see loaders/loadertest).
+export CYXWIZ_LIB_DIR ?= $(CURDIR)/$(LIB)
+
+.PHONY: all build deps proto proto-check guests run test test-short bench bench-onnx lint clean
+
+all: build
+
+## build: the daemon and the client into bin/
+build:
+	$(GO) build -o $(BIN)/cyxwiz-node ./cmd/cyxwiz-node
+	$(GO) build -o $(BIN)/cyxwizctl ./cmd/cyxwizctl
+
+## deps: pinned, checksummed native libraries and the demo model into lib/
+deps:
+	./scripts/deps.sh
+
+## proto: regenerate the committed Go code from proto/ (protoc from Debian's protobuf-compiler)
+proto:
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	cd proto && PATH=$(CURDIR)/$(BIN):$$PATH protoc -I . -I /usr/include \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		inference/grpc_service.proto cyxwiz/protocol/*.proto
+
+## proto-check: fail if the committed generated code differs from `make proto`
+proto-check: proto
+	git diff --exit-code -- proto
+
+## guests: WebAssembly guest modules (none yet)
+guests:
+	@echo "guests: no guest modules yet"
+
+## run: build, fetch deps, and serve the repo's node.toml in the foreground
+run: deps build
+	$(BIN)/cyxwiz-node serve -c $(CONFIG)
+
+## test: everything, with the race detector where goroutines live
+test: deps
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1; }
+	$(GO) test -race -count=1 ./...
+
+## bench: every benchmark target
+bench: bench-onnx
+
+## bench-onnx: ONNX serving path vs in-process reference (issue: ONNX/KServe slice)
+bench-onnx: deps
+	$(GO) test -run '^$$' -bench BenchmarkServing -benchtime 1x -count 1 ./host/server/
+
+## lint: gofmt + go vet
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,120 @@
+// Command cyxwiz-node is the CyxWiz compute-node daemon.
+//
+//	cyxwiz-node serve -c node.toml          run in the foreground (Ctrl-C stops)
+//	cyxwiz-node check-config -c node.toml   validate a config file
+//	cyxwiz-node version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/host/server"
+)
+
+const usage = `usage: cyxwiz-node <command> [flags]
+
+commands:
+  serve         run the node in the foreground (-c node.toml)
+  check-config  validate a config file and print the effective values (-c node.toml)
+  version       print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "cyxwiz-node %s\n", server.Version)
+		return 0
+	case "serve", "check-config":
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "cyxwiz-node: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "node.toml", "config file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if cmd == "check-config" {
+		fmt.Fprintf(stdout, "%s: ok (grpc %s, http %q, %d static model(s), central %q)\n",
+			*path, cfg.Listen.GRPC, cfg.Listen.HTTP, len(cfg.Models), cfg.Central.Address)
+		return 0
+	}
+
+	log := newLogger(cfg.Log, stderr)
+	ctx, stop := signalContext(log)
+	defer stop()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("node stopped", "err", err)
+		return 1
+	}
+	log.Info("node stopped")
+	return 0
+}
+
+// signalContext is cancelled by the first SIGINT or SIGTERM, which starts a
+// graceful stop; a second one exits at once.
+func signalContext(log *slog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Info("signal received: stopping (send again to force)", "signal", s.String())
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case s := <-sigs:
+			log.Warn("second signal: forcing exit", "signal", s.String())
+			os.Exit(1)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+var errStartup = errors.New("start-up failed")

@@ -1,0 +1,485 @@
+// Package config reads and validates node.toml.
+//
+// Defaults are data: Load decodes the file over Default(), so every optional
+// key has a value, and each field's comment names its default. Unknown keys,
+// wrong types and bad values are errors that name the key (and the line, where
+// the TOML decoder gives it). Relative paths are resolved against the folder
+// that holds the config file. The daemon receives the validated Config and
+// never re-reads the file.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the whole of node.toml.
+type Config struct {
+	Node      Node        `toml:"node"`
+	Listen    Listen      `toml:"listen"`
+	Central   Central     `toml:"central"`
+	Storage   Storage     `toml:"storage"`
+	Native    Native      `toml:"native"`
+	Limits    Limits      `toml:"limits"`
+	Inference Inference   `toml:"inference"`
+	Guests    Guests      `toml:"guests"`
+	Terminal  Terminal    `toml:"terminal"`
+	Metrics   Metrics     `toml:"metrics"`
+	Log       Log         `toml:"log"`
+	Models    []Model     `toml:"models"`
+}
+
+// Node identifies this node.
+type Node struct {
+	// ID is the node's identity towards the Central Server. Default: "" (a
+	// random id is generated once and kept in storage.state_dir/node-id).
+	ID string `toml:"id"`
+	// Name is a human-readable name. Default: the host name.
+	Name string `toml:"name"`
+	// Labels are free-form key/values reported at registration.
+	Labels map[string]string `toml:"labels"`
+}
+
+// Listen holds the addresses the node serves on.
+type Listen struct {
+	// GRPC serves every gRPC service. Default: "0.0.0.0:50052".
+	GRPC string `toml:"grpc"`
+	// HTTP serves /metrics, /healthz and /readyz; "" disables it. Default: "127.0.0.1:9090".
+	HTTP string `toml:"http"`
+	// MaxMessageSize bounds one gRPC message. Default: "64MiB".
+	MaxMessageSize ByteSize `toml:"max_message_size"`
+}
+
+// Central is the link to the Central Server.
+type Central struct {
+	// Address of the Central Server's gRPC endpoint; "" runs standalone. Default: "".
+	Address string `toml:"address"`
+	// HeartbeatInterval between heartbeats. Default: "30s".
+	HeartbeatInterval Duration `toml:"heartbeat_interval"`
+	// ReportInterval between metric reports. Default: "10s".
+	ReportInterval Duration `toml:"report_interval"`
+	// Token authenticates the node to the Central Server and the Central
+	// Server to the node's DeploymentService. Default: "" (no authentication).
+	Token string `toml:"token"`
+}
+
+// Storage holds the node's folders.
+type Storage struct {
+	// StateDir holds the deployment database and the node id. Default: "var/state".
+	StateDir string `toml:"state_dir"`
+	// CacheDir holds fetched artifacts (by digest) and compiled guests. Default: "var/cache".
+	CacheDir string `toml:"cache_dir"`
+	// ModelDir is where file:// model URIs without a folder are looked up. Default: "var/models".
+	ModelDir string `toml:"model_dir"`
+	// CacheMaxSize is the artifact cache budget; unused artifacts are evicted LRU. Default: "10GiB".
+	CacheMaxSize ByteSize `toml:"cache_max_size"`
+}
+
+// Native locates the native runtime libraries that `make deps` fetches.
+type Native struct {
+	// ONNXRuntime is the path of libonnxruntime.so.1. Default: "lib/onnxruntime/libonnxruntime.so.1".
+	ONNXRuntime string `toml:"onnxruntime"`
+	// LlamaDir holds libllama.so and libggml*.so. Default: "lib/llama".
+	LlamaDir string `toml:"llama_dir"`
+}
+
+// Limits bound what the node takes on.
+type Limits struct {
+	// MaxDeployments is the most deployments held at once. Default: 16.
+	MaxDeployments int `toml:"max_deployments"`
+	// MemoryBudget is the memory all loaded models may hold together. Default: "8GiB".
+	MemoryBudget ByteSize `toml:"memory_budget"`
+	// MaxArtifactSize bounds one downloaded artifact. Default: "4GiB".
+	MaxArtifactSize ByteSize `toml:"max_artifact_size"`
+	// MaxConcurrentFetches bounds parallel downloads. Default: 2.
+	MaxConcurrentFetches int `toml:"max_concurrent_fetches"`
+	// MaxConcurrentLoads bounds parallel model loads. Default: 2.
+	MaxConcurrentLoads int `toml:"max_concurrent_loads"`
+	// ShutdownTimeout bounds the drain of in-flight calls on stop. Default: "5s".
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Inference holds the defaults for every deployment's runtime and batcher.
+type Inference struct {
+	// IntraOpThreads per model; 0 lets the runtime choose. Default: 1.
+	IntraOpThreads int `toml:"intra_op_threads"`
+	// InterOpThreads per model; 0 lets the runtime choose. Default: 1.
+	InterOpThreads int `toml:"inter_op_threads"`
+	// Providers in order of preference; one that cannot load falls back to
+	// the next with a warning. Default: ["cpu"].
+	Providers []string `toml:"providers"`
+	// Batching defaults for deployments that do not set their own.
+	Batching Batching `toml:"batching"`
+}
+
+// Batching configures the dynamic batcher of one deployment.
+type Batching struct {
+	// MaxBatchSize is the most rows one execution takes; 0 or 1 disables batching. Default: 8.
+	MaxBatchSize int `toml:"max_batch_size"`
+	// PreferredBatchSizes dispatch a batch as soon as it reaches one. Default: [].
+	PreferredBatchSizes []int `toml:"preferred_batch_sizes"`
+	// MaxQueueDelayUS is how long (µs) the oldest request may wait for a batch to fill. Default: 0.
+	MaxQueueDelayUS int `toml:"max_queue_delay_us"`
+	// QueueCapacity bounds waiting requests; a full queue answers RESOURCE_EXHAUSTED. Default: 256.
+	QueueCapacity int `toml:"queue_capacity"`
+	// Instances is the number of concurrent executions. Default: 2.
+	Instances int `toml:"instances"`
+}
+
+// Guests bounds the WebAssembly guest modules.
+type Guests struct {
+	// MemoryLimitPages caps a guest's linear memory in 64 KiB pages. Default: 1024 (64 MiB).
+	MemoryLimitPages int `toml:"memory_limit_pages"`
+	// CallTimeout bounds one call into a guest. Default: "1s".
+	CallTimeout Duration `toml:"call_timeout"`
+	// Instances per (deployment, guest) pool. Default: 2.
+	Instances int `toml:"instances"`
+	// MaxOutputSize bounds what a guest may hand back (tensors, logs). Default: "64MiB".
+	MaxOutputSize ByteSize `toml:"max_output_size"`
+}
+
+// Terminal configures the debugging terminal sessions.
+type Terminal struct {
+	// Enabled turns the TerminalService on. Default: true.
+	Enabled bool `toml:"enabled"`
+	// Shell started when a session names no command. Default: "/bin/sh".
+	Shell string `toml:"shell"`
+	// Sandbox is "namespaces" (user/mount/pid/net namespaces), "bwrap" or "none". Default: "namespaces".
+	Sandbox string `toml:"sandbox"`
+	// MaxSessions at once. Default: 4.
+	MaxSessions int `toml:"max_sessions"`
+	// IdleTimeout closes a session without input for this long. Default: "15m".
+	IdleTimeout Duration `toml:"idle_timeout"`
+}
+
+// Metrics configures sampling.
+type Metrics struct {
+	// Interval between samples of CPU, memory, network and GPU. Default: "1s".
+	Interval Duration `toml:"interval"`
+	// GPU samples NVIDIA GPUs through NVML when present. Default: true.
+	GPU bool `toml:"gpu"`
+}
+
+// Log configures log/slog.
+type Log struct {
+	// Level is "debug", "info", "warn" or "error". Default: "info".
+	Level string `toml:"level"`
+	// Format is "text" or "json". Default: "text".
+	Format string `toml:"format"`
+}
+
+// Model is a static deployment declared by the operator.
+type Model struct {
+	// Name clients use over the inference protocol. Required.
+	Name string `toml:"name"`
+	// Version string reported in metadata. Default: "1".
+	Version string `toml:"version"`
+	// Format names the loader ("onnx"). Required.
+	Format string `toml:"format"`
+	// Path of the model file. Required.
+	Path string `toml:"path"`
+	// Batching overrides inference.batching for this model; keys left out
+	// are taken from inference.batching.
+	Batching *Batching `toml:"batching"`
+	// Providers overrides inference.providers for this model.
+	Providers []string `toml:"providers"`
+	// Config values the model's guests may read.
+	Config map[string]string `toml:"config"`
+}
+
+// Default returns the configuration used for every key a file leaves out.
+func Default() Config {
+	return Config{
+		Node:    Node{Name: hostname()},
+		Listen:  Listen{GRPC: "0.0.0.0:50052", HTTP: "127.0.0.1:9090", MaxMessageSize: 64 << 20},
+		Central: Central{HeartbeatInterval: Duration(30 * time.Second), ReportInterval: Duration(10 * time.Second)},
+		Storage: Storage{StateDir: "var/state", CacheDir: "var/cache", ModelDir: "var/models", CacheMaxSize: 10 << 30},
+		Native:  Native{ONNXRuntime: "lib/onnxruntime/libonnxruntime.so.1", LlamaDir: "lib/llama"},
+		Limits: Limits{
+			MaxDeployments: 16, MemoryBudget: 8 << 30, MaxArtifactSize: 4 << 30,
+			MaxConcurrentFetches: 2, MaxConcurrentLoads: 2, ShutdownTimeout: Duration(5 * time.Second),
+		},
+		Inference: Inference{
+			IntraOpThreads: 1, InterOpThreads: 1, Providers: []string{"cpu"},
+			Batching: Batching{MaxBatchSize: 8, QueueCapacity: 256, Instances: 2},
+		},
+		Guests:   Guests{MemoryLimitPages: 1024, CallTimeout: Duration(time.Second), Instances: 2, MaxOutputSize: 64 << 20},
+		Terminal: Terminal{Enabled: true, Shell: "/bin/sh", Sandbox: "namespaces", MaxSessions: 4, IdleTimeout: Duration(15 * time.Minute)},
+		Metrics:  Metrics{Interval: Duration(time.Second), GPU: true},
+		Log:      Log{Level: "info", Format: "text"},
+	}
+}
+
+func hostname() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "cyxwiz-node"
+}
+
+// Load reads, decodes and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(string(data), filepath.Dir(abs), path)
+}
+
+// Parse decodes TOML text over Default(), resolves relative paths against
+// baseDir and validates the result. name labels errors (usually the path).
+func Parse(text, baseDir, name string) (*Config, error) {
+	cfg := Default()
+	md, err := toml.Decode(text, &cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			if perr.LastKey != "" {
+				return nil, fmt.Errorf("config %s: %s (line %d): %s", name, perr.LastKey, perr.Position.Line, perr.Message)
+			}
+			return nil, fmt.Errorf("config %s: line %d: %s", name, perr.Position.Line, perr.Message)
+		}
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	var problems []string
+	for _, k := range md.Undecoded() {
+		problems = append(problems, fmt.Sprintf("%s: unknown key", k))
+	}
+	problems = append(problems, cfg.validate()...)
+	if len(problems) > 0 {
+		return nil, &Error{File: name, Problems: problems}
+	}
+	cfg.resolvePaths(baseDir)
+	return &cfg, nil
+}
+
+// Error lists every problem found in a config file, each prefixed by its key.
+type Error struct {
+	File     string
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("config %s: %s", e.File, strings.Join(e.Problems, "; "))
+}
+
+func (c *Config) resolvePaths(base string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	abs(&c.Storage.StateDir)
+	abs(&c.Storage.CacheDir)
+	abs(&c.Storage.ModelDir)
+	abs(&c.Native.ONNXRuntime)
+	abs(&c.Native.LlamaDir)
+	for i := range c.Models {
+		abs(&c.Models[i].Path)
+	}
+}
+
+// validate returns every problem, each as "key.path: what is wrong".
+func (c *Config) validate() []string {
+	var p []string
+	bad := func(key, format string, args ...any) {
+		p = append(p, key+": "+fmt.Sprintf(format, args...))
+	}
+	checkAddr := func(key, addr string, required bool) {
+		if addr == "" {
+			if required {
+				bad(key, "must not be empty")
+			}
+			return
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "want host:port, got %q", addr)
+		}
+	}
+	positive := func(key string, v int) {
+		if v <= 0 {
+			bad(key, "must be > 0, got %d", v)
+		}
+	}
+	nonNegative := func(key string, v int) {
+		if v < 0 {
+			bad(key, "must be >= 0, got %d", v)
+		}
+	}
+	oneOf := func(key, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		bad(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
+	}
+
+	checkAddr("listen.grpc", c.Listen.GRPC, true)
+	checkAddr("listen.http", c.Listen.HTTP, false)
+	checkAddr("central.address", c.Central.Address, false)
+	if c.Listen.MaxMessageSize < 1<<20 {
+		bad("listen.max_message_size", "must be at least 1MiB, got %v", c.Listen.MaxMessageSize)
+	}
+	if c.Central.HeartbeatInterval <= 0 {
+		bad("central.heartbeat_interval", "must be > 0")
+	}
+	if c.Central.ReportInterval <= 0 {
+		bad("central.report_interval", "must be > 0")
+	}
+	for key, v := range map[string]string{"storage.state_dir": c.Storage.StateDir, "storage.cache_dir": c.Storage.CacheDir} {
+		if v == "" {
+			bad(key, "must not be empty")
+		}
+	}
+	positive("limits.max_deployments", c.Limits.MaxDeployments)
+	positive("limits.max_concurrent_fetches", c.Limits.MaxConcurrentFetches)
+	positive("limits.max_concurrent_loads", c.Limits.MaxConcurrentLoads)
+	if c.Limits.MemoryBudget <= 0 {
+		bad("limits.memory_budget", "must be > 0")
+	}
+	if c.Limits.MaxArtifactSize <= 0 {
+		bad("limits.max_artifact_size", "must be > 0")
+	}
+	if c.Limits.ShutdownTimeout <= 0 {
+		bad("limits.shutdown_timeout", "must be > 0")
+	}
+	nonNegative("inference.intra_op_threads", c.Inference.IntraOpThreads)
+	nonNegative("inference.inter_op_threads", c.Inference.InterOpThreads)
+	p = append(p, checkProviders("inference.providers", c.Inference.Providers)...)
+	p = append(p, c.Inference.Batching.validate("inference.batching")...)
+	positive("guests.memory_limit_pages", c.Guests.MemoryLimitPages)
+	if c.Guests.MemoryLimitPages > 65536 {
+		bad("guests.memory_limit_pages", "must be <= 65536 (4 GiB), got %d", c.Guests.MemoryLimitPages)
+	}
+	if c.Guests.CallTimeout <= 0 {
+		bad("guests.call_timeout", "must be > 0")
+	}
+	positive("guests.instances", c.Guests.Instances)
+	if c.Guests.MaxOutputSize <= 0 {
+		bad("guests.max_output_size", "must be > 0")
+	}
+	oneOf("terminal.sandbox", c.Terminal.Sandbox, "namespaces", "bwrap", "none")
+	positive("terminal.max_sessions", c.Terminal.MaxSessions)
+	if c.Terminal.IdleTimeout <= 0 {
+		bad("terminal.idle_timeout", "must be > 0")
+	}
+	if c.Metrics.Interval <= 0 {
+		bad("metrics.interval", "must be > 0")
+	}
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "text", "json")
+
+	seen := map[string]bool{}
+	for i := range c.Models {
+		m := &c.Models[i]
+		key := fmt.Sprintf("models[%d]", i)
+		if m.Name == "" {
+			bad(key+".name", "must not be empty")
+		} else if seen[m.Name] {
+			bad(key+".name", "duplicate model name %q", m.Name)
+		}
+		seen[m.Name] = true
+		if m.Format == "" {
+			bad(key+".format", "must not be empty")
+		}
+		if m.Path == "" {
+			bad(key+".path", "must not be empty")
+		}
+		if m.Version == "" {
+			m.Version = "1"
+		}
+		if m.Batching != nil {
+			m.Batching.inherit(c.Inference.Batching)
+			p = append(p, m.Batching.validate(key+".batching")...)
+		}
+		if m.Providers != nil {
+			p = append(p, checkProviders(key+".providers", m.Providers)...)
+		}
+	}
+	return p
+}
+
+func checkProviders(key string, ps []string) []string {
+	var p []string
+	if len(ps) == 0 {
+		return []string{key + ": must list at least one provider (\"cpu\")"}
+	}
+	for i, name := range ps {
+		switch name {
+		case "cpu", "cuda", "tensorrt":
+		default:
+			p = append(p, fmt.Sprintf("%s[%d]: unknown provider %q (want cpu, cuda or tensorrt)", key, i, name))
+		}
+	}
+	return p
+}
+
+// inherit fills the keys a model's batching table leaves out (zero) from the
+// node-wide defaults; max_batch_size = 1 turns batching off for one model.
+func (b *Batching) inherit(def Batching) {
+	if b.MaxBatchSize == 0 {
+		b.MaxBatchSize = def.MaxBatchSize
+	}
+	if b.PreferredBatchSizes == nil {
+		b.PreferredBatchSizes = def.PreferredBatchSizes
+	}
+	if b.MaxQueueDelayUS == 0 {
+		b.MaxQueueDelayUS = def.MaxQueueDelayUS
+	}
+	if b.QueueCapacity == 0 {
+		b.QueueCapacity = def.QueueCapacity
+	}
+	if b.Instances == 0 {
+		b.Instances = def.Instances
+	}
+}
+
+func (b Batching) validate(key string) []string {
+	var p []string
+	if b.MaxBatchSize < 0 {
+		p = append(p, fmt.Sprintf("%s.max_batch_size: must be >= 0, got %d", key, b.MaxBatchSize))
+	}
+	for i, s := range b.PreferredBatchSizes {
+		if s <= 0 || (b.MaxBatchSize > 1 && s > b.MaxBatchSize) {
+			p = append(p, fmt.Sprintf("%s.preferred_batch_sizes[%d]: must be in 1..max_batch_size (%d), got %d", key, i, b.MaxBatchSize, s))
+		}
+	}
+	if b.MaxQueueDelayUS < 0 {
+		p = append(p, fmt.Sprintf("%s.max_queue_delay_us: must be >= 0, got %d", key, b.MaxQueueDelayUS))
+	}
+	if b.QueueCapacity <= 0 {
+		p = append(p, fmt.Sprintf("%s.queue_capacity: must be > 0, got %d", key, b.QueueCapacity))
+	}
+	if b.Instances <= 0 {
+		p = append(p, fmt.Sprintf("%s.instances: must be > 0, got %d", key, b.Instances))
+	}
+	return p
+}
+
+// BatchingFor returns the effective batching of model m.
+func (c *Config) BatchingFor(m Model) Batching {
+	if m.Batching != nil {
+		return *m.Batching
+	}
+	return c.Inference.Batching
+}
+
+// ProvidersFor returns the effective providers of model m.
+func (c *Config) ProvidersFor(m Model) []string {
+	if m.Providers != nil {
+		return m.Providers
+	}
+	return c.Inference.Providers
+}

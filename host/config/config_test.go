@@ -1,0 +1,145 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRepoNodeTOMLIsValid(t *testing.T) {
+	cfg, err := Load("../../node.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen.GRPC != "0.0.0.0:50052" {
+		t.Errorf("listen.grpc = %q", cfg.Listen.GRPC)
+	}
+	if len(cfg.Models) != 1 || cfg.Models[0].Name != "ppocr-cls" {
+		t.Fatalf("models = %+v", cfg.Models)
+	}
+	if !filepath.IsAbs(cfg.Models[0].Path) || !strings.HasSuffix(cfg.Models[0].Path, "lib/models/ppocr-cls.onnx") {
+		t.Errorf("model path not resolved: %q", cfg.Models[0].Path)
+	}
+	b := cfg.BatchingFor(cfg.Models[0])
+	if b.MaxBatchSize != 8 || b.QueueCapacity != 256 || b.MaxQueueDelayUS != 200 {
+		t.Errorf("batching did not inherit defaults: %+v", b)
+	}
+}
+
+func TestEmptyFileGivesDefaults(t *testing.T) {
+	cfg, err := Parse("", "/base", "empty.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Default()
+	if cfg.Listen.GRPC != def.Listen.GRPC || cfg.Limits.ShutdownTimeout.D() != 5*time.Second {
+		t.Errorf("defaults not applied: %+v", cfg.Listen)
+	}
+	if cfg.Storage.StateDir != "/base/var/state" {
+		t.Errorf("state_dir = %q, want resolved against base", cfg.Storage.StateDir)
+	}
+}
+
+func TestValues(t *testing.T) {
+	cfg, err := Parse(`
+[listen]
+max_message_size = "16MiB"
+[central]
+address = "central.example:50051"
+heartbeat_interval = "2s"
+[storage]
+state_dir = "/abs/state"
+cache_max_size = "1.5GB"
+`, "/base", "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen.MaxMessageSize != 16<<20 || cfg.Central.HeartbeatInterval.D() != 2*time.Second ||
+		cfg.Storage.StateDir != "/abs/state" || cfg.Storage.CacheMaxSize != 1_500_000_000 {
+		t.Errorf("values not decoded: %+v %+v %+v", cfg.Listen, cfg.Central, cfg.Storage)
+	}
+}
+
+// Each bad input gives an error naming the key (and line where the decoder knows it).
+func TestErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, toml string
+		want       []string
+	}{
+		{"unknown key", "[listen]\ngrpcc = \"x\"\n", []string{"listen.grpcc", "unknown key"}},
+		{"unknown table", "[nope]\na = 1\n", []string{"nope.a", "unknown key"}},
+		{"unknown nested key", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[models.batching]\nfoo = 1\n", []string{"models.batching.foo"}},
+		{"wrong type", "[listen]\ngrpc = 5\n", []string{"listen.grpc", "line 2"}},
+		{"bad duration", "[central]\nheartbeat_interval = \"soon\"\n", []string{"central.heartbeat_interval", "line 2", "duration"}},
+		{"bad size", "[limits]\nmemory_budget = \"lots\"\n", []string{"limits.memory_budget", "line 2", "size"}},
+		{"syntax", "[listen\n", []string{"line 2", "table name"}},
+		{"bad address", "[listen]\ngrpc = \"nope\"\n", []string{"listen.grpc", "host:port"}},
+		{"negative", "[limits]\nmax_deployments = -1\n", []string{"limits.max_deployments", "> 0"}},
+		{"zero duration", "[limits]\nshutdown_timeout = \"0s\"\n", []string{"limits.shutdown_timeout"}},
+		{"log level", "[log]\nlevel = \"loud\"\n", []string{"log.level", "loud"}},
+		{"log format", "[log]\nformat = \"xml\"\n", []string{"log.format"}},
+		{"sandbox", "[terminal]\nsandbox = \"chroot\"\n", []string{"terminal.sandbox"}},
+		{"provider", "[inference]\nproviders = [\"cpu\", \"tpu\"]\n", []string{"inference.providers[1]", "tpu"}},
+		{"no providers", "[inference]\nproviders = []\n", []string{"inference.providers"}},
+		{"preferred > max", "[inference.batching]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n", []string{"inference.batching.preferred_batch_sizes[0]"}},
+		{"guest pages", "[guests]\nmemory_limit_pages = 70000\n", []string{"guests.memory_limit_pages"}},
+		{"model name", "[[models]]\nformat=\"onnx\"\npath=\"m\"\n", []string{"models[0].name"}},
+		{"model dup", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n", []string{"models[1].name", "duplicate"}},
+		{"model path", "[[models]]\nname=\"a\"\nformat=\"onnx\"\n", []string{"models[0].path"}},
+		{"model queue", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[models.batching]\nqueue_capacity = -3\n", []string{"models[0].batching.queue_capacity"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.toml, "/base", "node.toml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestAllProblemsAtOnce(t *testing.T) {
+	_, err := Parse("[limits]\nmax_deployments = 0\nmax_concurrent_loads = 0\n[log]\nlevel = \"x\"\n", "/", "n.toml")
+	cerr, ok := err.(*Error)
+	if !ok || len(cerr.Problems) != 3 {
+		t.Fatalf("want 3 problems, got %v", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
+	if err == nil || !os.IsNotExist(unwrapAll(err)) {
+		t.Fatalf("want not-exist error, got %v", err)
+	}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"1024": 1024, "64MiB": 64 << 20, "2GiB": 2 << 30, "1KB": 1000, "0.5KiB": 512, "7B": 7} {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
+			t.Errorf("%q: got %d, %v; want %d", in, s, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1MiB", "MiB", "ten"} {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q: no error", in)
+		}
+	}
+}

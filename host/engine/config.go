@@ -1,0 +1,81 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DefaultQueueCapacity is the queue bound used when Config.QueueCapacity is 0.
+const DefaultQueueCapacity = 1024
+
+// Config tunes one deployment's scheduler. The zero value is valid: no
+// batching, one instance, a queue of DefaultQueueCapacity.
+type Config struct {
+	// MaxBatchSize is the most rows (the sum of the requests' dimension 0)
+	// one execution may hold. 0 or 1 turns batching off: every request runs
+	// alone, as given. Default: 0.
+	MaxBatchSize int
+	// PreferredBatchSizes are row counts worth dispatching at once, before
+	// MaxQueueDelay runs out. Each must be in [1, MaxBatchSize]; only
+	// meaningful with batching. Default: none.
+	PreferredBatchSizes []int
+	// MaxQueueDelay is how long the oldest request of a batch may wait for
+	// the batch to fill. 0 dispatches as soon as an instance is free, which
+	// is best for latency; requests still batch up while every instance is
+	// busy. Default: 0.
+	MaxQueueDelay time.Duration
+	// QueueCapacity bounds the requests accepted but not yet handed to an
+	// instance; beyond it Infer fails at once with ErrQueueFull.
+	// Default: DefaultQueueCapacity.
+	QueueCapacity int
+	// Instances is the number of executions that may run at once on the
+	// model, each on its own worker goroutine. Default: 1.
+	Instances int
+}
+
+// batching reports whether requests may be joined.
+func (c Config) batching() bool { return c.MaxBatchSize > 1 }
+
+// withDefaults fills the zero fields that have a default.
+func (c Config) withDefaults() Config {
+	if c.QueueCapacity == 0 {
+		c.QueueCapacity = DefaultQueueCapacity
+	}
+	if c.Instances == 0 {
+		c.Instances = 1
+	}
+	c.PreferredBatchSizes = append([]int(nil), c.PreferredBatchSizes...)
+	return c
+}
+
+// Validate returns every problem with c at once, each naming its field, joined
+// and wrapping ErrInvalidConfig; nil when c is usable.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalidConfig))
+	}
+	if c.MaxBatchSize < 0 {
+		bad("max_batch_size", "must be >= 0, got %d", c.MaxBatchSize)
+	}
+	if len(c.PreferredBatchSizes) > 0 && !c.batching() {
+		bad("preferred_batch_sizes", "need max_batch_size > 1")
+	} else {
+		for _, p := range c.PreferredBatchSizes {
+			if p < 1 || p > c.MaxBatchSize {
+				bad("preferred_batch_sizes", "%d is outside [1, max_batch_size=%d]", p, c.MaxBatchSize)
+			}
+		}
+	}
+	if c.MaxQueueDelay < 0 {
+		bad("max_queue_delay", "must be >= 0, got %v", c.MaxQueueDelay)
+	}
+	if c.QueueCapacity < 0 {
+		bad("queue_capacity", "must be >= 0, got %d", c.QueueCapacity)
+	}
+	if c.Instances < 0 {
+		bad("instances", "must be >= 0, got %d", c.Instances)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,84 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// codeOf maps the node's errors to gRPC codes. It is the one place where that
+// happens: inner packages return wrapped sentinel errors, the interceptors
+// below call this on the way out.
+var codeOf = []struct {
+	err  error
+	code codes.Code
+}{
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+	{loaders.ErrInvalidInput, codes.InvalidArgument},
+	{tensor.ErrShape, codes.InvalidArgument},
+	{loaders.ErrUnknownFormat, codes.InvalidArgument},
+	{loaders.ErrInvalidModel, codes.FailedPrecondition},
+	{loaders.ErrUnavailable, codes.FailedPrecondition},
+	{loaders.ErrClosed, codes.Unavailable},
+}
+
+// registerCode adds a mapping for an error defined in a package that
+// imports nothing of the server's (engine, deploy, guest).
+func registerCode(err error, code codes.Code) {
+	codeOf = append(codeOf, struct {
+		err  error
+		code codes.Code
+	}{err, code})
+}
+
+// ToStatus converts err to a gRPC status error. An error that already
+// carries a status keeps it; a known sentinel gets its code and the full
+// message; anything else is Internal.
+func ToStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	for _, c := range codeOf {
+		if errors.Is(err, c.err) {
+			return status.Error(c.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func unaryErrors(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if err != nil {
+			err = ToStatus(err)
+			if status.Code(err) == codes.Internal {
+				log.Error("internal error", "method", info.FullMethod, "err", err)
+			}
+		}
+		return resp, err
+	}
+}
+
+func streamErrors(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := handler(srv, ss)
+		if err != nil {
+			err = ToStatus(err)
+			if status.Code(err) == codes.Internal {
+				log.Error("internal error", "method", info.FullMethod, "err", err)
+			}
+		}
+		return err
+	}
+}

@@ -1,0 +1,190 @@
+// Package server is the node's network face: one gRPC server carrying the
+// DeploymentService, the KServe v2 GRPCInferenceService, the TerminalService,
+// grpc.health.v1 and server reflection, plus a small HTTP server for
+// /healthz, /readyz and /metrics. It turns Go errors into gRPC status codes in
+// one place (errors.go) and owns the servers' lifecycle: Run serves until its
+// context ends, then drains in-flight calls for at most the shutdown timeout.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+	"github.com/cyxwiz/cyxwiz-node/proto/inference"
+)
+
+// Version is the node's version, set by the linker in release builds.
+var Version = "0.1.0-dev"
+
+// Services are the implementations the server registers. A nil field is
+// served by a stand-in that answers UNIMPLEMENTED with a sentence saying so.
+type Services struct {
+	Deployments cyxwizpb.DeploymentServiceServer
+	Inference   inference.GRPCInferenceServiceServer
+	Terminal    cyxwizpb.TerminalServiceServer
+	Generate    cyxwizpb.GenerateServiceServer
+	// HTTP handlers mounted next to /healthz and /readyz (e.g. "/metrics").
+	HTTP map[string]http.Handler
+	// Ready reports whether the node is ready to serve (for /readyz and the
+	// health service). nil means always ready once serving.
+	Ready func() bool
+}
+
+// Server is the node's gRPC and HTTP servers.
+type Server struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	grpcLis  net.Listener
+	httpLis  net.Listener
+	ready    func() bool
+	shutdown time.Duration
+}
+
+// New builds the servers and binds their listeners, so that a port already in
+// use is reported before anything else starts.
+func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, ready: svc.Ready, shutdown: cfg.Limits.ShutdownTimeout.D()}
+	if s.ready == nil {
+		s.ready = func() bool { return true }
+	}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(int(cfg.Listen.MaxMessageSize)),
+		grpc.MaxSendMsgSize(int(cfg.Listen.MaxMessageSize)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(unaryErrors(log)),
+		grpc.ChainStreamInterceptor(streamErrors(log)),
+	)
+	if svc.Deployments == nil {
+		svc.Deployments = unimplementedDeployments{}
+	}
+	if svc.Inference == nil {
+		svc.Inference = unimplementedInference{}
+	}
+	if svc.Terminal == nil {
+		svc.Terminal = unimplementedTerminal{}
+	}
+	if svc.Generate == nil {
+		svc.Generate = unimplementedGenerate{}
+	}
+	cyxwizpb.RegisterDeploymentServiceServer(s.grpc, svc.Deployments)
+	inference.RegisterGRPCInferenceServiceServer(s.grpc, svc.Inference)
+	cyxwizpb.RegisterTerminalServiceServer(s.grpc, svc.Terminal)
+	cyxwizpb.RegisterGenerateServiceServer(s.grpc, svc.Generate)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
+		return nil, fmt.Errorf("listen grpc %s: %w", cfg.Listen.GRPC, err)
+	}
+	if cfg.Listen.HTTP != "" {
+		if s.httpLis, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+			s.grpcLis.Close()
+			return nil, fmt.Errorf("listen http %s: %w", cfg.Listen.HTTP, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if !s.ready() {
+				http.Error(w, "not ready", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
+		for path, h := range svc.HTTP {
+			mux.Handle(path, h)
+		}
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	}
+	return s, nil
+}
+
+// GRPCAddr is the address the gRPC server listens on (useful with port 0).
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// HTTPAddr is the HTTP listener's address, or nil when HTTP is disabled.
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLis == nil {
+		return nil
+	}
+	return s.httpLis.Addr()
+}
+
+// Run serves until ctx ends, then stops taking new calls, marks the health
+// service NOT_SERVING, and drains in-flight calls for at most the configured
+// shutdown timeout before closing the rest. It returns nil on a clean stop.
+func (s *Server) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	g.Go(func() error {
+		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve grpc: %w", err)
+		}
+		return nil
+	})
+	if s.http != nil {
+		g.Go(func() error {
+			if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve http: %w", err)
+			}
+			return nil
+		})
+	}
+	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr())
+	g.Go(func() error {
+		<-ctx.Done()
+		s.stop()
+		return nil
+	})
+	return g.Wait()
+}
+
+// stop drains gRPC and HTTP within the shutdown timeout, then forces.
+func (s *Server) stop() {
+	s.log.Info("stopping: draining in-flight calls", "timeout", s.shutdown)
+	s.health.Shutdown()
+	deadline, cancel := context.WithTimeout(context.Background(), s.shutdown)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.grpc.GracefulStop()
+	}()
+	if s.http != nil {
+		if err := s.http.Shutdown(deadline); err != nil {
+			s.http.Close()
+		}
+	}
+	select {
+	case <-done:
+	case <-deadline.Done():
+		s.log.Warn("drain timed out; cancelling remaining calls")
+		s.grpc.Stop()
+		// Stop cancels every call's context; a handler that ignores it
+		// would hold GracefulStop forever, so give up waiting after a
+		// moment rather than hang the node's exit.
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			s.log.Error("a call ignored cancellation; exiting without it")
+		}
+	}
+}

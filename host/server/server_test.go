@@ -1,0 +1,215 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+)
+
+func testConfig(t *testing.T) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[limits]\nshutdown_timeout = \"2s\"\n", t.TempDir(), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// startServer runs a server until the test ends and returns a client conn.
+func startServer(t *testing.T, cfg *config.Config, svc Services) (*Server, *grpc.ClientConn, func() error) {
+	t.Helper()
+	srv, err := New(cfg, svc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(10 * time.Second):
+				stopErr = errors.New("server did not stop")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { conn.Close(); stop() })
+	return srv, conn, stop
+}
+
+func TestHealthReflectionAndHTTP(t *testing.T) {
+	srv, conn, _ := startServer(t, testConfig(t), Services{})
+	ctx := context.Background()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", resp, err)
+	}
+
+	stream, err := reflectpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectpb.ServerReflectionRequest{MessageRequest: &reflectpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, s := range r.GetListServicesResponse().GetService() {
+		got[s.Name] = true
+	}
+	for _, want := range []string{"cyxwiz.protocol.DeploymentService", "cyxwiz.protocol.TerminalService", "inference.GRPCInferenceService", "grpc.health.v1.Health"} {
+		if !got[want] {
+			t.Errorf("reflection does not list %s (got %v)", want, got)
+		}
+	}
+
+	for path, code := range map[string]int{"/healthz": 200, "/readyz": 200, "/nope": 404} {
+		res, err := http.Get(fmt.Sprintf("http://%s%s", srv.HTTPAddr(), path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != code {
+			t.Errorf("GET %s = %d, want %d", path, res.StatusCode, code)
+		}
+	}
+}
+
+func TestUnimplementedSaysSo(t *testing.T) {
+	_, conn, _ := startServer(t, testConfig(t), Services{})
+	_, err := cyxwizpb.NewDeploymentServiceClient(conn).ListDeployments(context.Background(), &cyxwizpb.ListDeploymentsRequest{})
+	if status.Code(err) != codes.Unimplemented || status.Convert(err).Message() == "" {
+		t.Fatalf("want Unimplemented with a message, got %v", err)
+	}
+}
+
+// blockingDeployments holds GetDeploymentStatus until released.
+type blockingDeployments struct {
+	cyxwizpb.UnimplementedDeploymentServiceServer
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingDeployments) GetDeploymentStatus(ctx context.Context, req *cyxwizpb.GetDeploymentStatusRequest) (*cyxwizpb.GetDeploymentStatusResponse, error) {
+	close(b.entered)
+	<-b.release
+	return &cyxwizpb.GetDeploymentStatusResponse{Status: &cyxwizpb.DeploymentStatus{DeploymentId: req.DeploymentId}}, nil
+}
+
+func (b *blockingDeployments) ListDeployments(context.Context, *cyxwizpb.ListDeploymentsRequest) (*cyxwizpb.ListDeploymentsResponse, error) {
+	return nil, fmt.Errorf("listing: %w", loaders.ErrInvalidInput)
+}
+
+// A graceful stop lets an in-flight call finish and refuses new ones.
+func TestGracefulStopDrainsInFlight(t *testing.T) {
+	b := &blockingDeployments{entered: make(chan struct{}), release: make(chan struct{})}
+	_, conn, stop := startServer(t, testConfig(t), Services{Deployments: b})
+	client := cyxwizpb.NewDeploymentServiceClient(conn)
+
+	result := make(chan error, 1)
+	go func() {
+		resp, err := client.GetDeploymentStatus(context.Background(), &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: "d1"})
+		if err == nil && resp.Status.DeploymentId != "d1" {
+			err = fmt.Errorf("wrong answer %v", resp)
+		}
+		result <- err
+	}()
+	<-b.entered
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+
+	select {
+	case err := <-stopped:
+		t.Fatalf("server stopped before the in-flight call finished: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(b.release)
+	if err := <-result; err != nil {
+		t.Fatalf("in-flight call: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+// A call that outlives the shutdown timeout is cut off and Run still returns.
+func TestStopIsBounded(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.ShutdownTimeout = config.Duration(300 * time.Millisecond)
+	b := &blockingDeployments{entered: make(chan struct{}), release: make(chan struct{})}
+	defer close(b.release)
+	_, conn, stop := startServer(t, cfg, Services{Deployments: b})
+	go cyxwizpb.NewDeploymentServiceClient(conn).GetDeploymentStatus(context.Background(), &cyxwizpb.GetDeploymentStatusRequest{})
+	<-b.entered
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stop took %v", d)
+	}
+}
+
+func TestErrorsMapToCodes(t *testing.T) {
+	b := &blockingDeployments{}
+	_, conn, _ := startServer(t, testConfig(t), Services{Deployments: b})
+	_, err := cyxwizpb.NewDeploymentServiceClient(conn).ListDeployments(context.Background(), &cyxwizpb.ListDeploymentsRequest{})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("want InvalidArgument, got %v", err)
+	}
+	for _, tc := range []struct {
+		err  error
+		code codes.Code
+	}{
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+		{fmt.Errorf("x: %w", context.Canceled), codes.Canceled},
+		{fmt.Errorf("load m.onnx: %w", loaders.ErrInvalidModel), codes.FailedPrecondition},
+		{fmt.Errorf("%w: gguf", loaders.ErrUnavailable), codes.FailedPrecondition},
+		{status.Error(codes.NotFound, "kept"), codes.NotFound},
+		{errors.New("boom"), codes.Internal},
+	} {
+		if got := status.Code(ToStatus(tc.err)); got != tc.code {
+			t.Errorf("%v: got %v, want %v", tc.err, got, tc.code)
+		}
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	srv, _, _ := startServer(t, testConfig(t), Services{})
+	cfg := testConfig(t)
+	cfg.Listen.GRPC = srv.GRPCAddr().String()
+	if _, err := New(cfg, Services{}, quietLog()); err == nil {
+		t.Fatal("second server on the same port: no error")
+	}
+}
