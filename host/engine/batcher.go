@@ -1,0 +1,405 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// batch is a group of compatible requests, in arrival order, that will run as
+// one execution. The batcher owns it until it is sent on workCh, then the
+// worker does.
+type batch struct {
+	reqs   []*request
+	rows   int
+	sealed bool // no request may join: it is full, or runs alone
+}
+
+func (s *Scheduler) newBatch() *batch { return s.batchPool.Get().(*batch) }
+
+func (s *Scheduler) freeBatch(b *batch) {
+	clear(b.reqs[:cap(b.reqs)])
+	b.reqs, b.rows, b.sealed = b.reqs[:0], 0, false
+	s.batchPool.Put(b)
+}
+
+// batchLoop is the batcher. It moves requests from reqCh into pending
+// batches, one open batch per signature, and hands a batch to a worker when
+// one is free and the batch is due (see take). While every worker is busy it
+// only keeps filling batches. A timer runs only while a worker is free and a
+// batch waits for MaxQueueDelay.
+//
+// After Close it drains reqCh, runs everything pending without waiting for
+// delays, closes workCh and exits; if Close gives up (runCtx cancelled) it
+// fails everything pending instead.
+func (s *Scheduler) batchLoop() {
+	defer s.exit()
+	var (
+		pending []*batch // in order of creation
+		free    = s.cfg.Instances
+		in      = s.reqCh // nil once closed and drained
+		timer   *time.Timer
+		timerC  <-chan time.Time
+		armed   time.Time // the deadline timer is set for; zero when not set
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		if free > 0 && len(pending) > 0 {
+			var now time.Time
+			if s.cfg.MaxQueueDelay > 0 && in != nil {
+				now = time.Now()
+			}
+			for free > 0 {
+				b := s.next(&pending, now, in == nil)
+				if b == nil {
+					break
+				}
+				s.workCh <- b // at most Instances batches are out: never blocks
+				free--
+			}
+		}
+		if in == nil && len(pending) == 0 {
+			close(s.workCh)
+			return
+		}
+
+		// A free worker and batches left: they wait for their delay (or for
+		// more rows). Wake up when the earliest one is due.
+		timerC = nil
+		if free > 0 && len(pending) > 0 {
+			due := s.due(pending)
+			if !due.Equal(armed) {
+				if timer == nil {
+					timer = time.NewTimer(time.Until(due))
+				} else {
+					timer.Reset(time.Until(due))
+				}
+				armed = due
+			}
+			timerC = timer.C
+		}
+
+		select {
+		case r, ok := <-in:
+			if !ok {
+				in = nil
+				continue
+			}
+			s.add(&pending, r)
+		case <-s.freeCh:
+			free++
+		case <-timerC:
+			armed = time.Time{}
+		case <-s.runCtx.Done():
+			s.abort(pending)
+			close(s.workCh)
+			return
+		}
+	}
+}
+
+// add puts r into the newest open batch it is compatible with and fits in, or
+// starts a new batch. A batch that a compatible request does not fit in is
+// sealed: it will not grow any more, so it is due at once.
+func (s *Scheduler) add(pending *[]*batch, r *request) {
+	if r.state.Load() != stateQueued { // cancelled while in reqCh
+		s.queued.Add(-1)
+		return
+	}
+	p := *pending
+	if r.batch {
+		for i := len(p) - 1; i >= 0; i-- {
+			b := p[i]
+			if b.sealed || !compatible(b.reqs[0], r) {
+				continue
+			}
+			if b.rows+r.rows <= s.cfg.MaxBatchSize {
+				b.reqs = append(b.reqs, r)
+				b.rows += r.rows
+				return
+			}
+			b.sealed = true
+			break
+		}
+	}
+	b := s.newBatch()
+	b.reqs = append(b.reqs, r)
+	b.rows = r.rows
+	b.sealed = !r.batch || b.rows >= s.cfg.MaxBatchSize
+	*pending = append(p, b)
+}
+
+// next removes and returns the first pending batch that is due, or its due
+// prefix, dropping cancelled requests on the way; nil when none is due.
+func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool) *batch {
+	p := *pending
+	defer func() { *pending = p }()
+	for i := 0; i < len(p); i++ {
+		b := p[i]
+		s.prune(b)
+		if len(b.reqs) == 0 {
+			p = slices.Delete(p, i, i+1)
+			i--
+			s.freeBatch(b)
+			continue
+		}
+		n := s.take(b, now, draining)
+		if n == 0 {
+			continue
+		}
+		out := b
+		if n == len(b.reqs) {
+			p = slices.Delete(p, i, i+1)
+		} else {
+			out = s.newBatch()
+			out.reqs = append(out.reqs, b.reqs[:n]...)
+			for _, r := range out.reqs {
+				out.rows += r.rows
+			}
+			b.reqs = slices.Delete(b.reqs, 0, n)
+			b.rows -= out.rows
+		}
+		s.queued.Add(-int64(len(out.reqs)))
+		return out
+	}
+	return nil
+}
+
+// take says how many of b's leading requests to dispatch now, following
+// Triton: all of them when the batch is full or sealed, when its oldest
+// request has waited MaxQueueDelay (at once when that is 0) or when closing;
+// otherwise the longest prefix whose rows are a preferred size; otherwise
+// none, and the batch keeps waiting.
+func (s *Scheduler) take(b *batch, now time.Time, draining bool) int {
+	d := s.cfg.MaxQueueDelay
+	if draining || b.sealed || b.rows >= s.cfg.MaxBatchSize || d == 0 || now.Sub(b.reqs[0].enqueued) >= d {
+		return len(b.reqs)
+	}
+	if s.preferred == nil {
+		return 0
+	}
+	best, rows := 0, 0
+	for i, r := range b.reqs {
+		rows += r.rows
+		if s.preferred[rows] {
+			best = i + 1
+		}
+	}
+	return best
+}
+
+// due is when the first pending batch's oldest request will have waited
+// MaxQueueDelay.
+func (s *Scheduler) due(pending []*batch) time.Time {
+	var first time.Time
+	for _, b := range pending {
+		if t := b.reqs[0].enqueued; first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	return first.Add(s.cfg.MaxQueueDelay)
+}
+
+// prune drops the requests of b whose callers have gone or whose context has
+// ended: they must never run.
+func (s *Scheduler) prune(b *batch) {
+	kept := b.reqs[:0]
+	for _, r := range b.reqs {
+		if r.state.Load() != stateQueued || r.ctx.Err() != nil {
+			r.state.CompareAndSwap(stateQueued, stateCancelled)
+			b.rows -= r.rows
+			s.queued.Add(-1)
+			continue
+		}
+		kept = append(kept, r)
+	}
+	clear(b.reqs[len(kept):])
+	b.reqs = kept
+}
+
+// abort fails everything still queued when Close gives up. reqCh is closed by
+// then, so ranging over it ends.
+func (s *Scheduler) abort(pending []*batch) {
+	err := s.closedErr()
+	for _, b := range pending {
+		for _, r := range b.reqs {
+			s.fail(r, err)
+		}
+	}
+	for r := range s.reqCh {
+		s.fail(r, err)
+	}
+}
+
+// fail takes r out of the queue with err, unless its caller has gone.
+func (s *Scheduler) fail(r *request, err error) {
+	s.queued.Add(-1)
+	if r.state.CompareAndSwap(stateQueued, stateRunning) {
+		deliver(r, nil, err)
+	}
+}
+
+// deliver hands r its result. r must not be touched afterwards: its caller may
+// reuse it at once.
+func deliver(r *request, outs []*tensor.Tensor, err error) {
+	r.outs, r.err = outs, err
+	r.done <- struct{}{}
+}
+
+// claim marks the requests that may still run as running, drops the others,
+// and returns the kept ones (reusing reqs). A request whose context ended is
+// dropped even if its caller has not noticed yet.
+func (s *Scheduler) claim(reqs []*request, now time.Time) []*request {
+	kept := reqs[:0]
+	for _, r := range reqs {
+		if r.ctx.Err() != nil {
+			r.state.CompareAndSwap(stateQueued, stateCancelled)
+			continue
+		}
+		if !r.state.CompareAndSwap(stateQueued, stateRunning) {
+			continue
+		}
+		s.stats.queueNs.Add(int64(now.Sub(r.enqueued)))
+		kept = append(kept, r)
+	}
+	clear(reqs[len(kept):])
+	return kept
+}
+
+// soloLoop is a worker without batching: it runs each request as given.
+func (s *Scheduler) soloLoop() {
+	defer s.exit()
+	for r := range s.reqCh {
+		s.queued.Add(-1)
+		if !r.state.CompareAndSwap(stateQueued, stateRunning) {
+			continue
+		}
+		if r.ctx.Err() != nil {
+			r.state.Store(stateCancelled) // its caller returns ctx.Err() on its own
+			continue
+		}
+		start := time.Now()
+		s.stats.queueNs.Add(int64(start.Sub(r.enqueued)))
+		if s.runCtx.Err() != nil {
+			deliver(r, nil, s.closedErr())
+			continue
+		}
+		outs, err := s.model.Infer(r.ctx, r.inputs, r.outputs)
+		s.stats.record(1, time.Since(start))
+		if err != nil {
+			err = fmt.Errorf("engine %s: %w", s.name, err)
+		}
+		deliver(r, outs, err)
+	}
+}
+
+// worker holds one batching worker's scratch space.
+type worker struct {
+	parts []*tensor.Tensor
+	sizes []int64
+}
+
+// workLoop is a worker with batching: it runs the batches the batcher hands
+// it and returns a token on freeCh after each.
+func (s *Scheduler) workLoop() {
+	defer s.exit()
+	var w worker
+	for b := range s.workCh {
+		s.run(&w, b)
+		s.freeCh <- struct{}{} // at most Instances tokens are out: never blocks
+	}
+}
+
+// run executes one batch and delivers every request's result.
+func (s *Scheduler) run(w *worker, b *batch) {
+	defer s.freeBatch(b)
+	start := time.Now()
+	reqs := s.claim(b.reqs, start)
+	switch {
+	case len(reqs) == 0:
+	case s.runCtx.Err() != nil:
+		err := s.closedErr()
+		for _, r := range reqs {
+			deliver(r, nil, err)
+		}
+	case len(reqs) == 1:
+		// Alone: the request runs as given, under its caller's context.
+		r := reqs[0]
+		outs, err := s.model.Infer(r.ctx, r.inputs, r.outputs)
+		s.stats.record(r.rows, time.Since(start))
+		if err != nil {
+			err = fmt.Errorf("engine %s: %w", s.name, err)
+		}
+		deliver(r, outs, err)
+	default:
+		s.runBatch(w, reqs, start)
+	}
+}
+
+// runBatch joins reqs' inputs along dimension 0, runs them once and splits
+// every output back into each request's rows. Any failure goes to all.
+func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
+	failAll := func(err error) {
+		for _, r := range reqs {
+			deliver(r, nil, err)
+		}
+	}
+	first := reqs[0]
+	rows := 0
+	w.sizes = w.sizes[:0]
+	for _, r := range reqs {
+		rows += r.rows
+		w.sizes = append(w.sizes, int64(r.rows))
+	}
+	inputs := make([]*tensor.Tensor, len(first.inputs))
+	for i, in := range first.inputs {
+		w.parts = w.parts[:0]
+		for _, r := range reqs {
+			w.parts = append(w.parts, r.inputs[i])
+		}
+		t, err := tensor.Concat(in.Name, w.parts)
+		if err != nil {
+			clear(w.parts)
+			failAll(fmt.Errorf("engine %s: batch %d requests: %w", s.name, len(reqs), err))
+			return
+		}
+		inputs[i] = t
+	}
+	clear(w.parts)
+
+	// The batch belongs to no single caller: it runs under the scheduler's
+	// context, which only a Close that gives up cancels.
+	outs, err := s.model.Infer(s.runCtx, inputs, first.outputs)
+	s.stats.record(rows, time.Since(start))
+	if err != nil {
+		s.log.Debug("batch failed", "requests", len(reqs), "rows", rows, "err", err)
+		failAll(fmt.Errorf("engine %s: batch of %d requests, %d rows: %w", s.name, len(reqs), rows, err))
+		return
+	}
+	n := len(outs)
+	per := make([]*tensor.Tensor, len(reqs)*n)
+	for j, o := range outs {
+		if o == nil {
+			failAll(fmt.Errorf("engine %s: model returned nil output %d", s.name, j))
+			return
+		}
+		pieces, err := tensor.Split(o, w.sizes)
+		if err != nil {
+			s.log.Debug("batch output does not split", "output", o.Name, "shape", o.Shape, "rows", rows, "err", err)
+			failAll(fmt.Errorf("engine %s: output %q of a %d-row batch: %w", s.name, o.Name, rows, err))
+			return
+		}
+		for i, p := range pieces {
+			per[i*n+j] = p
+		}
+	}
+	for i, r := range reqs {
+		deliver(r, per[i*n:(i+1)*n:(i+1)*n], nil)
+	}
+}

@@ -1,0 +1,374 @@
+// Package engine runs one deployment's inference requests on its loaded
+// model: a bounded queue in front of a fixed number of instances (worker
+// goroutines), and, when the model takes a leading batch dimension, a dynamic
+// batcher in the manner of Triton's that joins compatible requests into one
+// execution and splits the outputs back to each caller.
+//
+//	s, err := engine.New("resnet50", model, engine.Config{MaxBatchSize: 32, Instances: 2}, log)
+//	if err != nil { ... }
+//	defer s.Close(ctx)
+//	outs, err := s.Infer(ctx, engine.Request{Inputs: inputs})
+//
+// The engine takes and returns Go values; it knows nothing of gRPC or of the
+// loaders that produced the model.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// Errors a caller branches on; the engine wraps them with context.
+var (
+	// ErrQueueFull: the deployment's queue holds Config.QueueCapacity
+	// requests already; the request was rejected at once.
+	ErrQueueFull = errors.New("queue full")
+	// ErrClosed: the scheduler is closed, or closing gave up on the request.
+	ErrClosed = errors.New("scheduler closed")
+	// ErrInvalidRequest: the request cannot be scheduled as given (a nil
+	// input, data that does not match its shape, more rows than
+	// Config.MaxBatchSize).
+	ErrInvalidRequest = errors.New("invalid request")
+	// ErrInvalidConfig: New was given a Config that fails Validate.
+	ErrInvalidConfig = errors.New("invalid engine config")
+)
+
+// Model is what the engine needs from a loaded model. Infer must be safe for
+// concurrent use when Config.Instances > 1.
+type Model interface {
+	// Infer runs the model on the inputs and returns the requested outputs
+	// (all of them when outputs is empty).
+	Infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) ([]*tensor.Tensor, error)
+}
+
+// Request is one call's inputs and wanted outputs.
+//
+// With batching on (Config.MaxBatchSize > 1), a request whose inputs all have
+// rank >= 1 and the same dimension 0 (its rows, >= 1) is batchable: it may run
+// together with other requests that have the same input names in the same
+// order, the same dtypes, ranks and trailing dimensions, and the same
+// Outputs. A request without such a common leading dimension is run alone, as
+// given, and the model decides whether it is valid.
+//
+// The engine does not modify the inputs. While the request is in flight the
+// caller must not modify them either.
+type Request struct {
+	Inputs []*tensor.Tensor
+	// Outputs names the outputs wanted; nil or empty means all.
+	Outputs []string
+}
+
+// Request states. A request moves from queued to exactly one of the others,
+// by compare-and-swap, so that it either runs or is cancelled, never both.
+const (
+	stateQueued    uint32 = iota
+	stateRunning          // claimed by a worker (or failed by shutdown): a result will be delivered
+	stateCancelled        // its caller gave up; it never reaches the model
+)
+
+// request is one Infer call in flight. Requests are pooled: one is reused only
+// after its result was delivered and read.
+type request struct {
+	ctx      context.Context
+	inputs   []*tensor.Tensor
+	outputs  []string
+	enqueued time.Time
+	rows     int    // dimension 0; 1 for a request run alone
+	sig      uint64 // hash of what must match to batch; 0 if not batchable
+	batch    bool   // batchable with others
+
+	state atomic.Uint32
+	done  chan struct{} // capacity 1: the worker never blocks delivering
+	outs  []*tensor.Tensor
+	err   error
+}
+
+// Scheduler queues one deployment's requests and runs them on its model,
+// batching them when the configuration allows. It is safe for concurrent use.
+type Scheduler struct {
+	name      string
+	model     Model
+	cfg       Config
+	log       *slog.Logger
+	preferred []bool // preferred[rows]; nil without preferred sizes
+
+	mu     sync.RWMutex // orders sends on reqCh before its close
+	closed bool
+	reqCh  chan *request // Infer → batcher (or workers without batching)
+
+	workCh chan *batch   // batcher → workers; capacity Instances
+	freeCh chan struct{} // workers → batcher: one token per finished batch
+
+	queued atomic.Int64 // accepted and not yet handed to a worker
+
+	runCtx  context.Context // cancelled when Close gives up: fail what is queued
+	cancel  context.CancelFunc
+	live    atomic.Int32 // goroutines still running
+	stopped chan struct{} // closed by the last goroutine to exit
+
+	reqPool   sync.Pool
+	batchPool sync.Pool
+	stats     counters
+}
+
+// New validates cfg, fills its defaults and starts the scheduler's goroutines:
+// Instances workers, plus one batcher when batching is on. Close stops them.
+// A nil log discards.
+func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error) {
+	if m == nil {
+		return nil, fmt.Errorf("engine %s: nil model: %w", name, ErrInvalidConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("engine %s: %w", name, err)
+	}
+	cfg = cfg.withDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Scheduler{
+		name:    name,
+		model:   m,
+		cfg:     cfg,
+		log:     log.With("deployment", name),
+		reqCh:   make(chan *request, cfg.QueueCapacity),
+		stopped: make(chan struct{}),
+	}
+	s.reqPool.New = func() any { return &request{done: make(chan struct{}, 1)} }
+	s.batchPool.New = func() any { return &batch{reqs: make([]*request, 0, 8)} }
+	hist := 2
+	if cfg.batching() {
+		hist = cfg.MaxBatchSize + 1
+	}
+	s.stats.hist = make([]atomic.Uint64, hist)
+	if len(cfg.PreferredBatchSizes) > 0 {
+		s.preferred = make([]bool, cfg.MaxBatchSize+1)
+		for _, p := range cfg.PreferredBatchSizes {
+			s.preferred[p] = true
+		}
+	}
+	s.runCtx, s.cancel = context.WithCancel(context.Background())
+
+	if cfg.batching() {
+		s.workCh = make(chan *batch, cfg.Instances)
+		s.freeCh = make(chan struct{}, cfg.Instances)
+		s.live.Store(int32(cfg.Instances) + 1)
+		go s.batchLoop()
+		for range cfg.Instances {
+			go s.workLoop()
+		}
+	} else {
+		s.live.Store(int32(cfg.Instances))
+		for range cfg.Instances {
+			go s.soloLoop()
+		}
+	}
+	s.log.Debug("engine started",
+		"max_batch_size", cfg.MaxBatchSize, "preferred_batch_sizes", cfg.PreferredBatchSizes,
+		"max_queue_delay", cfg.MaxQueueDelay, "queue_capacity", cfg.QueueCapacity, "instances", cfg.Instances)
+	return s, nil
+}
+
+// Infer queues req and waits for its outputs. It fails at once with
+// ErrQueueFull when the queue is full, ErrClosed after Close, and
+// ErrInvalidRequest for a request the scheduler cannot take. If ctx ends
+// first, Infer returns ctx.Err() (wrapped); a request still queued at that
+// point is dropped and never reaches the model.
+//
+// A batched request's outputs are rows of the batch's output tensors: they
+// share memory with the other callers' rows (see tensor.Split) but never
+// overlap them.
+func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, error) {
+	s.stats.requests.Add(1)
+	if err := ctx.Err(); err != nil {
+		s.stats.cancelled.Add(1)
+		return nil, fmt.Errorf("engine %s: %w", s.name, err)
+	}
+	r := s.reqPool.Get().(*request)
+	r.ctx, r.inputs, r.outputs = ctx, req.Inputs, req.Outputs
+	r.state.Store(stateQueued)
+	if err := s.classify(r); err != nil {
+		s.recycle(r)
+		s.stats.failures.Add(1)
+		return nil, err
+	}
+	r.enqueued = time.Now()
+	if err := s.enqueue(r); err != nil {
+		s.recycle(r)
+		s.stats.failures.Add(1)
+		return nil, err
+	}
+	select {
+	case <-r.done:
+		outs, err := r.outs, r.err
+		s.recycle(r)
+		if err != nil {
+			s.stats.failures.Add(1)
+		}
+		return outs, err
+	case <-ctx.Done():
+		// Either this stops the request before a worker claims it, or it is
+		// running already and its result will be dropped. The request is not
+		// recycled: a worker or the batcher may still hold it.
+		r.state.CompareAndSwap(stateQueued, stateCancelled)
+		s.stats.cancelled.Add(1)
+		return nil, fmt.Errorf("engine %s: %w", s.name, ctx.Err())
+	}
+}
+
+// enqueue hands r to the batcher or the workers without blocking.
+func (s *Scheduler) enqueue(r *request) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("engine %s: %w", s.name, ErrClosed)
+	}
+	if s.queued.Add(1) > int64(s.cfg.QueueCapacity) {
+		s.queued.Add(-1)
+		s.stats.queueFull.Add(1)
+		return fmt.Errorf("engine %s: %d requests waiting: %w", s.name, s.cfg.QueueCapacity, ErrQueueFull)
+	}
+	// Every request in reqCh is counted in queued, which is at most the
+	// channel's capacity: this send never blocks.
+	s.reqCh <- r
+	return nil
+}
+
+// recycle returns a request whose result was read (or that never left Infer)
+// to the pool.
+func (s *Scheduler) recycle(r *request) {
+	r.ctx, r.inputs, r.outputs, r.outs, r.err = nil, nil, nil, nil, nil
+	s.reqPool.Put(r)
+}
+
+// classify checks a request for batching and works out its rows and
+// signature. Without batching it only resets them: the request runs as given.
+func (s *Scheduler) classify(r *request) error {
+	r.rows, r.sig, r.batch = 1, 0, false
+	if !s.cfg.batching() {
+		return nil
+	}
+	rows := int64(-1)
+	batchable := len(r.inputs) > 0
+	for i, in := range r.inputs {
+		if in == nil {
+			return fmt.Errorf("engine %s: input %d is nil: %w", s.name, i, ErrInvalidRequest)
+		}
+		switch {
+		case len(in.Shape) == 0:
+			batchable = false
+		case rows < 0:
+			rows = in.Shape[0]
+		case in.Shape[0] != rows:
+			batchable = false
+		}
+	}
+	if !batchable || rows < 1 {
+		return nil // no common batch dimension: run alone, as given
+	}
+	for _, in := range r.inputs {
+		if err := in.Validate(); err != nil {
+			return fmt.Errorf("engine %s: %w: %w", s.name, ErrInvalidRequest, err)
+		}
+	}
+	if rows > int64(s.cfg.MaxBatchSize) {
+		return fmt.Errorf("engine %s: request has %d rows, max_batch_size is %d: %w", s.name, rows, s.cfg.MaxBatchSize, ErrInvalidRequest)
+	}
+	r.rows, r.sig, r.batch = int(rows), signature(r), true
+	return nil
+}
+
+// Close stops accepting requests (Infer then fails with ErrClosed), lets the
+// queued and running ones finish — a batch still waiting for MaxQueueDelay
+// runs at once — and returns when every goroutine has stopped.
+//
+// If ctx ends first, Close fails the requests still queued with ErrClosed,
+// cancels the context of running batches, and returns ctx.Err() without
+// waiting further; workers exit as soon as the model calls they are in
+// return. Close may be called more than once.
+func (s *Scheduler) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.reqCh)
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.stopped:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		s.log.Warn("engine close gave up; failing queued requests", "queued", s.queued.Load(), "err", ctx.Err())
+		return fmt.Errorf("engine %s: close: %w", s.name, ctx.Err())
+	}
+}
+
+// exit is deferred by every goroutine the scheduler starts.
+func (s *Scheduler) exit() {
+	if s.live.Add(-1) == 0 {
+		close(s.stopped)
+	}
+}
+
+// closedErr is delivered to requests that Close gave up on.
+func (s *Scheduler) closedErr() error {
+	return fmt.Errorf("engine %s: closed before the request ran: %w", s.name, ErrClosed)
+}
+
+// signature hashes what two requests must share to be batched together
+// (FNV-1a); compatible confirms a match.
+func signature(r *request) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	str := func(s string) {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint64(s[i])) * prime
+		}
+		h = (h ^ 0xff) * prime
+	}
+	num := func(v uint64) { h = (h ^ v) * prime }
+	for _, in := range r.inputs {
+		str(in.Name)
+		num(uint64(in.DType))
+		num(uint64(len(in.Shape)))
+		for _, d := range in.Shape[1:] {
+			num(uint64(d))
+		}
+	}
+	num(uint64(len(r.outputs)))
+	for _, o := range r.outputs {
+		str(o)
+	}
+	return h
+}
+
+// compatible reports whether a and b, both batchable, can share a batch.
+func compatible(a, b *request) bool {
+	if a.sig != b.sig || len(a.inputs) != len(b.inputs) || len(a.outputs) != len(b.outputs) {
+		return false
+	}
+	for i, x := range a.inputs {
+		y := b.inputs[i]
+		if x.Name != y.Name || x.DType != y.DType || len(x.Shape) != len(y.Shape) {
+			return false
+		}
+		for d := 1; d < len(x.Shape); d++ {
+			if x.Shape[d] != y.Shape[d] {
+				return false
+			}
+		}
+	}
+	for i, o := range a.outputs {
+		if o != b.outputs[i] {
+			return false
+		}
+	}
+	return true
+}

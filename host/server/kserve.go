@@ -1,0 +1,130 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/proto/inference"
+)
+
+func init() {
+	registerCode(deploy.ErrNotFound, codes.NotFound)
+	registerCode(deploy.ErrNotReady, codes.Unavailable)
+	registerCode(deploy.ErrExists, codes.AlreadyExists)
+	registerCode(engine.ErrQueueFull, codes.ResourceExhausted)
+	registerCode(engine.ErrInvalidRequest, codes.InvalidArgument)
+	registerCode(engine.ErrClosed, codes.Unavailable)
+}
+
+// Inference serves the KServe v2 / Open Inference Protocol over the node's
+// deployments.
+type Inference struct {
+	inference.UnimplementedGRPCInferenceServiceServer
+	models *deploy.Manager
+	name   string
+}
+
+// NewInference returns the GRPCInferenceService over models.
+func NewInference(models *deploy.Manager) *Inference {
+	return &Inference{models: models, name: "cyxwiz-node"}
+}
+
+// ServerLive is true while the process serves.
+func (s *Inference) ServerLive(context.Context, *inference.ServerLiveRequest) (*inference.ServerLiveResponse, error) {
+	return &inference.ServerLiveResponse{Live: true}, nil
+}
+
+// ServerReady is true when every deployment that is meant to serve does
+// (none is still pending or loading).
+func (s *Inference) ServerReady(context.Context, *inference.ServerReadyRequest) (*inference.ServerReadyResponse, error) {
+	return &inference.ServerReadyResponse{Ready: Ready(s.models)}, nil
+}
+
+// Ready reports whether no deployment is still on its way to serving.
+func Ready(m *deploy.Manager) bool {
+	for _, d := range m.List() {
+		switch d.State() {
+		case deploy.Pending, deploy.Fetching, deploy.Loading:
+			return false
+		}
+	}
+	return true
+}
+
+// ServerMetadata names the server and the protocol extensions it has.
+func (s *Inference) ServerMetadata(context.Context, *inference.ServerMetadataRequest) (*inference.ServerMetadataResponse, error) {
+	return &inference.ServerMetadataResponse{Name: s.name, Version: Version, Extensions: []string{}}, nil
+}
+
+// ModelReady is true when the model serves; an unknown model is NOT_FOUND.
+func (s *Inference) ModelReady(_ context.Context, req *inference.ModelReadyRequest) (*inference.ModelReadyResponse, error) {
+	_, err := s.models.Model(req.Name, req.Version)
+	if errors.Is(err, deploy.ErrNotReady) {
+		return &inference.ModelReadyResponse{Ready: false}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &inference.ModelReadyResponse{Ready: true}, nil
+}
+
+// ModelMetadata describes a serving model's tensors.
+func (s *Inference) ModelMetadata(_ context.Context, req *inference.ModelMetadataRequest) (*inference.ModelMetadataResponse, error) {
+	d, err := s.models.Model(req.Name, req.Version)
+	if err != nil {
+		return nil, err
+	}
+	info := d.Info()
+	return &inference.ModelMetadataResponse{
+		Name:     d.Name(),
+		Versions: []string{d.Version()},
+		Platform: info.Platform,
+		Inputs:   tensorMetadata(info.Inputs),
+		Outputs:  tensorMetadata(info.Outputs),
+	}, nil
+}
+
+func tensorMetadata(specs []loaders.TensorSpec) []*inference.ModelMetadataResponse_TensorMetadata {
+	out := make([]*inference.ModelMetadataResponse_TensorMetadata, len(specs))
+	for i, s := range specs {
+		out[i] = &inference.ModelMetadataResponse_TensorMetadata{Name: s.Name, Datatype: s.DType.String(), Shape: s.Shape}
+	}
+	return out
+}
+
+// ModelInfer decodes the request's tensors, runs them through the model's
+// engine and encodes the outputs the way the inputs came (raw or typed).
+func (s *Inference) ModelInfer(ctx context.Context, req *inference.ModelInferRequest) (*inference.ModelInferResponse, error) {
+	if req.ModelName == "" {
+		return nil, status.Error(codes.InvalidArgument, "model_name is empty")
+	}
+	d, err := s.models.Model(req.ModelName, req.ModelVersion)
+	if err != nil {
+		return nil, err
+	}
+	inputs, err := decodeInputs(req)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", req.ModelName, err)
+	}
+	var names []string
+	if len(req.Outputs) > 0 {
+		names = make([]string, len(req.Outputs))
+		for i, o := range req.Outputs {
+			names[i] = o.Name
+		}
+	}
+	outs, err := d.Infer(ctx, inputs, names)
+	if err != nil {
+		return nil, err
+	}
+	resp := &inference.ModelInferResponse{ModelName: d.Name(), ModelVersion: d.Version(), Id: req.Id}
+	encodeOutputs(resp, outs, len(req.RawInputContents) == 0)
+	return resp, nil
+}
