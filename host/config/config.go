@@ -22,18 +22,18 @@ import (
 
 // Config is the whole of node.toml.
 type Config struct {
-	Node      Node        `toml:"node"`
-	Listen    Listen      `toml:"listen"`
-	Central   Central     `toml:"central"`
-	Storage   Storage     `toml:"storage"`
-	Native    Native      `toml:"native"`
-	Limits    Limits      `toml:"limits"`
-	Inference Inference   `toml:"inference"`
-	Guests    Guests      `toml:"guests"`
-	Terminal  Terminal    `toml:"terminal"`
-	Metrics   Metrics     `toml:"metrics"`
-	Log       Log         `toml:"log"`
-	Models    []Model     `toml:"models"`
+	Node      Node      `toml:"node"`
+	Listen    Listen    `toml:"listen"`
+	Central   Central   `toml:"central"`
+	Storage   Storage   `toml:"storage"`
+	Native    Native    `toml:"native"`
+	Limits    Limits    `toml:"limits"`
+	Inference Inference `toml:"inference"`
+	Guests    Guests    `toml:"guests"`
+	Terminal  Terminal  `toml:"terminal"`
+	Metrics   Metrics   `toml:"metrics"`
+	Log       Log       `toml:"log"`
+	Models    []Model   `toml:"models"`
 }
 
 // Node identifies this node.
