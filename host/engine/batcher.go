@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -290,7 +291,7 @@ func (s *Scheduler) soloLoop() {
 			deliver(r, nil, s.closedErr())
 			continue
 		}
-		outs, err := s.model.Infer(r.ctx, r.inputs, r.outputs)
+		outs, err := s.infer(r.ctx, r.inputs, r.outputs)
 		s.stats.record(1, time.Since(start))
 		if err != nil {
 			err = fmt.Errorf("engine %s: %w", s.name, err)
@@ -306,32 +307,38 @@ type worker struct {
 }
 
 // workLoop is a worker with batching: it runs the batches the batcher hands
-// it and returns a token on freeCh after each.
+// it.
 func (s *Scheduler) workLoop() {
 	defer s.exit()
 	var w worker
 	for b := range s.workCh {
 		s.run(&w, b)
-		s.freeCh <- struct{}{} // at most Instances tokens are out: never blocks
 	}
 }
 
-// run executes one batch and delivers every request's result.
+// release gives the worker's instance back to the batcher, once per batch,
+// as soon as the model has returned: splitting outputs and waking callers
+// need not hold up the next batch. At most Instances tokens are out, so this
+// never blocks.
+func (s *Scheduler) release() { s.freeCh <- struct{}{} }
+
+// run executes one batch, releases the instance and delivers every
+// request's result.
 func (s *Scheduler) run(w *worker, b *batch) {
 	defer s.freeBatch(b)
 	start := time.Now()
 	reqs := s.claim(b.reqs, start)
 	switch {
 	case len(reqs) == 0:
+		s.release()
 	case s.runCtx.Err() != nil:
-		err := s.closedErr()
-		for _, r := range reqs {
-			deliver(r, nil, err)
-		}
+		s.release()
+		failAll(reqs, s.closedErr())
 	case len(reqs) == 1:
 		// Alone: the request runs as given, under its caller's context.
 		r := reqs[0]
-		outs, err := s.model.Infer(r.ctx, r.inputs, r.outputs)
+		outs, err := s.infer(r.ctx, r.inputs, r.outputs)
+		s.release()
 		s.stats.record(r.rows, time.Since(start))
 		if err != nil {
 			err = fmt.Errorf("engine %s: %w", s.name, err)
@@ -342,14 +349,17 @@ func (s *Scheduler) run(w *worker, b *batch) {
 	}
 }
 
-// runBatch joins reqs' inputs along dimension 0, runs them once and splits
-// every output back into each request's rows. Any failure goes to all.
-func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
-	failAll := func(err error) {
-		for _, r := range reqs {
-			deliver(r, nil, err)
-		}
+// failAll delivers err to every request.
+func failAll(reqs []*request, err error) {
+	for _, r := range reqs {
+		deliver(r, nil, err)
 	}
+}
+
+// runBatch joins reqs' inputs along dimension 0, runs them once, releases
+// the instance and splits every output back into each request's rows. Any
+// failure goes to all.
+func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 	first := reqs[0]
 	rows := 0
 	w.sizes = w.sizes[:0]
@@ -366,7 +376,8 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 		t, err := tensor.Concat(in.Name, w.parts)
 		if err != nil {
 			clear(w.parts)
-			failAll(fmt.Errorf("engine %s: batch %d requests: %w", s.name, len(reqs), err))
+			s.release()
+			failAll(reqs, fmt.Errorf("engine %s: batch of %d requests: %w", s.name, len(reqs), err))
 			return
 		}
 		inputs[i] = t
@@ -375,24 +386,25 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 
 	// The batch belongs to no single caller: it runs under the scheduler's
 	// context, which only a Close that gives up cancels.
-	outs, err := s.model.Infer(s.runCtx, inputs, first.outputs)
+	outs, err := s.infer(s.runCtx, inputs, first.outputs)
+	s.release()
 	s.stats.record(rows, time.Since(start))
 	if err != nil {
 		s.log.Debug("batch failed", "requests", len(reqs), "rows", rows, "err", err)
-		failAll(fmt.Errorf("engine %s: batch of %d requests, %d rows: %w", s.name, len(reqs), rows, err))
+		failAll(reqs, fmt.Errorf("engine %s: batch of %d requests, %d rows: %w", s.name, len(reqs), rows, err))
 		return
 	}
 	n := len(outs)
 	per := make([]*tensor.Tensor, len(reqs)*n)
 	for j, o := range outs {
 		if o == nil {
-			failAll(fmt.Errorf("engine %s: model returned nil output %d", s.name, j))
+			failAll(reqs, fmt.Errorf("engine %s: model returned nil output %d", s.name, j))
 			return
 		}
 		pieces, err := tensor.Split(o, w.sizes)
 		if err != nil {
 			s.log.Debug("batch output does not split", "output", o.Name, "shape", o.Shape, "rows", rows, "err", err)
-			failAll(fmt.Errorf("engine %s: output %q of a %d-row batch: %w", s.name, o.Name, rows, err))
+			failAll(reqs, fmt.Errorf("engine %s: output %q of a %d-row batch: %w", s.name, o.Name, rows, err))
 			return
 		}
 		for i, p := range pieces {
@@ -402,4 +414,16 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 	for i, r := range reqs {
 		deliver(r, per[i*n:(i+1)*n:(i+1)*n], nil)
 	}
+}
+
+// infer calls the model, turning a panic into an error for the callers
+// instead of a crash of the node.
+func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) (outs []*tensor.Tensor, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("model panicked", "panic", p)
+			outs, err = nil, fmt.Errorf("%w: %v", ErrModelPanic, p)
+		}
+	}()
+	return s.model.Infer(ctx, inputs, outputs)
 }

@@ -23,7 +23,7 @@ type Config struct {
 	// MaxQueueDelay is how long the oldest request of a batch may wait for
 	// the batch to fill. 0 dispatches as soon as an instance is free, which
 	// is best for latency; requests still batch up while every instance is
-	// busy. Default: 0.
+	// busy. Ignored without batching. Default: 0.
 	MaxQueueDelay time.Duration
 	// QueueCapacity bounds the requests accepted but not yet handed to an
 	// instance; beyond it Infer fails at once with ErrQueueFull.

@@ -38,6 +38,8 @@ var (
 	ErrInvalidRequest = errors.New("invalid request")
 	// ErrInvalidConfig: New was given a Config that fails Validate.
 	ErrInvalidConfig = errors.New("invalid engine config")
+	// ErrModelPanic: the model panicked while running the request.
+	ErrModelPanic = errors.New("model panicked")
 )
 
 // Model is what the engine needs from a loaded model. Infer must be safe for
@@ -57,8 +59,9 @@ type Model interface {
 // Outputs. A request without such a common leading dimension is run alone, as
 // given, and the model decides whether it is valid.
 //
-// The engine does not modify the inputs. While the request is in flight the
-// caller must not modify them either.
+// The engine does not modify the inputs, and the caller must not either
+// until Infer returns. If Infer returns early because its context ended while
+// the request was already executing, the model may still be reading them.
 type Request struct {
 	Inputs []*tensor.Tensor
 	// Outputs names the outputs wanted; nil or empty means all.
@@ -110,7 +113,7 @@ type Scheduler struct {
 
 	runCtx  context.Context // cancelled when Close gives up: fail what is queued
 	cancel  context.CancelFunc
-	live    atomic.Int32 // goroutines still running
+	live    atomic.Int32  // goroutines still running
 	stopped chan struct{} // closed by the last goroutine to exit
 
 	reqPool   sync.Pool
@@ -304,8 +307,16 @@ func (s *Scheduler) Close(ctx context.Context) error {
 		s.cancel()
 		return nil
 	case <-ctx.Done():
-		s.cancel()
 		s.log.Warn("engine close gave up; failing queued requests", "queued", s.queued.Load(), "err", ctx.Err())
+		s.cancel()
+		if !s.cfg.batching() {
+			// The workers may all be stuck in the model: empty the queue
+			// here. (With batching the batcher does it.)
+			err := s.closedErr()
+			for r := range s.reqCh {
+				s.fail(r, err)
+			}
+		}
 		return fmt.Errorf("engine %s: close: %w", s.name, ctx.Err())
 	}
 }

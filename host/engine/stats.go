@@ -58,8 +58,8 @@ func (s *Scheduler) Stats() Stats {
 // counters are the live values behind Stats.
 type counters struct {
 	requests, failures, cancelled, queueFull, executions atomic.Uint64
-	queueNs, computeNs                                    atomic.Int64
-	hist                                                  []atomic.Uint64 // by rows
+	queueNs, computeNs                                   atomic.Int64
+	hist                                                 []atomic.Uint64 // by rows
 }
 
 // record counts one execution of rows rows that took d.

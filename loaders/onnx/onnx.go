@@ -13,6 +13,11 @@
 //	m, err := l.Load(ctx, "model.onnx", loaders.Options{Providers: []string{"cuda", "cpu"}})
 //	out, err := m.Infer(ctx, []*tensor.Tensor{x}, nil)
 //
+// Infer computes every output (an onnxruntime_go session has a fixed output
+// list) and returns those asked for. Load has ONNX Runtime parse the model
+// twice: once unoptimised, to list its inputs and outputs, once for the
+// session.
+//
 // In Info, a dynamic dimension is -1, and a tensor whose file declares no
 // shape at all has a nil Shape (a rank-0 tensor has an empty, non-nil one).
 //
@@ -161,9 +166,10 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 		return nil, invalidModel(path, err)
 	}
 	m := &Model{
-		path:     path,
-		inByName: make(map[string]int, len(ins)),
+		path:      path,
+		inByName:  make(map[string]int, len(ins)),
 		outByName: make(map[string]int, len(outs)),
+		runOpts:   make(chan *ort.RunOptions, 16),
 	}
 	if err := m.describe(path, ins, outs); err != nil {
 		return nil, invalidModel(path, err)

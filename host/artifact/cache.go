@@ -1,0 +1,339 @@
+package artifact
+
+import (
+	"cmp"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Errors returned by Fetch and the other Cache methods, wrapped with the URI
+// or digest concerned. Branch on them with errors.Is.
+var (
+	// ErrInvalid reports an artifact description that cannot be fetched: an
+	// unsupported scheme, a malformed digest, a missing digest for HTTP.
+	ErrInvalid = errors.New("invalid artifact")
+	// ErrNotFound reports a source that does not exist (HTTP 404 or 410, a
+	// missing file), or Acquire/Release bookkeeping for an unknown digest.
+	ErrNotFound = errors.New("artifact not found")
+	// ErrChecksum reports content whose SHA-256 (or length) differs from the
+	// one declared. The downloaded bytes are discarded.
+	ErrChecksum = errors.New("artifact checksum mismatch")
+	// ErrTooLarge reports content longer than Artifact.MaxSize or the declared
+	// Artifact.Size. Reading stops at the limit and the bytes are discarded.
+	ErrTooLarge = errors.New("artifact too large")
+	// ErrFetch reports a transport or I/O failure: connection refused, an
+	// unexpected HTTP status, a truncated body, a disk error.
+	ErrFetch = errors.New("artifact fetch failed")
+	// ErrClosed is returned by Fetch after Close, and by downloads that Close
+	// interrupted.
+	ErrClosed = errors.New("artifact cache closed")
+)
+
+const (
+	objectsDir = "sha256"
+	tmpDir     = "tmp"
+)
+
+// Option configures a Cache in New.
+type Option func(*Cache)
+
+// WithHTTPClient sets the client used for http:// and https:// artifacts.
+// Default: a client with http.DefaultTransport's settings and no overall
+// timeout (each Fetch is bounded by its context).
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Cache) { c.client = hc }
+}
+
+// Cache is a content-addressed artifact store on disk with a size budget.
+// It is safe for concurrent use. See the package documentation for its
+// layout and eviction rules.
+type Cache struct {
+	dir    string
+	budget int64
+	log    *slog.Logger
+	client *http.Client
+
+	// ctx is the parent of every download; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	entries map[string]*entry  // cached artifacts by digest
+	refs    map[string]int     // pins by digest, cached or not
+	flights map[string]*flight // downloads in progress by digest
+	total   int64              // sum of entries' sizes
+	seq     uint64             // LRU clock
+}
+
+// entry is one verified artifact in <dir>/sha256.
+type entry struct {
+	digest string
+	size   int64
+	used   uint64 // value of Cache.seq at last use; smaller is older
+}
+
+// New opens (creating it if needed) the cache directory dir. budget is the
+// number of bytes the cache tries to stay under; budget <= 0 means no limit.
+// Partial downloads left in dir/tmp by an earlier crash are deleted. A nil log
+// discards log output.
+func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, error) {
+	if dir == "" {
+		return nil, fmt.Errorf("artifact cache: empty directory: %w", ErrInvalid)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Cache{
+		dir:     dir,
+		budget:  budget,
+		log:     log.With("component", "artifact-cache", "dir", dir),
+		client:  &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		entries: make(map[string]*entry),
+		refs:    make(map[string]int),
+		flights: make(map[string]*flight),
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if err := c.cleanTmp(); err != nil {
+		return nil, err
+	}
+	if err := c.load(); err != nil {
+		return nil, err
+	}
+	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	bytes, files := c.Usage()
+	c.log.Info("artifact cache opened", "bytes", bytes, "files", files, "budget", budget)
+	return c, nil
+}
+
+// cleanTmp removes every leftover partial download and recreates dir/tmp.
+func (c *Cache) cleanTmp() error {
+	tmp := filepath.Join(c.dir, tmpDir)
+	left, err := os.ReadDir(tmp)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("artifact cache: read %s: %w", tmp, err)
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("artifact cache: clean %s: %w", tmp, err)
+	}
+	if len(left) > 0 {
+		c.log.Info("removed partial downloads from an earlier run", "count", len(left))
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return fmt.Errorf("artifact cache: %w", err)
+	}
+	return nil
+}
+
+// load indexes dir/sha256, ordering the LRU by modification time.
+func (c *Cache) load() error {
+	objs := filepath.Join(c.dir, objectsDir)
+	if err := os.MkdirAll(objs, 0o755); err != nil {
+		return fmt.Errorf("artifact cache: %w", err)
+	}
+	des, err := os.ReadDir(objs)
+	if err != nil {
+		return fmt.Errorf("artifact cache: read %s: %w", objs, err)
+	}
+	type found struct {
+		e     *entry
+		mtime time.Time
+	}
+	var all []found
+	for _, de := range des {
+		name := de.Name()
+		if !de.Type().IsRegular() || validDigest(name) != nil || name != normDigest(name) {
+			c.log.Warn("ignoring unexpected file in cache", "name", name)
+			continue
+		}
+		fi, err := de.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return fmt.Errorf("artifact cache: stat %s: %w", name, err)
+		}
+		all = append(all, found{&entry{digest: name, size: fi.Size()}, fi.ModTime()})
+	}
+	slices.SortFunc(all, func(a, b found) int { return a.mtime.Compare(b.mtime) })
+	for _, f := range all {
+		c.seq++
+		f.e.used = c.seq
+		c.entries[f.e.digest] = f.e
+		c.total += f.e.size
+	}
+	return nil
+}
+
+// Close cancels downloads in progress, waits for them to finish cleaning up
+// and makes later Fetch calls fail with ErrClosed. Cached files stay on disk.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel(ErrClosed)
+	c.wg.Wait()
+	return nil
+}
+
+// Usage reports the bytes and number of artifacts currently cached.
+// Unverified file:// artifacts used in place are not counted.
+func (c *Cache) Usage() (bytes int64, files int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total, len(c.entries)
+}
+
+// Acquire pins digest so that it is not evicted while a deployment uses it.
+// The digest need not be cached yet: pinning before Fetch closes the window in
+// which a concurrent fetch could evict a just-fetched artifact. Every Acquire
+// must be matched by one Release.
+func (c *Cache) Acquire(digest string) error {
+	if err := validDigest(digest); err != nil {
+		return fmt.Errorf("acquire %q: %w", digest, err)
+	}
+	d := normDigest(digest)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refs[d]++
+	c.touchLocked(d)
+	return nil
+}
+
+// Release drops one pin taken by Acquire. When the last pin goes and the
+// cache is over budget, unpinned artifacts are evicted at once, an artifact
+// larger than the whole budget first. Releasing a digest that is not pinned
+// returns ErrNotFound and changes nothing.
+func (c *Cache) Release(digest string) error {
+	if err := validDigest(digest); err != nil {
+		return fmt.Errorf("release %q: %w", digest, err)
+	}
+	d := normDigest(digest)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.refs[d]
+	if !ok {
+		return fmt.Errorf("release %s: not acquired: %w", d, ErrNotFound)
+	}
+	if n > 1 {
+		c.refs[d] = n - 1
+		return nil
+	}
+	delete(c.refs, d)
+	c.touchLocked(d)
+	c.evictLocked("")
+	return nil
+}
+
+// path returns where the verified artifact with digest d lives.
+func (c *Cache) path(d string) string {
+	return filepath.Join(c.dir, objectsDir, d)
+}
+
+// touchLocked marks d as just used, in memory and (best effort, so the order
+// survives a restart) in the file's modification time.
+func (c *Cache) touchLocked(d string) {
+	e, ok := c.entries[d]
+	if !ok {
+		return
+	}
+	c.seq++
+	e.used = c.seq
+	now := time.Now()
+	if err := os.Chtimes(c.path(d), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.log.Debug("touch artifact", "digest", d, "err", err)
+	}
+}
+
+// addLocked records a verified artifact just renamed into place and evicts
+// others if that puts the cache over budget.
+func (c *Cache) addLocked(d string, size int64) {
+	if old, ok := c.entries[d]; ok {
+		c.total -= old.size
+	}
+	c.seq++
+	c.entries[d] = &entry{digest: d, size: size, used: c.seq}
+	c.total += size
+	if c.budget > 0 && size > c.budget {
+		c.log.Warn("artifact is larger than the whole cache budget; it will be evicted first once released",
+			"digest", d, "size", size, "budget", c.budget)
+	}
+	c.evictLocked(d)
+}
+
+// dropLocked forgets d without touching the disk.
+func (c *Cache) dropLocked(d string) {
+	if e, ok := c.entries[d]; ok {
+		c.total -= e.size
+		delete(c.entries, d)
+	}
+}
+
+// evictLocked removes unpinned artifacts other than keep until the cache is
+// within budget: those larger than the whole budget first, then the least
+// recently used.
+func (c *Cache) evictLocked(keep string) {
+	if c.budget <= 0 || c.total <= c.budget {
+		return
+	}
+	var cands []*entry
+	for d, e := range c.entries {
+		if d != keep && c.refs[d] == 0 {
+			cands = append(cands, e)
+		}
+	}
+	slices.SortFunc(cands, func(a, b *entry) int {
+		if ao, bo := a.size > c.budget, b.size > c.budget; ao != bo {
+			if ao {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.used, b.used)
+	})
+	for _, e := range cands {
+		if c.total <= c.budget {
+			break
+		}
+		if err := os.Remove(c.path(e.digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("evict artifact", "digest", e.digest, "err", err)
+			continue
+		}
+		c.dropLocked(e.digest)
+		c.log.Info("evicted artifact", "digest", e.digest, "size", e.size)
+	}
+	if c.total > c.budget {
+		c.log.Warn("artifact cache over budget: remaining artifacts are in use",
+			"bytes", c.total, "budget", c.budget)
+	}
+}
+
+// validDigest checks that s is a hex-encoded SHA-256 (either case).
+func validDigest(s string) error {
+	if len(s) != 2*32 {
+		return fmt.Errorf("sha256 %q: want 64 hex digits, got %d characters: %w", s, len(s), ErrInvalid)
+	}
+	if _, err := hex.DecodeString(s); err != nil {
+		return fmt.Errorf("sha256 %q: not hex: %w", s, ErrInvalid)
+	}
+	return nil
+}
+
+// normDigest returns the canonical (lowercase) spelling of a valid digest.
+func normDigest(s string) string {
+	b, _ := hex.DecodeString(s)
+	return hex.EncodeToString(b)
+}

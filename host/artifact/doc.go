@@ -1,0 +1,57 @@
+// Package artifact fetches model artifacts, verifies them by SHA-256 and keeps
+// them in a content-addressed on-disk cache with a size budget.
+//
+// # Layout
+//
+// A Cache owns one directory:
+//
+//	<dir>/sha256/<hex>   verified artifacts, named by their lowercase SHA-256
+//	<dir>/tmp/           partial downloads; renamed into sha256/ only after
+//	                     the digest matched, so a partial file is never returned
+//
+// Only one Cache (in one process) may use a directory at a time.
+//
+// # Restarts
+//
+// Downloads are not resumed: New deletes everything left in tmp/ by a crash
+// and a later Fetch starts over. Files in sha256/ are trusted on restart (they
+// were verified before being renamed into place) and indexed by name, size and
+// modification time, which also seeds the LRU order.
+//
+// # Sources
+//
+// Artifact.URI may be http://, https:// or file:// (an absolute path).
+// HTTP(S) artifacts must carry a SHA-256. A file:// artifact with a SHA-256 is
+// copied into the cache while being hashed, so the returned path is immutable
+// and managed like a download. A file:// artifact without a SHA-256 is used in
+// place: Fetch checks it exists and fits the size limits and returns its path
+// unverified; it is not cached, counted by Usage or evicted.
+//
+// # Sharing and cancellation
+//
+// Concurrent Fetch calls for the same digest share one download. The download
+// runs in a goroutine owned by the Cache and keeps going while at least one
+// caller still waits for it: a caller whose context ends returns at once with
+// the context's error without disturbing the others. When the last waiting
+// caller gives up, the download is cancelled and its partial file removed
+// before that caller's Fetch returns. Close cancels every download.
+//
+// # Budget and eviction
+//
+// Deployments pin the artifacts they use with Acquire and unpin them with
+// Release. Pinning by digest works before the artifact is cached, so the safe
+// order is Acquire, then Fetch. Whenever the cached bytes exceed the budget
+// after a fetch or a Release, unpinned artifacts are removed: first any that
+// alone exceed the whole budget, then the least recently used (by Fetch,
+// Acquire or Release). An artifact larger than the budget is still fetched,
+// with a warning.
+//
+// # Example
+//
+//	c, err := artifact.New("/var/lib/cyxwiz/artifacts", 50<<30, log)
+//	if err != nil { ... }
+//	defer c.Close()
+//	if err := c.Acquire(a.SHA256); err != nil { ... }
+//	defer c.Release(a.SHA256)
+//	path, err := c.Fetch(ctx, a, func(done, total int64) { ... })
+package artifact

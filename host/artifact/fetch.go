@@ -1,0 +1,482 @@
+package artifact
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Artifact describes one file to fetch.
+type Artifact struct {
+	// URI is where the bytes come from: http://host/..., https://host/... or
+	// file:///absolute/path.
+	URI string
+	// SHA256 is the expected hex digest of the content (either case).
+	// Required for http and https; optional for file://, where an empty value
+	// means "use the file in place, unverified".
+	SHA256 string
+	// Size is the declared length in bytes; 0 means unknown. Longer content
+	// fails with ErrTooLarge, shorter content with ErrChecksum.
+	Size int64
+	// MaxSize caps the bytes read; 0 means no cap. Longer content fails with
+	// ErrTooLarge as soon as the cap is passed.
+	MaxSize int64
+}
+
+const (
+	// progressBytes and progressEvery bound how often a download publishes
+	// progress: after this many new bytes or this much time, whichever first.
+	progressBytes = 64 << 10
+	progressEvery = 100 * time.Millisecond
+)
+
+// Fetch returns the local path of the artifact a, downloading and verifying
+// it unless a verified copy is already cached (a cache hit never touches the
+// network). The returned path is read-only and must not be modified; pin it
+// with Acquire so that eviction leaves it alone.
+//
+// progress, if not nil, is called from the calling goroutine, never after
+// Fetch returns, with the bytes received so far and the total (from
+// Content-Length, the file size or Artifact.Size; -1 when unknown). done never
+// decreases, and a successful Fetch ends with progress(size, size); a cache
+// hit makes just that call.
+//
+// Concurrent calls for the same digest share one download, driven by the
+// URI and limits of the call that started it. If ctx ends, Fetch returns an
+// error wrapping ctx.Err(); the shared download goes on for the other callers,
+// or is cancelled and cleaned up before Fetch returns if no caller is left.
+//
+// Errors wrap ErrInvalid, ErrNotFound, ErrChecksum, ErrTooLarge, ErrFetch,
+// ErrClosed or a context error, with the (redacted) URI.
+func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total int64)) (string, error) {
+	src, err := parseSource(a)
+	if err != nil {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("fetch %s: %w", src, err)
+	}
+	d := ""
+	if a.SHA256 != "" {
+		d = normDigest(a.SHA256)
+	}
+
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return "", fmt.Errorf("fetch %s: %w", src, ErrClosed)
+	}
+	if d == "" {
+		c.mu.Unlock()
+		return src.inPlace(a, progress)
+	}
+	if e, ok := c.entries[d]; ok {
+		if _, err := os.Stat(c.path(d)); err == nil {
+			c.touchLocked(d)
+			size := e.size
+			c.mu.Unlock()
+			if err := checkSize(size, a); err != nil {
+				return "", fmt.Errorf("fetch %s: cached %s: %w", src, d, err)
+			}
+			if progress != nil {
+				progress(size, size)
+			}
+			return c.path(d), nil
+		}
+		c.log.Warn("cached artifact vanished from disk; fetching it again", "digest", d)
+		c.dropLocked(d)
+	}
+	f, ok := c.flights[d]
+	if !ok {
+		f = c.startLocked(d, a, src)
+	}
+	f.waiters++
+	c.mu.Unlock()
+
+	return c.wait(ctx, f, a, src, progress)
+}
+
+// flight is one download shared by every Fetch waiting for its digest.
+type flight struct {
+	digest  string
+	cancel  context.CancelCauseFunc
+	waiters int           // guarded by Cache.mu
+	done    chan struct{} // closed when path, size and err are set
+
+	path string
+	size int64
+	err  error
+
+	mu        sync.Mutex
+	published bool
+	n, total  int64
+	changed   chan struct{} // closed and replaced at each publish
+}
+
+// publish records progress and wakes the waiters.
+func (f *flight) publish(n, total int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.published, f.n, f.total = true, n, total
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// progress returns the latest published progress and a channel closed at the
+// next publish.
+func (f *flight) progress() (ok bool, n, total int64, changed <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.published, f.n, f.total, f.changed
+}
+
+// startLocked starts the download of digest d in a goroutine owned by c.
+// Its context is cancelled by Close or when its last waiter leaves.
+func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
+	ctx, cancel := context.WithCancelCause(c.ctx)
+	f := &flight{digest: d, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+	c.flights[d] = f
+	c.wg.Go(func() {
+		defer cancel(nil)
+		size, err := c.download(ctx, f, d, a, src)
+		c.mu.Lock()
+		if c.flights[d] == f {
+			delete(c.flights, d)
+		}
+		if err == nil {
+			c.addLocked(d, size)
+		}
+		c.mu.Unlock()
+		if err == nil {
+			c.log.Info("fetched artifact", "uri", src.String(), "digest", d, "size", size)
+		}
+		f.path, f.size, f.err = c.path(d), size, err
+		close(f.done)
+	})
+	return f
+}
+
+// wait follows f until it finishes or ctx ends, relaying progress.
+func (c *Cache) wait(ctx context.Context, f *flight, a Artifact, src source, progress func(done, total int64)) (string, error) {
+	lastN, lastTotal := int64(-1), int64(-1)
+	for {
+		ok, n, total, changed := f.progress()
+		if progress != nil && ok && (n != lastN || total != lastTotal) {
+			progress(n, total)
+			lastN, lastTotal = n, total
+		}
+		select {
+		case <-f.done:
+			if f.err != nil {
+				return "", f.err
+			}
+			if err := checkSize(f.size, a); err != nil {
+				return "", fmt.Errorf("fetch %s: %w", src, err)
+			}
+			if progress != nil && (lastN != f.size || lastTotal != f.size) {
+				progress(f.size, f.size)
+			}
+			return f.path, nil
+		case <-changed:
+		case <-ctx.Done():
+			c.leave(ctx, f)
+			return "", fmt.Errorf("fetch %s: %w", src, ctx.Err())
+		}
+	}
+}
+
+// leave unregisters a waiter whose ctx ended. The last one to leave cancels
+// the download and waits for its partial file to be removed.
+func (c *Cache) leave(ctx context.Context, f *flight) {
+	c.mu.Lock()
+	f.waiters--
+	last := f.waiters == 0
+	if last && c.flights[f.digest] == f {
+		delete(c.flights, f.digest)
+	}
+	c.mu.Unlock()
+	if last {
+		f.cancel(context.Cause(ctx))
+		<-f.done
+	}
+}
+
+// download streams src into dir/tmp through a SHA-256 hasher and renames it
+// to dir/sha256/d once the digest and size are verified.
+func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, src source) (size int64, err error) {
+	defer func() {
+		if err != nil {
+			if ctx.Err() != nil {
+				err = context.Cause(ctx)
+			}
+			err = fmt.Errorf("fetch %s: %w", src, err)
+		}
+	}()
+	body, total, err := c.open(ctx, src)
+	if err != nil {
+		return 0, err
+	}
+	defer body.Close()
+	if total < 0 && a.Size > 0 {
+		total = a.Size
+	}
+	limit := limitOf(a)
+	if limit > 0 && total > limit {
+		return 0, fmt.Errorf("%w: length %d exceeds limit %d", ErrTooLarge, total, limit)
+	}
+
+	tmp, err := os.CreateTemp(filepath.Join(c.dir, tmpDir), d[:16]+"-*.part")
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			tmp.Close()
+		}
+		if err != nil {
+			if rerr := os.Remove(tmp.Name()); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				c.log.Warn("remove partial download", "file", tmp.Name(), "err", rerr)
+			}
+		}
+	}()
+
+	h := sha256.New()
+	pw := &progressWriter{f: f, total: total}
+	pw.flush()
+	var r io.Reader = body
+	if limit > 0 {
+		r = io.LimitReader(body, limit+1)
+	}
+	n, err := io.Copy(io.MultiWriter(tmp, h, pw), r)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	if limit > 0 && n > limit {
+		return 0, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != d {
+		return 0, fmt.Errorf("%w: got sha256 %s, want %s", ErrChecksum, got, d)
+	}
+	if a.Size > 0 && n != a.Size {
+		return 0, fmt.Errorf("%w: got %d bytes, declared size %d", ErrChecksum, n, a.Size)
+	}
+	pw.flush()
+
+	if err := tmp.Chmod(0o444); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	closed = true
+	if err := tmp.Close(); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	if err := os.Rename(tmp.Name(), c.path(d)); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	syncDir(filepath.Join(c.dir, objectsDir))
+	return n, nil
+}
+
+// open starts reading src and returns its length, or -1 when unknown.
+func (c *Cache) open(ctx context.Context, src source) (io.ReadCloser, int64, error) {
+	if src.file != "" {
+		fh, err := os.Open(src.file)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, 0, fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: %w", ErrFetch, err)
+		}
+		fi, err := fh.Stat()
+		if err != nil {
+			fh.Close()
+			return nil, 0, fmt.Errorf("%w: %w", ErrFetch, err)
+		}
+		if !fi.Mode().IsRegular() {
+			fh.Close()
+			return nil, 0, fmt.Errorf("%w: not a regular file", ErrInvalid)
+		}
+		return ctxReader{ctx, fh}, fi.Size(), nil
+	}
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		// *url.Error repeats the full URL, query string included; drop it.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return resp.Body, resp.ContentLength, nil
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
+		resp.Body.Close()
+		return nil, 0, fmt.Errorf("%w: HTTP %s", ErrNotFound, resp.Status)
+	default:
+		resp.Body.Close()
+		return nil, 0, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
+	}
+}
+
+// source is a parsed, validated Artifact.URI.
+type source struct {
+	u       *url.URL
+	file    string // absolute path for file:// URIs
+	display string // URI with password and query redacted, for errors and logs
+}
+
+// String returns the redacted URI.
+func (s source) String() string { return s.display }
+
+// parseSource validates a and parses its URI.
+func parseSource(a Artifact) (source, error) {
+	if a.Size < 0 || a.MaxSize < 0 {
+		return source{}, fmt.Errorf("artifact %s: negative size: %w", a.URI, ErrInvalid)
+	}
+	u, err := url.Parse(a.URI)
+	if err != nil {
+		return source{}, fmt.Errorf("artifact uri: %w: %w", ErrInvalid, err)
+	}
+	src := source{u: u, display: redact(u)}
+	if a.SHA256 != "" {
+		if err := validDigest(a.SHA256); err != nil {
+			return source{}, fmt.Errorf("artifact %s: %w", src, err)
+		}
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return source{}, fmt.Errorf("artifact %s: no host: %w", src, ErrInvalid)
+		}
+		if a.SHA256 == "" {
+			return source{}, fmt.Errorf("artifact %s: %s artifacts need a sha256: %w", src, u.Scheme, ErrInvalid)
+		}
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return source{}, fmt.Errorf("artifact %s: file URI must be file:///absolute/path: %w", src, ErrInvalid)
+		}
+		if !filepath.IsAbs(u.Path) {
+			return source{}, fmt.Errorf("artifact %s: file path must be absolute: %w", src, ErrInvalid)
+		}
+		src.file = filepath.Clean(u.Path)
+	default:
+		return source{}, fmt.Errorf("artifact %s: unsupported scheme %q: %w", src, u.Scheme, ErrInvalid)
+	}
+	return src, nil
+}
+
+// redact hides a URI's password and query string (pre-signed URLs carry
+// credentials there).
+func redact(u *url.URL) string {
+	r := *u
+	if r.RawQuery != "" {
+		r.RawQuery = "REDACTED"
+	}
+	r.Fragment, r.RawFragment = "", ""
+	return r.Redacted()
+}
+
+// inPlace serves an unverified file:// artifact from where it is.
+func (s source) inPlace(a Artifact, progress func(done, total int64)) (string, error) {
+	fi, err := os.Stat(s.file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("fetch %s: %w: %w", s, ErrNotFound, err)
+	case err != nil:
+		return "", fmt.Errorf("fetch %s: %w: %w", s, ErrFetch, err)
+	case !fi.Mode().IsRegular():
+		return "", fmt.Errorf("fetch %s: not a regular file: %w", s, ErrInvalid)
+	}
+	if err := checkSize(fi.Size(), a); err != nil {
+		return "", fmt.Errorf("fetch %s: %w", s, err)
+	}
+	if progress != nil {
+		progress(fi.Size(), fi.Size())
+	}
+	return s.file, nil
+}
+
+// limitOf returns the most bytes a may have, 0 for no limit.
+func limitOf(a Artifact) int64 {
+	switch {
+	case a.MaxSize > 0 && a.Size > 0:
+		return min(a.MaxSize, a.Size)
+	case a.MaxSize > 0:
+		return a.MaxSize
+	default:
+		return a.Size
+	}
+}
+
+// checkSize checks a known length against a's limits.
+func checkSize(size int64, a Artifact) error {
+	if limit := limitOf(a); limit > 0 && size > limit {
+		return fmt.Errorf("%w: %d bytes exceeds limit %d", ErrTooLarge, size, limit)
+	}
+	if a.Size > 0 && size < a.Size {
+		return fmt.Errorf("%w: %d bytes, declared size %d", ErrChecksum, size, a.Size)
+	}
+	return nil
+}
+
+// progressWriter counts bytes written and publishes progress to a flight at
+// most every progressBytes or progressEvery.
+type progressWriter struct {
+	f        *flight
+	total    int64
+	n, sent  int64
+	lastSent time.Time
+}
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	if w.n-w.sent >= progressBytes || time.Since(w.lastSent) >= progressEvery {
+		w.flush()
+	}
+	return len(p), nil
+}
+
+// flush publishes the current count.
+func (w *progressWriter) flush() {
+	w.sent, w.lastSent = w.n, time.Now()
+	w.f.publish(w.n, w.total)
+}
+
+// ctxReader makes reads of a local file stop once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	io.ReadCloser
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.ReadCloser.Read(p)
+}
+
+// syncDir makes a rename in dir durable, best effort.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+}
