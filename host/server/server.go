@@ -27,6 +27,13 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/proto/inference"
 )
 
+// HTTP/2 flow-control windows and socket buffers sized for tensor traffic.
+const (
+	windowSize     = 4 << 20
+	connWindowSize = 32 << 20
+	bufferSize     = 256 << 10
+)
+
 // Version is the node's version, set by the linker in release builds.
 var Version = "0.1.0-dev"
 
@@ -67,6 +74,12 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(int(cfg.Listen.MaxMessageSize)),
 		grpc.MaxSendMsgSize(int(cfg.Listen.MaxMessageSize)),
+		// Tensors are large messages: windows much larger than the 64 KiB
+		// default let a request arrive without waiting for WINDOW_UPDATEs.
+		grpc.InitialWindowSize(windowSize),
+		grpc.InitialConnWindowSize(connWindowSize),
+		grpc.ReadBufferSize(bufferSize),
+		grpc.WriteBufferSize(bufferSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(unaryErrors(log)),
 		grpc.ChainStreamInterceptor(streamErrors(log)),

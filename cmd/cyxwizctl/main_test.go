@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/server"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
+	"github.com/cyxwiz/cyxwiz-node/loaders/onnx"
+	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
+)
+
+// startNode serves onnxtest's linear model (X f32[-1,3] → Y f32[-1,2]) on a
+// real socket and returns its address.
+func startNode(t *testing.T) (string, *deploy.Manager) {
+	t.Helper()
+	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
+	dir := t.TempDir()
+	if err := onnxtest.WriteAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	models := deploy.NewManager(loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), log)
+	if _, err := models.Deploy(context.Background(), deploy.Spec{Name: "linear", Format: "onnx", Path: filepath.Join(dir, "linear.onnx")}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"\"\n", dir, "t.toml")
+	srv, err := server.New(cfg, server.Services{Inference: server.NewInference(models)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; models.Close(context.Background()) })
+	return srv.GRPCAddr().String(), models
+}
+
+func writeNPY(t *testing.T, path, descr string, shape []int, data []byte) {
+	t.Helper()
+	dims := make([]string, len(shape))
+	for i, d := range shape {
+		dims[i] = fmt.Sprint(d)
+	}
+	sh := strings.Join(dims, ", ")
+	if len(shape) == 1 {
+		sh += ","
+	}
+	header := fmt.Sprintf("{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, sh)
+	for (10+len(header)+1)%64 != 0 {
+		header += " "
+	}
+	header += "\n"
+	var b bytes.Buffer
+	b.WriteString("\x93NUMPY\x01\x00")
+	binary.Write(&b, binary.LittleEndian, uint16(len(header)))
+	b.WriteString(header)
+	b.Write(data)
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ctl(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestInferCommand(t *testing.T) {
+	addr, _ := startNode(t)
+	dir := t.TempDir()
+	js := filepath.Join(dir, "x.json")
+	os.WriteFile(js, []byte("[[1,1,1],[1,0,2]]"), 0o644)
+	code, out, errOut := ctl("--addr", addr, "infer", "linear", "--input", "X="+js)
+	if code != 0 || !strings.Contains(out, "Y FP32 [2 2]: [9.5 11 11.5 13]") {
+		t.Fatalf("json input: %d %q %q", code, out, errOut)
+	}
+
+	npy := filepath.Join(dir, "x.npy")
+	data := make([]byte, 12)
+	for i, v := range []float32{1, 1, 1} {
+		binary.LittleEndian.PutUint32(data[i*4:], math.Float32bits(v))
+	}
+	writeNPY(t, npy, "<f4", []int{1, 3}, data)
+	code, out, errOut = ctl("--addr", addr, "infer", "linear", "--input", "X="+npy, "--json")
+	if code != 0 || !strings.Contains(out, `"shape": [`) || !strings.Contains(out, "9.5") {
+		t.Fatalf("npy input: %d %q %q", code, out, errOut)
+	}
+
+	obj := filepath.Join(dir, "obj.json")
+	os.WriteFile(obj, []byte(`{"datatype":"FP32","shape":[1,3],"data":[1,1,1]}`), 0o644)
+	if code, out, errOut = ctl("--addr", addr, "infer", "linear", "--input", "X="+obj); code != 0 || !strings.Contains(out, "[9.5 11]") {
+		t.Fatalf("object json: %d %q %q", code, out, errOut)
+	}
+
+	// Errors: the node's message reaches the user with its code.
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte("[[1,2,3,4]]"), 0o644)
+	code, _, errOut = ctl("--addr", addr, "infer", "linear", "--input", "X="+bad)
+	if code != 1 || !strings.Contains(errOut, "InvalidArgument") || !strings.Contains(errOut, "dimension 1 must be 3") {
+		t.Fatalf("bad shape: %d %q", code, errOut)
+	}
+	code, _, errOut = ctl("--addr", addr, "infer", "nope", "--input", "X="+js)
+	if code != 1 || !strings.Contains(errOut, "NotFound") {
+		t.Fatalf("unknown model: %d %q", code, errOut)
+	}
+	if code, _, _ = ctl("--addr", addr, "infer", "linear"); code != 2 {
+		t.Fatalf("missing --input: exit %d", code)
+	}
+	if code, _, _ = ctl("--addr", addr, "bogus"); code != 2 {
+		t.Fatalf("unknown command: exit %d", code)
+	}
+}
+
+func TestHealthAndInfo(t *testing.T) {
+	addr, _ := startNode(t)
+	if code, out, _ := ctl("--addr", addr, "health"); code != 0 || strings.TrimSpace(out) != "SERVING" {
+		t.Fatalf("health: %d %q", code, out)
+	}
+	t.Setenv("CYXWIZ_ADDR", addr)
+	if code, out, _ := ctl("info"); code != 0 || !strings.HasPrefix(out, "cyxwiz-node ") {
+		t.Fatalf("info via CYXWIZ_ADDR: %d %q", code, out)
+	}
+}
+
+func TestReadNPYRejects(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string][]byte{
+		"notnpy.npy": []byte("hello world, not numpy"),
+		"trunc.npy":  []byte("\x93NUMPY\x01\x00\xff\x00{'descr'"),
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, content, 0o644)
+		if _, err := readNPY(p); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	p := filepath.Join(dir, "short.npy")
+	writeNPY(t, p, "<f4", []int{2, 3}, make([]byte, 8))
+	if _, err := readNPY(p); err == nil {
+		t.Error("short data: no error")
+	}
+	p = filepath.Join(dir, "fortran.npy")
+	writeNPY(t, p, "<f4", []int{1}, make([]byte, 4))
+	b, _ := os.ReadFile(p)
+	os.WriteFile(p, bytes.Replace(b, []byte("False"), []byte("True "), 1), 0o644)
+	if _, err := readNPY(p); err == nil || !strings.Contains(err.Error(), "Fortran") {
+		t.Errorf("fortran: %v", err)
+	}
+}

@@ -1,0 +1,189 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
+	"github.com/cyxwiz/cyxwiz-node/loaders/onnx"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+	"github.com/cyxwiz/cyxwiz-node/proto/inference"
+)
+
+// BenchmarkServing is `make bench-onnx`: on the PP-OCR classifier at
+// 3×48×192 it measures, in one run,
+//
+//	A  in-process Run at batch 1 from one goroutine (latency and rate)
+//	B  the best in-process rate over batch sizes × goroutines (the machine's limit)
+//	   ModelInfer over loopback gRPC at concurrency 1 (latency added to A)
+//	   ModelInfer at concurrency 16 with dynamic batching (rate, vs B)
+//
+// and prints one summary line. Run it with -benchtime 1x: each phase sizes
+// itself by wall time, not by b.N.
+func BenchmarkServing(b *testing.B) {
+	lib := loadertest.NativeLib(b, "onnxruntime/libonnxruntime.so.1")
+	path := loadertest.NativeLib(b, "models/ppocr-cls.onnx")
+	ctx := context.Background()
+	loader := onnx.New(onnx.Config{LibraryPath: lib})
+	model, err := loader.Load(ctx, path, loaders.Options{IntraOpThreads: 1, InterOpThreads: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer model.Close()
+
+	const phase = 2 * time.Second
+	input := func(batch int) *tensor.Tensor {
+		t := tensor.New("x", tensor.FP32, int64(batch), 3, 48, 192)
+		v := tensor.View[float32](t)
+		for i := range v {
+			v[i] = rand.Float32()*2 - 1
+		}
+		return t
+	}
+
+	// A: one goroutine, batch 1.
+	x1 := input(1)
+	lat := timeLoop(phase, func() {
+		if _, err := model.Infer(ctx, []*tensor.Tensor{x1}, nil); err != nil {
+			b.Fatal(err)
+		}
+	})
+	aP50, aP99 := pct(lat, 50), pct(lat, 99)
+	aRate := float64(len(lat)) / sum(lat).Seconds()
+	fmt.Printf("A  in-process batch 1, 1 goroutine: %.0f req/s  p50 %v  p99 %v\n", aRate, aP50, aP99)
+
+	// B: sweep batch × goroutines.
+	var best float64
+	var bestAt string
+	for _, batch := range []int{1, 2, 4, 8, 16} {
+		x := input(batch)
+		for _, g := range []int{1, 2, 4} {
+			rate := parallelRate(phase/2, g, func() error {
+				_, err := model.Infer(ctx, []*tensor.Tensor{x}, nil)
+				return err
+			}) * float64(batch)
+			fmt.Printf("B  in-process batch %2d × %d goroutines: %.0f img/s\n", batch, g, rate)
+			if rate > best {
+				best, bestAt = rate, fmt.Sprintf("batch=%d,g=%d", batch, g)
+			}
+		}
+	}
+	fmt.Printf("B  limit: %.0f img/s (%s)\n", best, bestAt)
+	model.Close()
+
+	// The node: the same model through deployment, engine and KServe gRPC.
+	reg := loaders.NewRegistry(loader)
+	models := deploy.NewManager(reg, quietLog())
+	defer models.Close(ctx)
+	if _, err := models.Deploy(ctx, deploy.Spec{Name: "ppocr-cls", Format: "onnx", Path: path,
+		Batching: engine.Config{MaxBatchSize: 16, Instances: 2, QueueCapacity: 256},
+		Load:     loaders.Options{IntraOpThreads: 1, InterOpThreads: 1}}); err != nil {
+		b.Fatal(err)
+	}
+	cfg := testConfig(&testing.T{})
+	srv, err := New(cfg, Services{Inference: NewInference(models)}, quietLog())
+	if err != nil {
+		b.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(sctx) }()
+	defer func() { stop(); <-done }()
+	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(connWindowSize),
+		grpc.WithReadBufferSize(bufferSize), grpc.WithWriteBufferSize(bufferSize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client := inference.NewGRPCInferenceServiceClient(conn)
+	req := &inference.ModelInferRequest{ModelName: "ppocr-cls",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: x1.Shape}},
+		RawInputContents: [][]byte{x1.Data}}
+	infer := func() error { _, err := client.ModelInfer(ctx, req); return err }
+	for range 20 { // warm the connection and the engine
+		if err := infer(); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	lat = timeLoop(phase, func() {
+		if err := infer(); err != nil {
+			b.Fatal(err)
+		}
+	})
+	gP50, gP99 := pct(lat, 50), pct(lat, 99)
+	added := gP50 - aP50
+	fmt.Printf("   gRPC ModelInfer c=1: p50 %v  p99 %v  added p50 %v\n", gP50, gP99, added)
+
+	c16 := parallelRate(2*phase, 16, infer)
+	d, _ := models.Model("ppocr-cls", "")
+	st := d.Status().Stats
+	fmt.Printf("   gRPC ModelInfer c=16, dynamic batching: %.0f req/s  (executions %d, batch sizes %v)\n", c16, st.Executions, st.BatchSizes)
+
+	ratio := c16 / best
+	b.ReportMetric(float64(added.Microseconds()), "added_p50_us")
+	b.ReportMetric(ratio, "c16_vs_limit")
+	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f\n",
+		added.Microseconds(), ratio, aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16)
+}
+
+// timeLoop calls f until d has passed and returns each call's duration.
+func timeLoop(d time.Duration, f func()) []time.Duration {
+	var out []time.Duration
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		s := time.Now()
+		f()
+		out = append(out, time.Since(s))
+	}
+	return out
+}
+
+// parallelRate runs f from g goroutines for d and returns calls per second.
+func parallelRate(d time.Duration, g int, f func() error) float64 {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	end := start.Add(d)
+	for range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				if f() != nil {
+					return
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[(len(s)-1)*p/100]
+}
+
+func sum(ds []time.Duration) time.Duration {
+	var t time.Duration
+	for _, d := range ds {
+		t += d
+	}
+	return t
+}
