@@ -146,8 +146,14 @@ func TestModelMetadataAndReady(t *testing.T) {
 		t.Fatalf("ServerReady: %v %v", sr, err)
 	}
 	for _, call := range []func() error{
-		func() error { _, err := n.client.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "nope"}); return err },
-		func() error { _, err := n.client.ModelReady(ctx, &inference.ModelReadyRequest{Name: "nope"}); return err },
+		func() error {
+			_, err := n.client.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "nope"})
+			return err
+		},
+		func() error {
+			_, err := n.client.ModelReady(ctx, &inference.ModelReadyRequest{Name: "nope"})
+			return err
+		},
 		func() error {
 			_, err := n.client.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "linear", Version: "7"})
 			return err
