@@ -4,14 +4,19 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/host/server"
+	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx"
 )
@@ -29,27 +34,59 @@ func newRegistry(cfg *config.Config) *loaders.Registry {
 
 // serve wires the node's parts and runs them until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	for _, dir := range []string{cfg.Storage.StateDir, cfg.Storage.CacheDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("%w: %w", errStartup, err)
+		}
+	}
+	cache, err := artifact.New(filepath.Join(cfg.Storage.CacheDir, "artifacts"), int64(cfg.Storage.CacheMaxSize), log.With("component", "artifacts"))
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+	defer cache.Close()
+	st, err := store.Open(filepath.Join(cfg.Storage.StateDir, "deployments.db"))
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+	defer st.Close()
+
 	reg := newRegistry(cfg)
 	for _, f := range reg.Formats() {
 		if !f.Available {
 			log.Debug("model format unavailable", "format", f.Format, "reason", f.Reason)
 		}
 	}
-	models := deploy.NewManager(reg, log)
+	models := deploy.NewManager(deploy.Config{
+		MaxDeployments:       cfg.Limits.MaxDeployments,
+		MemoryBudget:         int64(cfg.Limits.MemoryBudget),
+		MaxArtifactSize:      int64(cfg.Limits.MaxArtifactSize),
+		MaxConcurrentFetches: cfg.Limits.MaxConcurrentFetches,
+		MaxConcurrentLoads:   cfg.Limits.MaxConcurrentLoads,
+		DrainTimeout:         cfg.Limits.ShutdownTimeout.D(),
+		FetchTimeout:         cfg.Limits.FetchTimeout.D(),
+		Load: loaders.Options{
+			IntraOpThreads: cfg.Inference.IntraOpThreads,
+			InterOpThreads: cfg.Inference.InterOpThreads,
+			Providers:      cfg.Inference.Providers,
+		},
+	}, reg, cache, st, log)
+	deployStatic(cfg, models, log)
+	if err := models.Restore(); err != nil {
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+
 	srv, err := server.New(cfg, server.Services{
-		Inference: server.NewInference(models),
-		Ready:     func() bool { return server.Ready(models) },
+		Deployments: server.NewDeployments(models),
+		Inference:   server.NewInference(models),
+		Ready:       func() bool { return server.Ready(models) },
 	}, log)
 	if err != nil {
+		models.Close(context.Background())
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		deployStatic(gctx, cfg, models, log)
-		return nil
-	})
 	err = g.Wait()
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), cfg.Limits.ShutdownTimeout.D())
@@ -60,13 +97,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return err
 }
 
-// deployStatic loads the operator's [[models]]. A model that fails is logged
-// and left Failed; the others serve.
-func deployStatic(ctx context.Context, cfg *config.Config, models *deploy.Manager, log *slog.Logger) {
+// deployStatic assigns the operator's [[models]]; they load in the
+// background like any deployment. A model that fails is left Failed with its
+// reason; the others serve.
+func deployStatic(cfg *config.Config, models *deploy.Manager, log *slog.Logger) {
 	for _, m := range cfg.Models {
 		b := cfg.BatchingFor(m)
 		spec := deploy.Spec{
-			ID: m.Name, Name: m.Name, Version: m.Version, Format: m.Format, Path: m.Path, Owner: "operator",
+			Name: m.Name, Version: m.Version, Format: m.Format, Config: m.Config,
+			Model: artifact.Artifact{URI: (&url.URL{Scheme: "file", Path: m.Path}).String()},
 			Batching: engine.Config{
 				MaxBatchSize:        b.MaxBatchSize,
 				PreferredBatchSizes: b.PreferredBatchSizes,
@@ -74,14 +113,9 @@ func deployStatic(ctx context.Context, cfg *config.Config, models *deploy.Manage
 				QueueCapacity:       b.QueueCapacity,
 				Instances:           b.Instances,
 			},
-			Load: loaders.Options{
-				IntraOpThreads: cfg.Inference.IntraOpThreads,
-				InterOpThreads: cfg.Inference.InterOpThreads,
-				Providers:      cfg.ProvidersFor(m),
-				Logger:         log.With("model", m.Name),
-			},
+			Resources: deploy.Resources{Providers: cfg.ProvidersFor(m)},
 		}
-		if _, err := models.Deploy(ctx, spec); err != nil {
+		if _, err := models.Assign(m.Name, spec, deploy.OwnerOperator); err != nil {
 			log.Error("static model not served", "model", m.Name, "err", err)
 		}
 	}

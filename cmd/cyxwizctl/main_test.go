@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/server"
@@ -32,9 +33,13 @@ func startNode(t *testing.T) (string, *deploy.Manager) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	models := deploy.NewManager(loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), log)
-	if _, err := models.Deploy(context.Background(), deploy.Spec{Name: "linear", Format: "onnx", Path: filepath.Join(dir, "linear.onnx")}); err != nil {
+	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), nil, nil, log)
+	spec := deploy.Spec{Name: "linear", Format: "onnx", Model: artifact.Artifact{URI: "file://" + filepath.Join(dir, "linear.onnx")}}
+	if _, err := models.Assign("linear", spec, deploy.OwnerOperator); err != nil {
 		t.Fatal(err)
+	}
+	if st, err := models.WaitFor(context.Background(), "linear", deploy.Settled); err != nil || !st.State.Serving() {
+		t.Fatalf("deploy: %v %v", st.Message, err)
 	}
 	cfg, _ := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"\"\n", dir, "t.toml")
 	srv, err := server.New(cfg, server.Services{Inference: server.NewInference(models)}, log)

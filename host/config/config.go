@@ -98,6 +98,8 @@ type Limits struct {
 	MemoryBudget ByteSize `toml:"memory_budget"`
 	// MaxArtifactSize bounds one downloaded artifact. Default: "4GiB".
 	MaxArtifactSize ByteSize `toml:"max_artifact_size"`
+	// FetchTimeout bounds one artifact download. Default: "30m".
+	FetchTimeout Duration `toml:"fetch_timeout"`
 	// MaxConcurrentFetches bounds parallel downloads. Default: 2.
 	MaxConcurrentFetches int `toml:"max_concurrent_fetches"`
 	// MaxConcurrentLoads bounds parallel model loads. Default: 2.
@@ -205,6 +207,7 @@ func Default() Config {
 		Limits: Limits{
 			MaxDeployments: 16, MemoryBudget: 8 << 30, MaxArtifactSize: 4 << 30,
 			MaxConcurrentFetches: 2, MaxConcurrentLoads: 2, ShutdownTimeout: Duration(5 * time.Second),
+			FetchTimeout: Duration(30 * time.Minute),
 		},
 		Inference: Inference{
 			IntraOpThreads: 1, InterOpThreads: 1, Providers: []string{"cpu"},
@@ -351,6 +354,9 @@ func (c *Config) validate() []string {
 	}
 	if c.Limits.MaxArtifactSize <= 0 {
 		bad("limits.max_artifact_size", "must be > 0")
+	}
+	if c.Limits.FetchTimeout <= 0 {
+		bad("limits.fetch_timeout", "must be > 0")
 	}
 	if c.Limits.ShutdownTimeout <= 0 {
 		bad("limits.shutdown_timeout", "must be > 0")

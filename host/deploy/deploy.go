@@ -1,7 +1,9 @@
-// Package deploy holds the node's deployments: each is a loaded model behind
-// its own inference engine, with a state, a message and timestamps that the
-// gRPC faces report. A deployment that fails to load is Failed with the
-// reason; every other deployment keeps serving.
+// Package deploy holds the node's deployments: each is a model fetched,
+// verified, loaded and served behind its own inference engine. A deployment's
+// life (Pending → Fetching → Loading → Ready → Running → Stopping → Stopped,
+// or Failed with a reason from any step) is driven by one goroutine owned by
+// the Manager; every change is stored durably and published to watchers.
+// A failure in one deployment never touches another.
 package deploy
 
 import (
@@ -9,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
@@ -20,12 +21,16 @@ import (
 
 // Errors callers branch on.
 var (
-	// ErrNotFound: no deployment serves that model name (or version).
-	ErrNotFound = errors.New("model not found")
-	// ErrNotReady: the deployment exists but is not serving (loading, failed, stopped).
+	// ErrNotFound: no deployment with that id, or no model of that name.
+	ErrNotFound = errors.New("not found")
+	// ErrNotReady: the deployment exists but is not serving.
 	ErrNotReady = errors.New("model not ready")
-	// ErrExists: a deployment with that name or id already exists.
-	ErrExists = errors.New("deployment already exists")
+	// ErrExists: the id is taken by another spec, or the model name by another deployment.
+	ErrExists = errors.New("already exists")
+	// ErrInvalidSpec: the spec cannot be deployed as written.
+	ErrInvalidSpec = errors.New("invalid deployment spec")
+	// ErrNoCapacity: the node is full (deployments or memory budget).
+	ErrNoCapacity = errors.New("node has no capacity")
 )
 
 // State is a step of a deployment's life.
@@ -52,47 +57,81 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", int(s))
 }
 
+// ParseState is the inverse of String.
+func ParseState(s string) (State, bool) {
+	for i, n := range stateNames {
+		if n == s {
+			return State(i), true
+		}
+	}
+	return 0, false
+}
+
 // Serving reports whether requests are accepted in this state.
 func (s State) Serving() bool { return s == Ready || s == Running }
 
-// Spec is what to deploy.
-type Spec struct {
-	ID       string
-	Name     string // model name clients use
-	Version  string
-	Format   string
-	Path     string // local model file
-	Owner    string // "operator" (node.toml) or "central"
-	Batching engine.Config
-	Load     loaders.Options
+// Active reports whether the deployment holds or is acquiring resources.
+func (s State) Active() bool { return s != Stopped && s != Failed }
+
+// Owners of deployments.
+const (
+	OwnerCentral  = "central"
+	OwnerOperator = "operator"
+)
+
+// Progress tells how far fetching or loading has come.
+type Progress struct {
+	Phase string
+	Done  int64
+	Total int64 // -1 or 0 when unknown
 }
 
 // Status is a snapshot of a deployment.
 type Status struct {
-	Spec      Spec
-	State     State
-	Message   string
-	Created   time.Time
-	Updated   time.Time
-	Info      loaders.Info // valid once loaded
-	Stats     engine.Stats
-	MemoryUse int64
+	ID       string
+	Owner    string
+	Spec     Spec
+	State    State
+	Message  string
+	Progress Progress
+	Created  time.Time
+	Updated  time.Time
+	Info     loaders.Info // valid once loaded
+	Stats    engine.Stats
+	// MemoryBytes is the memory the deployment is charged against the budget.
+	MemoryBytes int64
 }
 
-// Deployment is one model being served.
+// Deployment is one model on the node.
 type Deployment struct {
-	spec Spec
-	log  *slog.Logger
+	id    string
+	owner string
+	spec  Spec
+	log   *slog.Logger
 
-	mu      sync.RWMutex
-	state   State
-	message string
-	created time.Time
-	updated time.Time
-	model   loaders.Model
-	info    loaders.Info
-	sched   *engine.Scheduler
+	// run owns the goroutine driving the deployment; cancel stops it and
+	// done closes when it has returned.
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu       sync.RWMutex
+	state    State
+	message  string
+	progress Progress
+	created  time.Time
+	updated  time.Time
+	charge   int64 // bytes charged against the memory budget
+	model    loaders.Model
+	info     loaders.Info
+	sched    *engine.Scheduler
+	pins     []string // artifact digests pinned in the cache
+
+	// notify persists and publishes a change; set by the Manager.
+	notify func(*Deployment)
 }
+
+// ID is the deployment id.
+func (d *Deployment) ID() string { return d.id }
 
 // Name is the model name clients use.
 func (d *Deployment) Name() string { return d.spec.Name }
@@ -118,22 +157,12 @@ func (d *Deployment) State() State {
 func (d *Deployment) Status() Status {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	st := Status{Spec: d.spec, State: d.state, Message: d.message, Created: d.created, Updated: d.updated, Info: d.info, MemoryUse: d.info.MemoryBytes}
+	st := Status{ID: d.id, Owner: d.owner, Spec: d.spec, State: d.state, Message: d.message, Progress: d.progress,
+		Created: d.created, Updated: d.updated, Info: d.info, MemoryBytes: d.charge}
 	if d.sched != nil {
 		st.Stats = d.sched.Stats()
 	}
 	return st
-}
-
-func (d *Deployment) setState(s State, msg string) {
-	d.mu.Lock()
-	d.state, d.message, d.updated = s, msg, time.Now()
-	d.mu.Unlock()
-	if s == Failed {
-		d.log.Error("deployment failed", "state", s.String(), "reason", msg)
-	} else {
-		d.log.Info("deployment state", "state", s.String(), "message", msg)
-	}
 }
 
 // Infer checks the inputs against the model, then queues them on the
@@ -154,38 +183,16 @@ func (d *Deployment) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs
 	}
 	if state == Ready {
 		d.mu.Lock()
-		if d.state == Ready {
+		changed := d.state == Ready
+		if changed {
 			d.state, d.updated = Running, time.Now()
 		}
 		d.mu.Unlock()
+		if changed {
+			d.notify(d)
+		}
 	}
 	return sched.Infer(ctx, engine.Request{Inputs: inputs, Outputs: outputs})
-}
-
-// load loads the model and starts its engine.
-func (d *Deployment) load(ctx context.Context, reg *loaders.Registry) error {
-	d.setState(Loading, "loading "+d.spec.Path)
-	start := time.Now()
-	m, err := reg.Load(ctx, d.spec.Format, d.spec.Path, d.spec.Load)
-	if err != nil {
-		return err
-	}
-	info := m.Info()
-	cfg := d.spec.Batching
-	if cfg.MaxBatchSize > 1 && !batchable(info) {
-		d.log.Info("model has no dynamic leading dimension on every tensor: batching off")
-		cfg.MaxBatchSize, cfg.PreferredBatchSizes = 0, nil
-	}
-	sched, err := engine.New(d.spec.Name, m, cfg, d.log)
-	if err != nil {
-		m.Close()
-		return err
-	}
-	d.mu.Lock()
-	d.model, d.info, d.sched = m, info, sched
-	d.mu.Unlock()
-	d.setState(Ready, fmt.Sprintf("loaded in %v (%s, providers %v)", time.Since(start).Round(time.Millisecond), info.Platform, info.Providers))
-	return nil
 }
 
 // batchable reports whether every input and output has a dynamic dimension 0,
@@ -199,120 +206,4 @@ func batchable(info loaders.Info) bool {
 		}
 	}
 	return len(info.Inputs) > 0
-}
-
-// stop drains the engine and unloads the model.
-func (d *Deployment) stop(ctx context.Context) error {
-	d.mu.Lock()
-	if d.state == Stopped || d.state == Failed && d.sched == nil {
-		d.mu.Unlock()
-		return nil
-	}
-	sched, model := d.sched, d.model
-	d.mu.Unlock()
-	d.setState(Stopping, "draining")
-	var errs []error
-	if sched != nil {
-		errs = append(errs, sched.Close(ctx))
-	}
-	if model != nil {
-		errs = append(errs, model.Close())
-	}
-	d.mu.Lock()
-	d.sched, d.model = nil, nil
-	d.mu.Unlock()
-	d.setState(Stopped, "stopped")
-	return errors.Join(errs...)
-}
-
-// Manager holds every deployment of the node.
-type Manager struct {
-	reg *loaders.Registry
-	log *slog.Logger
-
-	mu     sync.RWMutex
-	byID   map[string]*Deployment
-	byName map[string]*Deployment
-	wg     sync.WaitGroup
-}
-
-// NewManager returns an empty manager that loads models through reg.
-func NewManager(reg *loaders.Registry, log *slog.Logger) *Manager {
-	return &Manager{reg: reg, log: log, byID: map[string]*Deployment{}, byName: map[string]*Deployment{}}
-}
-
-// Registry is the loader registry the manager uses.
-func (m *Manager) Registry() *loaders.Registry { return m.reg }
-
-// Deploy adds a deployment and loads it synchronously. A load failure leaves
-// the deployment Failed with the reason and is returned; other deployments
-// are untouched.
-func (m *Manager) Deploy(ctx context.Context, spec Spec) (*Deployment, error) {
-	if spec.ID == "" {
-		spec.ID = spec.Name
-	}
-	if spec.Version == "" {
-		spec.Version = "1"
-	}
-	now := time.Now()
-	d := &Deployment{spec: spec, state: Pending, created: now, updated: now,
-		log: m.log.With("deployment", spec.ID, "model", spec.Name)}
-	m.mu.Lock()
-	if _, ok := m.byID[spec.ID]; ok {
-		m.mu.Unlock()
-		return nil, fmt.Errorf("%w: id %q", ErrExists, spec.ID)
-	}
-	if _, ok := m.byName[spec.Name]; ok {
-		m.mu.Unlock()
-		return nil, fmt.Errorf("%w: model name %q", ErrExists, spec.Name)
-	}
-	m.byID[spec.ID], m.byName[spec.Name] = d, d
-	m.mu.Unlock()
-
-	if err := d.load(ctx, m.reg); err != nil {
-		d.setState(Failed, err.Error())
-		return d, fmt.Errorf("deploy %s: %w", spec.ID, err)
-	}
-	return d, nil
-}
-
-// Model returns the deployment serving name. version "" matches any; a
-// deployment that is not serving is returned with ErrNotReady.
-func (m *Manager) Model(name, version string) (*Deployment, error) {
-	m.mu.RLock()
-	d, ok := m.byName[name]
-	m.mu.RUnlock()
-	if !ok || (version != "" && version != d.spec.Version) {
-		if ok {
-			return nil, fmt.Errorf("%w: %s version %q (have %q)", ErrNotFound, name, version, d.spec.Version)
-		}
-		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
-	}
-	if st := d.State(); !st.Serving() {
-		return d, fmt.Errorf("%w: %s is %v", ErrNotReady, name, st)
-	}
-	return d, nil
-}
-
-// List returns every deployment sorted by id.
-func (m *Manager) List() []*Deployment {
-	m.mu.RLock()
-	out := make([]*Deployment, 0, len(m.byID))
-	for _, d := range m.byID {
-		out = append(out, d)
-	}
-	m.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].spec.ID < out[j].spec.ID })
-	return out
-}
-
-// Close stops every deployment, draining each within ctx.
-func (m *Manager) Close(ctx context.Context) error {
-	var errs []error
-	for _, d := range m.List() {
-		if err := d.stop(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("stop %s: %w", d.spec.ID, err))
-		}
-	}
-	return errors.Join(errs...)
 }

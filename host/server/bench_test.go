@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -85,12 +86,14 @@ func BenchmarkServing(b *testing.B) {
 
 	// The node: the same model through deployment, engine and KServe gRPC.
 	reg := loaders.NewRegistry(loader)
-	models := deploy.NewManager(reg, quietLog())
+	models := deploy.NewManager(deploy.Config{Load: loaders.Options{IntraOpThreads: 1, InterOpThreads: 1}}, reg, nil, nil, quietLog())
 	defer models.Close(ctx)
-	if _, err := models.Deploy(ctx, deploy.Spec{Name: "ppocr-cls", Format: "onnx", Path: path,
-		Batching: engine.Config{MaxBatchSize: 16, Instances: 2, QueueCapacity: 256},
-		Load:     loaders.Options{IntraOpThreads: 1, InterOpThreads: 1}}); err != nil {
+	if _, err := models.Assign("ppocr-cls", deploy.Spec{Name: "ppocr-cls", Format: "onnx", Model: artifact.Artifact{URI: "file://" + path},
+		Batching: engine.Config{MaxBatchSize: 16, Instances: 2, QueueCapacity: 256}}, deploy.OwnerOperator); err != nil {
 		b.Fatal(err)
+	}
+	if st, err := models.WaitFor(ctx, "ppocr-cls", deploy.Settled); err != nil || !st.State.Serving() {
+		b.Fatalf("deploy: %v %v", st.Message, err)
 	}
 	cfg := testConfig(&testing.T{})
 	srv, err := New(cfg, Services{Inference: NewInference(models)}, quietLog())

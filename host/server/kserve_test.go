@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -88,12 +89,21 @@ func newTestNode(t *testing.T, slow *slowModel, specs ...deploy.Spec) *testNode 
 		slow = &slowModel{}
 	}
 	reg := loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib}), slowLoader{slow})
-	models := deploy.NewManager(reg, quietLog())
+	models := deploy.NewManager(deploy.Config{}, reg, nil, nil, quietLog())
 	for _, s := range specs {
-		if !filepath.IsAbs(s.Path) {
-			s.Path = filepath.Join(dir, s.Path)
+		if !filepath.IsAbs(s.Model.URI) {
+			s.Model.URI = filepath.Join(dir, s.Model.URI)
 		}
-		models.Deploy(context.Background(), s) // failures stay visible as Failed deployments
+		s.Model.URI = "file://" + s.Model.URI
+		if _, err := models.Assign(s.Name, s, deploy.OwnerOperator); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		_, err := models.WaitFor(ctx, s.Name, deploy.Settled) // failures stay visible as Failed deployments
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -105,7 +115,7 @@ func newTestNode(t *testing.T, slow *slowModel, specs ...deploy.Spec) *testNode 
 }
 
 func onnxSpec(name, file string, batch int) deploy.Spec {
-	return deploy.Spec{Name: name, Format: "onnx", Path: file,
+	return deploy.Spec{Name: name, Format: "onnx", Model: artifact.Artifact{URI: file},
 		Batching: engine.Config{MaxBatchSize: batch, Instances: 2, QueueCapacity: 64}}
 }
 
@@ -393,7 +403,7 @@ func TestBadInputs(t *testing.T) {
 }
 
 func slowSpec(name string, queue int) deploy.Spec {
-	return deploy.Spec{Name: name, Format: "slow", Path: "mem",
+	return deploy.Spec{Name: name, Format: "slow", Model: artifact.Artifact{URI: "mem"},
 		Batching: engine.Config{MaxBatchSize: 0, Instances: 1, QueueCapacity: queue}}
 }
 

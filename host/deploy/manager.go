@@ -1,0 +1,570 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/store"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+)
+
+// Config bounds what the Manager takes on.
+type Config struct {
+	// MaxDeployments counts deployments that are not Stopped or Failed.
+	MaxDeployments int
+	// MemoryBudget is what all loaded models may hold together; 0 = no limit.
+	MemoryBudget int64
+	// MaxArtifactSize bounds one downloaded artifact; 0 = no limit.
+	MaxArtifactSize int64
+	// MaxConcurrentFetches and MaxConcurrentLoads bound parallel work.
+	MaxConcurrentFetches int
+	MaxConcurrentLoads   int
+	// FetchTimeout bounds one artifact download; 0 = no limit.
+	FetchTimeout time.Duration
+	// DrainTimeout bounds how long Stop waits for in-flight requests.
+	DrainTimeout time.Duration
+	// GPUs is the number of GPUs the node has.
+	GPUs int
+	// Load holds the loader defaults (threads, providers) for every deployment.
+	Load loaders.Options
+}
+
+// Manager holds every deployment of the node and drives their lives.
+type Manager struct {
+	cfg   Config
+	reg   *loaders.Registry
+	cache *artifact.Cache // nil: only file:// URIs without digest work
+	store *store.Store    // nil: nothing survives a restart
+	log   *slog.Logger
+
+	fetchSem chan struct{}
+	loadSem  chan struct{}
+
+	ctx    context.Context // parent of every deployment goroutine
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	byID   map[string]*Deployment
+	byName map[string]*Deployment // serving or on its way (Active)
+	closed bool
+
+	watch broker
+}
+
+// NewManager returns a manager. cache and st may be nil (tests, or a node
+// without persistence).
+func NewManager(cfg Config, reg *loaders.Registry, cache *artifact.Cache, st *store.Store, log *slog.Logger) *Manager {
+	if cfg.MaxConcurrentFetches <= 0 {
+		cfg.MaxConcurrentFetches = 2
+	}
+	if cfg.MaxConcurrentLoads <= 0 {
+		cfg.MaxConcurrentLoads = 2
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		cfg: cfg, reg: reg, cache: cache, store: st, log: log,
+		fetchSem: make(chan struct{}, cfg.MaxConcurrentFetches),
+		loadSem:  make(chan struct{}, cfg.MaxConcurrentLoads),
+		ctx:      ctx, cancel: cancel,
+		byID: map[string]*Deployment{}, byName: map[string]*Deployment{},
+	}
+}
+
+// Registry is the loader registry the manager uses.
+func (m *Manager) Registry() *loaders.Registry { return m.reg }
+
+// Assign accepts a deployment: it validates the spec, checks capacity,
+// stores the deployment durably and starts its life in the background. The
+// same id with an equal spec returns the current status (and restarts a
+// Stopped or Failed deployment); the same id with another spec is ErrExists.
+func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
+	if id == "" {
+		return Status{}, fmt.Errorf("%w: deployment_id is empty", ErrInvalidSpec)
+	}
+	spec = spec.normal()
+	if err := spec.validate(m.reg.Known, m.cfg); err != nil {
+		return Status{}, err
+	}
+	d, err := m.assignLocked(id, spec, owner)
+	if err != nil || d == nil {
+		return Status{}, err
+	}
+	m.changed(d)
+	return d.Status(), nil
+}
+
+// assignLocked does Assign's work under m.mu. It returns the deployment it
+// started, or nil and the status to report.
+func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, fmt.Errorf("deploy %s: %w: node is shutting down", id, ErrNoCapacity)
+	}
+	if d, ok := m.byID[id]; ok {
+		if !d.spec.Equal(spec) {
+			return nil, fmt.Errorf("%w: deployment %q has a different spec (stop it, or use another id)", ErrExists, id)
+		}
+		if st := d.State(); st.Active() {
+			return d, nil
+		}
+		<-d.done // the old run has returned: reuse the id
+	}
+	if other, ok := m.byName[spec.Name]; ok && other.id != id {
+		return nil, fmt.Errorf("%w: model name %q is served by deployment %q", ErrExists, spec.Name, other.id)
+	}
+	if err := m.admitLocked(spec); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	d := m.newDeployment(id, owner, spec, now)
+	if old, ok := m.byID[id]; ok {
+		d.created = old.created
+	}
+	if m.store != nil && owner != OwnerOperator {
+		raw, err := json.Marshal(spec)
+		if err != nil {
+			return nil, fmt.Errorf("deploy %s: encode spec: %w", id, err)
+		}
+		rec := store.Record{ID: id, Spec: raw, Desired: store.DesiredRunning, State: Pending.String(),
+			Message: "accepted", Created: d.created, Updated: now, Owner: owner}
+		if err := m.store.Put(rec); err != nil {
+			return nil, fmt.Errorf("deploy %s: %w", id, err)
+		}
+	}
+	m.startLocked(d)
+	return d, nil
+}
+
+func (m *Manager) newDeployment(id, owner string, spec Spec, now time.Time) *Deployment {
+	d := &Deployment{id: id, owner: owner, spec: spec, state: Pending, message: "accepted",
+		created: now, updated: now, done: make(chan struct{}),
+		log: m.log.With("deployment", id, "model", spec.Name)}
+	d.notify = m.changed
+	return d
+}
+
+// admitLocked checks the deployment count and memory budget.
+func (m *Manager) admitLocked(spec Spec) error {
+	active, used := 0, int64(0)
+	for _, d := range m.byID {
+		if d.State().Active() {
+			active++
+			used += d.Status().MemoryBytes
+		}
+	}
+	if m.cfg.MaxDeployments > 0 && active >= m.cfg.MaxDeployments {
+		return fmt.Errorf("%w: %d of %d deployments in use (limits.max_deployments)", ErrNoCapacity, active, m.cfg.MaxDeployments)
+	}
+	need := estimate(spec)
+	if m.cfg.MemoryBudget > 0 && used+need > m.cfg.MemoryBudget {
+		return fmt.Errorf("%w: memory budget: needs %d bytes, %d of %d in use, %d free (limits.memory_budget)",
+			ErrNoCapacity, need, used, m.cfg.MemoryBudget, m.cfg.MemoryBudget-used)
+	}
+	return nil
+}
+
+// estimate is the memory charged before the loader reports: the larger of
+// the declared requirement and the model's declared size.
+func estimate(spec Spec) int64 {
+	return max(spec.Resources.MemoryBytes, spec.Model.Size)
+}
+
+// startLocked registers d and starts its goroutine. The caller publishes the
+// new deployment with m.changed once it has released m.mu (lock order: the
+// watch broker's lock may be held while taking m.mu, never the reverse).
+func (m *Manager) startLocked(d *Deployment) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	d.cancel = cancel
+	d.charge = estimate(d.spec)
+	m.byID[d.id] = d
+	m.byName[d.spec.Name] = d
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(d.done)
+		m.run(ctx, d)
+	}()
+}
+
+// run takes a deployment from Pending to Ready, or to Failed.
+func (m *Manager) run(ctx context.Context, d *Deployment) {
+	err := m.bringUp(ctx, d)
+	if err == nil {
+		return
+	}
+	if ctx.Err() != nil {
+		return // stopped or node shutting down: Stop or Close sets the state
+	}
+	// A fetch deadline (FetchTimeout) ends here as a failure like any other.
+	m.unload(d, context.Background())
+	m.set(d, Failed, err.Error())
+	m.mu.Lock()
+	if m.byName[d.spec.Name] == d {
+		delete(m.byName, d.spec.Name)
+	}
+	m.mu.Unlock()
+}
+
+func (m *Manager) bringUp(ctx context.Context, d *Deployment) error {
+	if err := acquire(ctx, m.fetchSem); err != nil {
+		return err
+	}
+	paths, err := m.fetchAll(ctx, d)
+	release(m.fetchSem)
+	if err != nil {
+		return err
+	}
+	if err := acquire(ctx, m.loadSem); err != nil {
+		return err
+	}
+	defer release(m.loadSem)
+	return m.load(ctx, d, paths["model"])
+}
+
+func acquire(ctx context.Context, sem chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func release(sem chan struct{}) { <-sem }
+
+// fetchAll fetches the model and every guest; it returns local paths by
+// "model" and guest name.
+func (m *Manager) fetchAll(ctx context.Context, d *Deployment) (map[string]string, error) {
+	type item struct {
+		key string
+		a   artifact.Artifact
+	}
+	items := []item{{"model", d.spec.Model}}
+	for _, g := range d.spec.Guests {
+		items = append(items, item{g.Name, g.Artifact})
+	}
+	paths := map[string]string{}
+	for _, it := range items {
+		phase := "fetch " + it.key
+		m.setProgress(d, Fetching, phase, Progress{Phase: phase, Total: it.a.Size})
+		a := it.a
+		if m.cfg.MaxArtifactSize > 0 {
+			a.MaxSize = m.cfg.MaxArtifactSize
+		}
+		path, err := m.fetch(ctx, d, a, phase)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", phase, err)
+		}
+		paths[it.key] = path
+	}
+	return paths, nil
+}
+
+func (m *Manager) fetch(ctx context.Context, d *Deployment, a artifact.Artifact, phase string) (string, error) {
+	if m.cache == nil {
+		if a.SHA256 != "" {
+			return "", errors.New("this node has no artifact cache")
+		}
+		return fileURIPath(a.URI)
+	}
+	if a.SHA256 != "" {
+		if err := m.cache.Acquire(a.SHA256); err != nil {
+			return "", err
+		}
+		d.mu.Lock()
+		d.pins = append(d.pins, a.SHA256)
+		d.mu.Unlock()
+	}
+	if m.cfg.FetchTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, m.cfg.FetchTimeout)
+		defer cancel()
+	}
+	var last time.Time
+	return m.cache.Fetch(ctx, a, func(done, total int64) {
+		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || done == total {
+			last = now
+			m.setProgress(d, Fetching, phase, Progress{Phase: phase, Done: done, Total: total})
+		}
+	})
+}
+
+// load loads the model and starts its engine.
+func (m *Manager) load(ctx context.Context, d *Deployment, path string) error {
+	m.setProgress(d, Loading, "loading "+d.spec.Format+" model", Progress{Phase: "load"})
+	start := time.Now()
+	opts := m.cfg.Load
+	opts.Extra = d.spec.LoaderOptions
+	opts.Logger = d.log
+	if p := d.spec.Resources.Providers; len(p) > 0 {
+		opts.Providers = p
+	}
+	if t := d.spec.Resources.CPUThreads; t > 0 {
+		opts.IntraOpThreads = t
+	}
+	model, err := m.reg.Load(ctx, d.spec.Format, path, opts)
+	if err != nil {
+		return err
+	}
+	info := model.Info()
+	cfg := d.spec.Batching
+	if cfg.MaxBatchSize > 1 && !batchable(info) {
+		d.log.Info("model has no dynamic leading dimension on every tensor: batching off")
+		cfg.MaxBatchSize, cfg.PreferredBatchSizes = 0, nil
+	}
+	sched, err := engine.New(d.spec.Name, model, cfg, d.log)
+	if err != nil {
+		model.Close()
+		return err
+	}
+	d.mu.Lock()
+	d.model, d.info, d.sched = model, info, sched
+	d.charge = max(estimate(d.spec), info.MemoryBytes)
+	d.mu.Unlock()
+	if ctx.Err() != nil {
+		return ctx.Err() // stopped while loading: Stop unloads
+	}
+	m.set(d, Ready, fmt.Sprintf("loaded in %v (%s, providers %v)", time.Since(start).Round(time.Millisecond), info.Platform, info.Providers))
+	return nil
+}
+
+// set changes d's state and message, then persists and publishes it.
+func (m *Manager) set(d *Deployment, s State, msg string) {
+	d.mu.Lock()
+	d.state, d.message, d.updated = s, msg, time.Now()
+	if s != Fetching && s != Loading {
+		d.progress = Progress{}
+	}
+	d.mu.Unlock()
+	if s == Failed {
+		d.log.Error("deployment failed", "reason", msg)
+	} else {
+		d.log.Info("deployment state", "state", s.String(), "message", msg)
+	}
+	m.changed(d)
+}
+
+func (m *Manager) setProgress(d *Deployment, s State, msg string, p Progress) {
+	d.mu.Lock()
+	changedState := d.state != s
+	d.state, d.message, d.progress, d.updated = s, msg, p, time.Now()
+	d.mu.Unlock()
+	if changedState {
+		d.log.Info("deployment state", "state", s.String(), "message", msg)
+	}
+	m.changed(d)
+}
+
+// changed persists d's state (when it is a stored deployment) and publishes
+// its status to watchers.
+func (m *Manager) changed(d *Deployment) {
+	st := d.Status()
+	if m.store != nil && d.owner != OwnerOperator {
+		err := m.store.Update(d.id, func(r *store.Record) error {
+			if r.State == st.State.String() && r.Message == st.Message {
+				return errUnchanged
+			}
+			r.State, r.Message, r.Updated = st.State.String(), st.Message, st.Updated
+			return nil
+		})
+		if err != nil && !errors.Is(err, errUnchanged) && !errors.Is(err, store.ErrNotFound) {
+			d.log.Warn("persist deployment state", "err", err)
+		}
+	}
+	m.watch.publish(Event{Status: st})
+}
+
+var errUnchanged = errors.New("unchanged")
+
+// Stop drains a deployment's in-flight requests, unloads its model and
+// records that it should stay stopped. Stopping a stopped deployment is fine.
+func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
+	m.mu.Lock()
+	d, ok := m.byID[id]
+	m.mu.Unlock()
+	if !ok {
+		return Status{}, fmt.Errorf("%w: deployment %q", ErrNotFound, id)
+	}
+	if m.store != nil && d.owner != OwnerOperator {
+		err := m.store.Update(id, func(r *store.Record) error { r.Desired = store.DesiredStopped; return nil })
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return Status{}, fmt.Errorf("stop %s: %w", id, err)
+		}
+	}
+	if st := d.State(); st == Stopped {
+		return d.Status(), nil
+	}
+	m.stop(ctx, d)
+	return d.Status(), nil
+}
+
+// stop cancels d's goroutine, drains and unloads it, and marks it Stopped.
+func (m *Manager) stop(ctx context.Context, d *Deployment) {
+	wasFailed := d.State() == Failed
+	d.cancel()
+	<-d.done
+	if !wasFailed {
+		m.set(d, Stopping, "draining in-flight requests")
+	}
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
+	defer cancel()
+	m.unload(d, dctx)
+	m.mu.Lock()
+	if m.byName[d.spec.Name] == d {
+		delete(m.byName, d.spec.Name)
+	}
+	m.mu.Unlock()
+	m.set(d, Stopped, "stopped")
+}
+
+// unload closes d's engine (draining within ctx) and model and unpins its
+// artifacts.
+func (m *Manager) unload(d *Deployment, ctx context.Context) {
+	d.mu.Lock()
+	sched, model, pins := d.sched, d.model, d.pins
+	d.sched, d.model, d.pins, d.charge = nil, nil, nil, 0
+	d.mu.Unlock()
+	if sched != nil {
+		if err := sched.Close(ctx); err != nil {
+			d.log.Warn("drain", "err", err)
+		}
+	}
+	if model != nil {
+		if err := model.Close(); err != nil {
+			d.log.Warn("unload", "err", err)
+		}
+	}
+	for _, p := range pins {
+		if m.cache != nil {
+			m.cache.Release(p)
+		}
+	}
+}
+
+// Get returns a deployment by id.
+func (m *Manager) Get(id string) (*Deployment, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d, ok := m.byID[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: deployment %q", ErrNotFound, id)
+	}
+	return d, nil
+}
+
+// Model returns the deployment serving name. version "" matches any; a
+// deployment that is not serving is returned with ErrNotReady.
+func (m *Manager) Model(name, version string) (*Deployment, error) {
+	m.mu.Lock()
+	d, ok := m.byName[name]
+	if !ok {
+		// A failed deployment keeps answering for its name, so clients see why.
+		for _, c := range m.byID {
+			if c.spec.Name == name && c.State() == Failed {
+				d, ok = c, true
+			}
+		}
+	}
+	m.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: model %q", ErrNotFound, name)
+	}
+	if version != "" && version != d.spec.Version {
+		return nil, fmt.Errorf("%w: model %s version %q (have %q)", ErrNotFound, name, version, d.spec.Version)
+	}
+	if st := d.Status(); !st.State.Serving() {
+		msg := st.State.String()
+		if st.State == Failed {
+			msg += ": " + st.Message
+		}
+		return d, fmt.Errorf("%w: %s is %s", ErrNotReady, name, msg)
+	}
+	return d, nil
+}
+
+// List returns every deployment sorted by id.
+func (m *Manager) List() []*Deployment {
+	m.mu.Lock()
+	out := make([]*Deployment, 0, len(m.byID))
+	for _, d := range m.byID {
+		out = append(out, d)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// Restore starts every stored deployment whose desired state is running, and
+// lists the stopped ones as Stopped. Call it once, before serving.
+func (m *Manager) Restore() error {
+	if m.store == nil {
+		return nil
+	}
+	recs, err := m.store.List()
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	for _, r := range recs {
+		var spec Spec
+		if err := json.Unmarshal(r.Spec, &spec); err != nil {
+			m.log.Error("restore: unreadable spec; skipped", "deployment", r.ID, "err", err)
+			continue
+		}
+		if r.Desired != store.DesiredRunning {
+			d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
+			d.state, d.message = Stopped, "stopped"
+			close(d.done)
+			d.cancel = func() {}
+			m.mu.Lock()
+			m.byID[r.ID] = d
+			m.mu.Unlock()
+			continue
+		}
+		m.mu.Lock()
+		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
+		d.message = "restored after restart"
+		m.startLocked(d)
+		m.mu.Unlock()
+		m.changed(d)
+		m.log.Info("restored deployment", "deployment", r.ID, "model", spec.Name)
+	}
+	return nil
+}
+
+// Close stops every deployment without changing what is stored, so that a
+// restart restores them. It drains each within ctx.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	m.cancel()
+	var wg sync.WaitGroup
+	for _, d := range m.List() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-d.done
+			m.unload(d, ctx)
+		}()
+	}
+	wg.Wait()
+	m.wg.Wait()
+	m.watch.close()
+	return ctx.Err()
+}

@@ -1,0 +1,175 @@
+package deploy
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
+)
+
+// Spec is everything needed to serve one model: what the Central Server
+// sends in AssignDeployment, or what the operator declares in node.toml.
+type Spec struct {
+	Name    string `json:"name"` // model name clients use
+	Version string `json:"version"`
+	Format  string `json:"format"`
+	// Model is the model file (file://, http://, https://).
+	Model              artifact.Artifact `json:"model"`
+	Guests             []Guest           `json:"guests,omitempty"`
+	Batching           engine.Config     `json:"batching"`
+	Resources          Resources         `json:"resources"`
+	Config             map[string]string `json:"config,omitempty"`
+	AllowedDeployments []string          `json:"allowed_deployments,omitempty"`
+	LoaderOptions      map[string]string `json:"loader_options,omitempty"`
+}
+
+// Guest is a WebAssembly guest module of a deployment.
+type Guest struct {
+	Name             string            `json:"name"`
+	Artifact         artifact.Artifact `json:"artifact"`
+	Roles            []string          `json:"roles"` // "preprocess", "postprocess", "batch_policy", "format"
+	MemoryLimitPages uint32            `json:"memory_limit_pages,omitempty"`
+	CallTimeout      time.Duration     `json:"call_timeout,omitempty"`
+	Instances        int               `json:"instances,omitempty"`
+}
+
+// Resources is what a deployment asks of the node.
+type Resources struct {
+	MemoryBytes    int64    `json:"memory_bytes,omitempty"`
+	CPUThreads     int      `json:"cpu_threads,omitempty"`
+	GPUCount       int      `json:"gpu_count,omitempty"`
+	GPUMemoryBytes int64    `json:"gpu_memory_bytes,omitempty"`
+	Providers      []string `json:"providers,omitempty"`
+}
+
+// GuestRoles are the roles a guest may take.
+var GuestRoles = []string{"preprocess", "postprocess", "batch_policy", "format"}
+
+// Equal reports whether two specs ask for the same deployment.
+func (s Spec) Equal(o Spec) bool { return reflect.DeepEqual(s.normal(), o.normal()) }
+
+// normal fills defaults so that equal intents compare equal.
+func (s Spec) normal() Spec {
+	if s.Version == "" {
+		s.Version = "1"
+	}
+	s.Format = strings.ToLower(s.Format)
+	s.Model.SHA256 = strings.ToLower(s.Model.SHA256)
+	for i := range s.Guests {
+		s.Guests[i].Artifact.SHA256 = strings.ToLower(s.Guests[i].Artifact.SHA256)
+	}
+	if len(s.Config) == 0 {
+		s.Config = nil
+	}
+	if len(s.LoaderOptions) == 0 {
+		s.LoaderOptions = nil
+	}
+	return s
+}
+
+// validate checks a spec before anything is stored: every problem is named.
+// known reports whether a format exists.
+func (s Spec) validate(known func(string) bool, limits Config) error {
+	var p []string
+	bad := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	if s.Name == "" {
+		bad("model_name is empty")
+	}
+	switch {
+	case s.Format == "":
+		bad("format is empty")
+	case !known(s.Format):
+		bad("unknown format %q", s.Format)
+	}
+	if err := checkArtifact("model", s.Model); err != nil {
+		p = append(p, err.Error())
+	}
+	seen := map[string]bool{}
+	for i, g := range s.Guests {
+		key := fmt.Sprintf("guests[%d]", i)
+		if g.Name == "" {
+			bad("%s.name is empty", key)
+		} else if seen[g.Name] {
+			bad("%s.name %q is used twice", key, g.Name)
+		}
+		seen[g.Name] = true
+		if err := checkArtifact(key, g.Artifact); err != nil {
+			p = append(p, err.Error())
+		}
+		if len(g.Roles) == 0 {
+			bad("%s.roles is empty", key)
+		}
+		for _, r := range g.Roles {
+			if !contains(GuestRoles, r) {
+				bad("%s: unknown role %q", key, r)
+			}
+		}
+	}
+	if err := s.Batching.Validate(); err != nil {
+		bad("batching: %v", err)
+	}
+	r := s.Resources
+	if r.MemoryBytes < 0 || r.GPUMemoryBytes < 0 || r.CPUThreads < 0 || r.GPUCount < 0 {
+		bad("resources: negative values")
+	}
+	if limits.MemoryBudget > 0 && r.MemoryBytes > limits.MemoryBudget {
+		bad("resources.memory_bytes %d exceeds the node's whole memory budget %d", r.MemoryBytes, limits.MemoryBudget)
+	}
+	if r.GPUCount > limits.GPUs {
+		bad("resources.gpu_count %d: this node has %d GPU(s)", r.GPUCount, limits.GPUs)
+	}
+	if s.Model.Size > 0 && limits.MaxArtifactSize > 0 && s.Model.Size > limits.MaxArtifactSize {
+		bad("model.size_bytes %d exceeds limits.max_artifact_size %d", s.Model.Size, limits.MaxArtifactSize)
+	}
+	for _, prov := range r.Providers {
+		if !contains([]string{"cpu", "cuda", "tensorrt"}, prov) {
+			bad("resources.providers: unknown provider %q", prov)
+		}
+	}
+	if len(p) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidSpec, strings.Join(p, "; "))
+	}
+	return nil
+}
+
+func checkArtifact(key string, a artifact.Artifact) error {
+	if a.URI == "" {
+		return fmt.Errorf("%s.uri is empty", key)
+	}
+	u, err := url.Parse(a.URI)
+	if err != nil {
+		return fmt.Errorf("%s.uri: %v", key, err)
+	}
+	switch u.Scheme {
+	case "file":
+	case "http", "https":
+		if a.SHA256 == "" {
+			return fmt.Errorf("%s.sha256 is required for %s URIs", key, u.Scheme)
+		}
+	default:
+		return fmt.Errorf("%s.uri: scheme %q not supported (file, http, https)", key, u.Scheme)
+	}
+	if a.SHA256 != "" {
+		if b, err := hex.DecodeString(a.SHA256); err != nil || len(b) != 32 {
+			return fmt.Errorf("%s.sha256 %q is not 64 hex digits", key, a.SHA256)
+		}
+	}
+	if a.Size < 0 {
+		return fmt.Errorf("%s.size_bytes is negative", key)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,152 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+)
+
+// Event is one change of a deployment, as seen by watchers.
+type Event struct {
+	Status   Status
+	Snapshot bool // part of the initial snapshot a watcher asked for
+}
+
+// Watcher receives events until it is closed or falls behind.
+type Watcher struct {
+	C <-chan Event
+	c chan Event
+	b *broker
+	// ids filters events; empty = all deployments.
+	ids map[string]bool
+	// Overflowed is set (before C closes) when the watcher fell more than
+	// its buffer behind and was dropped.
+	overflowed bool
+}
+
+// Overflowed reports whether the watcher was dropped for falling behind.
+func (w *Watcher) Overflowed() bool {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return w.overflowed
+}
+
+// Close stops the watcher; C is closed.
+func (w *Watcher) Close() { w.b.remove(w) }
+
+// watcherBuffer is how many events a watcher may lag behind.
+const watcherBuffer = 1024
+
+// broker fans events out to watchers without ever blocking a publisher.
+type broker struct {
+	mu       sync.Mutex
+	watchers map[*Watcher]struct{}
+	closed   bool
+}
+
+func (b *broker) publish(e Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for w := range b.watchers {
+		if len(w.ids) > 0 && !w.ids[e.Status.ID] {
+			continue
+		}
+		select {
+		case w.c <- e:
+		default:
+			w.overflowed = true
+			delete(b.watchers, w)
+			close(w.c)
+		}
+	}
+}
+
+func (b *broker) remove(w *Watcher) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.watchers[w]; ok {
+		delete(b.watchers, w)
+		close(w.c)
+	}
+}
+
+func (b *broker) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	for w := range b.watchers {
+		delete(b.watchers, w)
+		close(w.c)
+	}
+}
+
+// Watch subscribes to deployment changes (of ids, or all when empty). With
+// snapshot, the current status of each watched deployment comes first.
+func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
+	c := make(chan Event, watcherBuffer)
+	w := &Watcher{C: c, c: c, b: &m.watch}
+	if len(ids) > 0 {
+		w.ids = map[string]bool{}
+		for _, id := range ids {
+			w.ids[id] = true
+		}
+	}
+	b := &m.watch
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		close(c)
+		return w
+	}
+	if snapshot {
+		for _, d := range m.List() {
+			if len(w.ids) == 0 || w.ids[d.id] {
+				select {
+				case c <- Event{Status: d.Status(), Snapshot: true}:
+				default:
+				}
+			}
+		}
+	}
+	if b.watchers == nil {
+		b.watchers = map[*Watcher]struct{}{}
+	}
+	b.watchers[w] = struct{}{}
+	return w
+}
+
+// fileURIPath turns file:///abs/path into /abs/path.
+func fileURIPath(uri string) (string, error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "file" || u.Path == "" {
+		return "", fmt.Errorf("%w: %q is not a file:// URI", ErrInvalidSpec, uri)
+	}
+	return u.Path, nil
+}
+
+// WaitFor blocks until deployment id's status satisfies until, and returns
+// that status; it fails when ctx ends first.
+func (m *Manager) WaitFor(ctx context.Context, id string, until func(Status) bool) (Status, error) {
+	w := m.Watch([]string{id}, true)
+	defer w.Close()
+	for {
+		select {
+		case e, ok := <-w.C:
+			if !ok {
+				if d, err := m.Get(id); err == nil && until(d.Status()) {
+					return d.Status(), nil
+				}
+				return Status{}, fmt.Errorf("wait for %s: watch ended", id)
+			}
+			if until(e.Status) {
+				return e.Status, nil
+			}
+		case <-ctx.Done():
+			return Status{}, fmt.Errorf("wait for %s: %w", id, ctx.Err())
+		}
+	}
+}
+
+// Settled is true once a deployment has finished coming up: serving, failed or stopped.
+func Settled(s Status) bool { return s.State.Serving() || s.State == Failed || s.State == Stopped }

@@ -1,0 +1,216 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+)
+
+func init() {
+	registerCode(deploy.ErrInvalidSpec, codes.InvalidArgument)
+	registerCode(deploy.ErrNoCapacity, codes.ResourceExhausted)
+}
+
+// Deployments serves the DeploymentService over the deployment manager.
+type Deployments struct {
+	cyxwizpb.UnimplementedDeploymentServiceServer
+	m *deploy.Manager
+}
+
+// NewDeployments returns the DeploymentService over m.
+func NewDeployments(m *deploy.Manager) *Deployments { return &Deployments{m: m} }
+
+// AssignDeployment accepts a deployment; work continues in the background.
+func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDeploymentRequest) (*cyxwizpb.AssignDeploymentResponse, error) {
+	if req.Spec == nil {
+		return nil, status.Error(codes.InvalidArgument, "spec is missing")
+	}
+	st, err := s.m.Assign(req.DeploymentId, SpecFromProto(req.Spec), deploy.OwnerCentral)
+	if err != nil {
+		return nil, err
+	}
+	return &cyxwizpb.AssignDeploymentResponse{Status: StatusToProto(st)}, nil
+}
+
+// GetDeploymentStatus reports one deployment.
+func (s *Deployments) GetDeploymentStatus(_ context.Context, req *cyxwizpb.GetDeploymentStatusRequest) (*cyxwizpb.GetDeploymentStatusResponse, error) {
+	d, err := s.m.Get(req.DeploymentId)
+	if err != nil {
+		return nil, err
+	}
+	return &cyxwizpb.GetDeploymentStatusResponse{Status: StatusToProto(d.Status())}, nil
+}
+
+// ListDeployments lists deployments, filtered by state when asked.
+func (s *Deployments) ListDeployments(_ context.Context, req *cyxwizpb.ListDeploymentsRequest) (*cyxwizpb.ListDeploymentsResponse, error) {
+	want := map[cyxwizpb.DeploymentState]bool{}
+	for _, st := range req.States {
+		want[st] = true
+	}
+	resp := &cyxwizpb.ListDeploymentsResponse{}
+	for _, d := range s.m.List() {
+		p := StatusToProto(d.Status())
+		if len(want) == 0 || want[p.State] {
+			resp.Deployments = append(resp.Deployments, p)
+		}
+	}
+	return resp, nil
+}
+
+// StopDeployment drains and unloads a deployment.
+func (s *Deployments) StopDeployment(ctx context.Context, req *cyxwizpb.StopDeploymentRequest) (*cyxwizpb.StopDeploymentResponse, error) {
+	if t := req.DrainTimeout.AsDuration(); req.DrainTimeout != nil && t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	st, err := s.m.Stop(ctx, req.DeploymentId)
+	if err != nil {
+		return nil, err
+	}
+	return &cyxwizpb.StopDeploymentResponse{Status: StatusToProto(st)}, nil
+}
+
+// WatchDeployments streams changes until the client goes away.
+func (s *Deployments) WatchDeployments(req *cyxwizpb.WatchDeploymentsRequest, stream grpc.ServerStreamingServer[cyxwizpb.DeploymentEvent]) error {
+	w := s.m.Watch(req.DeploymentIds, req.Snapshot)
+	defer w.Close()
+	ctx := stream.Context()
+	for {
+		select {
+		case e, ok := <-w.C:
+			if !ok {
+				if w.Overflowed() {
+					return status.Error(codes.ResourceExhausted, "watcher fell too far behind; watch again with snapshot")
+				}
+				return status.Error(codes.Unavailable, "node is shutting down")
+			}
+			if err := stream.Send(&cyxwizpb.DeploymentEvent{Status: StatusToProto(e.Status), Snapshot: e.Snapshot}); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+var roleNames = map[cyxwizpb.GuestRole]string{
+	cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS:   "preprocess",
+	cyxwizpb.GuestRole_GUEST_ROLE_POSTPROCESS:  "postprocess",
+	cyxwizpb.GuestRole_GUEST_ROLE_BATCH_POLICY: "batch_policy",
+	cyxwizpb.GuestRole_GUEST_ROLE_FORMAT:       "format",
+}
+
+// SpecFromProto converts the wire spec to the deployment spec.
+func SpecFromProto(p *cyxwizpb.DeploymentSpec) deploy.Spec {
+	s := deploy.Spec{
+		Name: p.ModelName, Version: p.ModelVersion, Format: strings.ToLower(p.Format),
+		Config: p.Config, AllowedDeployments: p.AllowedDeployments, LoaderOptions: p.LoaderOptions,
+	}
+	s.Model = artifactFromProto(p.Model)
+	for _, g := range p.Guests {
+		gs := deploy.Guest{Name: g.Name, Artifact: artifactFromProto(g.Artifact),
+			MemoryLimitPages: g.MemoryLimitPages, Instances: int(g.Instances)}
+		if g.CallTimeout != nil {
+			gs.CallTimeout = g.CallTimeout.AsDuration()
+		}
+		for _, r := range g.Roles {
+			name, ok := roleNames[r]
+			if !ok {
+				name = r.String()
+			}
+			gs.Roles = append(gs.Roles, name)
+		}
+		s.Guests = append(s.Guests, gs)
+	}
+	if b := p.Batching; b != nil {
+		s.Batching = engine.Config{MaxBatchSize: int(b.MaxBatchSize), MaxQueueDelay: time.Duration(b.MaxQueueDelayUs) * time.Microsecond,
+			QueueCapacity: int(b.QueueCapacity), Instances: int(b.Instances)}
+		for _, v := range b.PreferredBatchSizes {
+			s.Batching.PreferredBatchSizes = append(s.Batching.PreferredBatchSizes, int(v))
+		}
+	}
+	if r := p.Resources; r != nil {
+		s.Resources = deploy.Resources{MemoryBytes: int64(r.MemoryBytes), CPUThreads: int(r.CpuThreads),
+			GPUCount: int(r.GpuCount), GPUMemoryBytes: int64(r.GpuMemoryBytes), Providers: r.Providers}
+	}
+	return s
+}
+
+func artifactFromProto(a *cyxwizpb.Artifact) artifact.Artifact {
+	if a == nil {
+		return artifact.Artifact{}
+	}
+	return artifact.Artifact{URI: a.Uri, SHA256: a.Sha256, Size: a.SizeBytes}
+}
+
+// SpecToProto converts a deployment spec to the wire form.
+func SpecToProto(s deploy.Spec) *cyxwizpb.DeploymentSpec {
+	p := &cyxwizpb.DeploymentSpec{ModelName: s.Name, ModelVersion: s.Version, Format: s.Format,
+		Model:  &cyxwizpb.Artifact{Uri: s.Model.URI, Sha256: s.Model.SHA256, SizeBytes: s.Model.Size},
+		Config: s.Config, AllowedDeployments: s.AllowedDeployments, LoaderOptions: s.LoaderOptions,
+		Batching: &cyxwizpb.BatchingConfig{MaxBatchSize: uint32(s.Batching.MaxBatchSize),
+			MaxQueueDelayUs: uint64(s.Batching.MaxQueueDelay / time.Microsecond),
+			QueueCapacity:   uint32(s.Batching.QueueCapacity), Instances: uint32(s.Batching.Instances)},
+		Resources: &cyxwizpb.ResourceRequest{MemoryBytes: uint64(s.Resources.MemoryBytes), CpuThreads: uint32(s.Resources.CPUThreads),
+			GpuCount: uint32(s.Resources.GPUCount), GpuMemoryBytes: uint64(s.Resources.GPUMemoryBytes), Providers: s.Resources.Providers},
+	}
+	for _, v := range s.Batching.PreferredBatchSizes {
+		p.Batching.PreferredBatchSizes = append(p.Batching.PreferredBatchSizes, uint32(v))
+	}
+	for _, g := range s.Guests {
+		pg := &cyxwizpb.GuestModule{Name: g.Name, Artifact: &cyxwizpb.Artifact{Uri: g.Artifact.URI, Sha256: g.Artifact.SHA256, SizeBytes: g.Artifact.Size},
+			MemoryLimitPages: g.MemoryLimitPages, Instances: uint32(g.Instances)}
+		if g.CallTimeout > 0 {
+			pg.CallTimeout = durationpb.New(g.CallTimeout)
+		}
+		for _, r := range g.Roles {
+			for k, v := range roleNames {
+				if v == r {
+					pg.Roles = append(pg.Roles, k)
+				}
+			}
+		}
+		p.Guests = append(p.Guests, pg)
+	}
+	return p
+}
+
+var stateToProto = map[deploy.State]cyxwizpb.DeploymentState{
+	deploy.Pending:  cyxwizpb.DeploymentState_DEPLOYMENT_STATE_PENDING,
+	deploy.Fetching: cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FETCHING,
+	deploy.Loading:  cyxwizpb.DeploymentState_DEPLOYMENT_STATE_LOADING,
+	deploy.Ready:    cyxwizpb.DeploymentState_DEPLOYMENT_STATE_READY,
+	deploy.Running:  cyxwizpb.DeploymentState_DEPLOYMENT_STATE_RUNNING,
+	deploy.Stopping: cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPING,
+	deploy.Stopped:  cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED,
+	deploy.Failed:   cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED,
+}
+
+// StatusToProto converts a deployment status to the wire form.
+func StatusToProto(st deploy.Status) *cyxwizpb.DeploymentStatus {
+	p := &cyxwizpb.DeploymentStatus{DeploymentId: st.ID, State: stateToProto[st.State], Message: st.Message,
+		Spec: SpecToProto(st.Spec), Owner: st.Owner, MemoryBytes: uint64(max(st.MemoryBytes, 0))}
+	if !st.Created.IsZero() {
+		p.CreatedAt = timestamppb.New(st.Created)
+	}
+	if !st.Updated.IsZero() {
+		p.UpdatedAt = timestamppb.New(st.Updated)
+	}
+	if st.Progress.Phase != "" {
+		p.Progress = &cyxwizpb.Progress{Phase: st.Progress.Phase, DoneBytes: uint64(max(st.Progress.Done, 0)), TotalBytes: uint64(max(st.Progress.Total, 0))}
+	}
+	return p
+}
+
