@@ -87,6 +87,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer conn.Close()
 	ctx := context.Background()
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "timeout" })
+	if name == "watch" && !explicit {
+		*timeout = 0 // a watch runs until interrupted
+	}
 	if *timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *timeout)

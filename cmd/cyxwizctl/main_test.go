@@ -33,7 +33,12 @@ func startNode(t *testing.T) (string, *deploy.Manager) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), nil, nil, log)
+	cache, err := artifact.New(filepath.Join(dir, "cache"), 1<<30, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), cache, nil, log)
 	spec := deploy.Spec{Name: "linear", Format: "onnx", Model: artifact.Artifact{URI: "file://" + filepath.Join(dir, "linear.onnx")}}
 	if _, err := models.Assign("linear", spec, deploy.OwnerOperator); err != nil {
 		t.Fatal(err)
@@ -42,7 +47,7 @@ func startNode(t *testing.T) (string, *deploy.Manager) {
 		t.Fatalf("deploy: %v %v", st.Message, err)
 	}
 	cfg, _ := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"\"\n", dir, "t.toml")
-	srv, err := server.New(cfg, server.Services{Inference: server.NewInference(models)}, log)
+	srv, err := server.New(cfg, server.Services{Inference: server.NewInference(models), Deployments: server.NewDeployments(models)}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,5 +169,49 @@ func TestReadNPYRejects(t *testing.T) {
 	os.WriteFile(p, bytes.Replace(b, []byte("False"), []byte("True "), 1), 0o644)
 	if _, err := readNPY(p); err == nil || !strings.Contains(err.Error(), "Fortran") {
 		t.Errorf("fortran: %v", err)
+	}
+}
+
+func TestDeployLifecycleCommands(t *testing.T) {
+	addr, _ := startNode(t)
+	dir := t.TempDir()
+	model := filepath.Join(dir, "m.onnx")
+	os.WriteFile(model, onnxtest.Linear([][]float32{{1}, {2}, {3}}, []float32{0}), 0o644)
+	code, out, errOut := ctl("--addr", addr, "deploy", "--id", "d1", "--name", "lin1", "--model", model, "--format", "onnx")
+	if code != 0 || !strings.Contains(out, "d1: ready") {
+		t.Fatalf("deploy: %d %q %q", code, out, errOut)
+	}
+	js := filepath.Join(dir, "x.json")
+	os.WriteFile(js, []byte("[[1,1,1]]"), 0o644)
+	if code, out, errOut = ctl("--addr", addr, "infer", "lin1", "--input", "X="+js); code != 0 || !strings.Contains(out, "[6]") {
+		t.Fatalf("infer deployed: %d %q %q", code, out, errOut)
+	}
+	if code, out, _ = ctl("--addr", addr, "ls"); code != 0 || !strings.Contains(out, "d1") || !strings.Contains(out, "lin1") {
+		t.Fatalf("ls: %d %q", code, out)
+	}
+	if code, out, _ = ctl("--addr", addr, "models"); code != 0 || !strings.Contains(out, "lin1") {
+		t.Fatalf("models: %d %q", code, out)
+	}
+	if code, out, _ = ctl("--addr", addr, "status", "d1"); code != 0 || !strings.Contains(out, "state:    running") {
+		t.Fatalf("status: %d %q", code, out)
+	}
+	// A conflicting spec under the same id is refused.
+	if code, _, errOut = ctl("--addr", addr, "deploy", "--id", "d1", "--name", "other", "--model", model); code != 1 || !strings.Contains(errOut, "AlreadyExists") {
+		t.Fatalf("conflict: %d %q", code, errOut)
+	}
+	// A corrupt model fails with its reason, and the command says so.
+	bad := filepath.Join(dir, "bad.onnx")
+	os.WriteFile(bad, []byte("garbage"), 0o644)
+	if code, out, errOut = ctl("--addr", addr, "deploy", "--id", "d2", "--model", bad); code != 1 || !strings.Contains(errOut, "failed") || !strings.Contains(out, "d2: failed") {
+		t.Fatalf("bad model: %d %q %q", code, out, errOut)
+	}
+	if code, out, _ = ctl("--addr", addr, "stop", "d1"); code != 0 || !strings.Contains(out, "d1: stopped") {
+		t.Fatalf("stop: %d %q", code, out)
+	}
+	if code, out, _ = ctl("--addr", addr, "ls", "--state", "stopped"); code != 0 || !strings.Contains(out, "d1") || strings.Contains(out, "linear") {
+		t.Fatalf("ls --state: %d %q", code, out)
+	}
+	if code, _, errOut = ctl("--addr", addr, "stop", "nope"); code != 1 || !strings.Contains(errOut, "NotFound") {
+		t.Fatalf("stop unknown: %d %q", code, errOut)
 	}
 }
