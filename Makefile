@@ -12,7 +12,7 @@ export CGO_ENABLED := 1
 # Tests find the native libraries under lib/ (see loaders/loadertest).
 export CYXWIZ_LIB_DIR ?= $(CURDIR)/$(LIB)
 
-.PHONY: all build deps proto proto-check guests run test test-short bench bench-onnx lint clean
+.PHONY: all build deps proto proto-check guests run test bench bench-onnx bench-guests lint clean
 
 all: build
 
@@ -38,22 +38,26 @@ proto:
 proto-check: proto
 	git diff --exit-code -- proto
 
-## guests: WebAssembly guest modules (none yet)
+## guests: the example WebAssembly guests into guests/build/ (GOOS=wasip1)
 guests:
-	@echo "guests: no guest modules yet"
+	./guests/build.sh
 
 ## run: build, fetch deps, and serve the repo's node.toml in the foreground
-run: deps build
+run: deps build guests
 	$(BIN)/cyxwiz-node serve -c $(CONFIG)
 
 ## test: everything, with the race detector where goroutines live
-test: deps
+test: deps guests
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1; }
 	$(GO) test -race -count=1 ./...
 
 ## bench: every benchmark target
-bench: bench-onnx
+bench: bench-onnx bench-guests
+
+## bench-guests: guest pipeline vs native, call overhead, warm instantiate
+bench-guests: deps guests
+	$(GO) test -run '^$$' -bench BenchmarkGuests -benchtime 1x -count 1 ./host/guest/
 
 ## bench-onnx: ONNX serving path vs in-process reference (issue: ONNX/KServe slice)
 bench-onnx: deps

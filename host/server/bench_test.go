@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,7 +46,7 @@ func BenchmarkServing(b *testing.B) {
 	}
 	defer model.Close()
 
-	const phase = 2 * time.Second
+	phase := time.Duration(envInt("BENCH_PHASE_MS", 2000)) * time.Millisecond
 	input := func(batch int) *tensor.Tensor {
 		t := tensor.New("x", tensor.FP32, int64(batch), 3, 48, 192)
 		v := tensor.View[float32](t)
@@ -89,7 +91,8 @@ func BenchmarkServing(b *testing.B) {
 	models := deploy.NewManager(deploy.Config{Load: loaders.Options{IntraOpThreads: 1, InterOpThreads: 1}}, reg, nil, nil, quietLog())
 	defer models.Close(ctx)
 	if _, err := models.Assign("ppocr-cls", deploy.Spec{Name: "ppocr-cls", Format: "onnx", Model: artifact.Artifact{URI: "file://" + path},
-		Batching: engine.Config{MaxBatchSize: 16, Instances: 2, QueueCapacity: 256}}, deploy.OwnerOperator); err != nil {
+		Batching: engine.Config{MaxBatchSize: envInt("BENCH_MAX_BATCH", 16), Instances: envInt("BENCH_INSTANCES", 2), QueueCapacity: 256,
+			MaxQueueDelay: time.Duration(envInt("BENCH_DELAY_US", 0)) * time.Microsecond}}, deploy.OwnerOperator); err != nil {
 		b.Fatal(err)
 	}
 	if st, err := models.WaitFor(ctx, "ppocr-cls", deploy.Settled); err != nil || !st.State.Serving() {
@@ -141,6 +144,13 @@ func BenchmarkServing(b *testing.B) {
 	b.ReportMetric(ratio, "c16_vs_limit")
 	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f\n",
 		added.Microseconds(), ratio, aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16)
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
 }
 
 // timeLoop calls f until d has passed and returns each call's duration.

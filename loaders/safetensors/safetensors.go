@@ -10,6 +10,7 @@ package safetensors
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -139,7 +140,7 @@ func (f *File) Names() []string {
 	for k := range f.Tensors {
 		names = append(names, k)
 	}
-	slices.SortFunc(names, func(a, b string) int { return int(f.Tensors[a].Begin - f.Tensors[b].Begin) })
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(f.Tensors[a].Begin, f.Tensors[b].Begin) })
 	return names
 }
 

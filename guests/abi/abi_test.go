@@ -1,0 +1,98 @@
+package abi
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		list []Tensor
+	}{
+		{"empty", nil},
+		{"fp32", []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{1, 2}, DataLen: 8, Data: make([]byte, 8)}}},
+		{"scalar", []Tensor{{Name: "s", DType: DTypeInt64, Shape: []int64{}, DataLen: 8, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}}}},
+		{"bytes", []Tensor{{Name: "label", DType: DTypeBytes, Shape: []int64{2}, DataLen: 12, Strings: [][]byte{[]byte("0"), []byte("180")}}}},
+		{"handle", []Tensor{{Name: "h", DType: DTypeFP32, Shape: []int64{3, 48, 192}, Handle: 7, DataLen: 3 * 48 * 192 * 4}}},
+		{"mixed", []Tensor{
+			{Name: "a", DType: DTypeUint8, Shape: []int64{3}, DataLen: 3, Data: []byte{1, 2, 3}},
+			{Name: "b", DType: DTypeFP32, Shape: []int64{2}, Handle: 1, DataLen: 8},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := Encode(nil, tt.list)
+			got, err := Decode(b, Size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tt.list) {
+				t.Fatalf("got %d entries, want %d", len(got), len(tt.list))
+			}
+			for i := range got {
+				if !reflect.DeepEqual(got[i], tt.list[i]) {
+					t.Errorf("entry %d: got %+v, want %+v", i, got[i], tt.list[i])
+				}
+			}
+		})
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	good := Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}})
+	mut := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"short", good[:5]},
+		{"magic", mut(func(b []byte) []byte { b[0] = 'X'; return b })},
+		{"version", mut(func(b []byte) []byte { b[4] = 9; return b })},
+		{"huge count", mut(func(b []byte) []byte { b[8], b[9], b[10], b[11] = 0xff, 0xff, 0xff, 0xff; return b })},
+		{"truncated", good[:len(good)-1]},
+		{"trailing", append(bytes.Clone(good), 0)},
+		{"dtype", mut(func(b []byte) []byte { b[15] = 99; return b })},
+		{"size mismatch", Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{3}, Data: make([]byte, 8)}})},
+		{"negative dim", Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{-1}}})},
+		{"bytes count", Encode(nil, []Tensor{{Name: "s", DType: DTypeBytes, Shape: []int64{3}, Strings: [][]byte{{1}}}})},
+		{"handle zero", mut(func(b []byte) []byte { b[16] = KindHandle; return b })},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Decode(tt.b, Size); !errors.Is(err, ErrCodec) {
+				t.Fatalf("err = %v, want ErrCodec", err)
+			}
+		})
+	}
+}
+
+func TestPack(t *testing.T) {
+	v := Pack(0x7fff_fff0, 0xffff_ffff)
+	if p, n := Unpack(v); p != 0x7fff_fff0 || n != 0xffff_ffff {
+		t.Fatalf("Unpack = %x %x", p, n)
+	}
+	if v < 0 {
+		t.Fatal("packed value with ptr < 2^31 is negative")
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}}))
+	f.Add(Encode(nil, []Tensor{{Name: "s", DType: DTypeBytes, Shape: []int64{1}, Strings: [][]byte{[]byte("hi")}}, {Name: "h", DType: DTypeFP32, Handle: 3}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		list, err := Decode(b, Size)
+		if err != nil {
+			return
+		}
+		again, err := Decode(Encode(nil, list), Size)
+		if err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+		if len(again) != len(list) {
+			t.Fatalf("re-decode: %d entries, want %d", len(again), len(list))
+		}
+	})
+}

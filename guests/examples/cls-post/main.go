@@ -1,0 +1,80 @@
+// Command cls-post is a classifier's postprocessing guest: it takes the
+// model's scores [N, C] (the first input), optionally applies a softmax,
+// and returns the top-k labels (BYTES "label" [N, k]) and their scores
+// (FP32 "score" [N, k]).
+//
+// Config: "labels" (comma-separated class names; a class without one is
+// named by its index), "top_k" (default 1), "softmax" ("true" to apply a
+// softmax first; default false, for models that end in one).
+package main
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
+)
+
+func init() { sdk.Register(sdk.Handlers{Postprocess: postprocess}) }
+
+func main() {}
+
+// The config of an instance never changes: read it once.
+var (
+	loaded   bool
+	labels   []string
+	topK     = 1
+	doSoftma bool
+)
+
+func config() {
+	if loaded {
+		return
+	}
+	loaded = true
+	if v, ok := sdk.Config("labels"); ok && v != "" {
+		labels = strings.Split(v, ",")
+	}
+	if v, ok := sdk.Config("top_k"); ok {
+		if k, err := strconv.Atoi(v); err == nil && k > 0 {
+			topK = k
+		}
+	}
+	v, _ := sdk.Config("softmax")
+	doSoftma = v == "true"
+}
+
+func postprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
+	if len(in) == 0 {
+		return nil, errors.New("no input")
+	}
+	config()
+	p := in[0]
+	if doSoftma {
+		var err error
+		if p, err = sdk.Softmax(p, -1); err != nil {
+			return nil, err
+		}
+	}
+	vals, idx, err := sdk.TopK(p, topK)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := idx.Int64()
+	if err != nil {
+		return nil, err
+	}
+	names := make([][]byte, len(ids))
+	for i, id := range ids {
+		if id >= 0 && int(id) < len(labels) {
+			names[i] = []byte(labels[id])
+		} else {
+			names[i] = []byte(strconv.FormatInt(id, 10))
+		}
+	}
+	return []*sdk.Tensor{
+		sdk.Strings("label", idx.Shape(), names),
+		vals.Named("score"),
+	}, nil
+}

@@ -1,0 +1,89 @@
+// Command ppocr-pre is the preprocessing guest of the PP-OCR text-direction
+// classifier: PNG/JPEG bytes (BYTES tensor "image", one element per image)
+// are decoded, resized to 48×192, normalised as (pixel/255 - 0.5)/0.5 and
+// returned as NCHW FP32 "x" [N, 3, 48, 192]. All the work is done by host
+// operations; no pixel enters the guest's memory.
+//
+// Config: "height" and "width" override 48 and 192.
+package main
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
+)
+
+func init() { sdk.Register(sdk.Handlers{Preprocess: preprocess}) }
+
+func main() {}
+
+func configInt(key string, def int) int {
+	if v, ok := sdk.Config(key); ok {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			return n
+		}
+	}
+	return def
+}
+
+var (
+	mean = []float32{0.5, 0.5, 0.5}
+	std  = []float32{0.5, 0.5, 0.5}
+)
+
+func preprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
+	if len(in) != 1 || in[0].DType() != sdk.Bytes {
+		return nil, errors.New(`want one BYTES input "image"`)
+	}
+	h, w := configInt("height", 48), configInt("width", 192)
+	images := []*sdk.Tensor{in[0]}
+	if in[0].Len() != 1 {
+		// Several images: split them (this copies the encoded files
+		// through the guest; the pixels still stay on the host).
+		strs, err := in[0].Strings()
+		if err != nil {
+			return nil, err
+		}
+		images = images[:0]
+		for _, s := range strs {
+			images = append(images, sdk.Strings("image", []int64{1}, [][]byte{s}))
+		}
+	}
+	parts := make([]*sdk.Tensor, len(images))
+	for i, img := range images {
+		x, err := one(img, h, w)
+		if err != nil {
+			return nil, err
+		}
+		parts[i] = x
+	}
+	x := parts[0]
+	if len(parts) > 1 {
+		var err error
+		if x, err = sdk.Concat(parts...); err != nil {
+			return nil, err
+		}
+	}
+	return []*sdk.Tensor{x.Named("x")}, nil
+}
+
+func one(img *sdk.Tensor, h, w int) (*sdk.Tensor, error) {
+	px, err := sdk.DecodeImage(img) // UINT8 [H, W, 3]
+	if err != nil {
+		return nil, err
+	}
+	r, err := sdk.Resize(px, h, w, sdk.HWC) // FP32 [h, w, 3]
+	if err != nil {
+		return nil, err
+	}
+	chw, err := sdk.Transpose(r, 2, 0, 1) // [3, h, w]
+	if err != nil {
+		return nil, err
+	}
+	n, err := sdk.Normalize(chw, 1.0/255, mean, std, 0)
+	if err != nil {
+		return nil, err
+	}
+	return sdk.Reshape(n, 1, 3, int64(h), int64(w))
+}

@@ -1,0 +1,575 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// Entry is a guest entry point (abi.Entry).
+type Entry = abi.Entry
+
+// The entry points a deployment may use.
+const (
+	EntryPreprocess  = abi.Preprocess
+	EntryPostprocess = abi.Postprocess
+	EntryBatchPolicy = abi.BatchPolicy
+	EntryFormatLoad  = abi.FormatLoad
+	EntryFormatInfer = abi.FormatInfer
+)
+
+// PoolConfig configures the instances of one guest in one deployment.
+type PoolConfig struct {
+	// Name identifies the pool in logs and errors ("deployment/guest").
+	Name string
+	// Instances is the most instances (and so concurrent calls). Default: 1.
+	Instances int
+	// Eager starts every instance in NewPool; otherwise one is started to
+	// check the guest and the rest when calls need them.
+	Eager bool
+	// Require lists the entry points the deployment calls; NewPool fails
+	// with ErrABI when the guest does not provide one.
+	Require []Entry
+	// CallTimeout overrides Config.CallTimeout.
+	CallTimeout time.Duration
+	// Config is what the guest reads with config_get.
+	Config map[string]string
+	// Infer runs models for the guest's infer calls (nil: none allowed).
+	Infer cyxwiz.InferFunc
+	// Log receives the guest's log calls and output. Default: the
+	// Runtime's logger.
+	Log *slog.Logger
+}
+
+// Pool runs calls on the instances of one guest. Calls may be concurrent;
+// each takes one instance for its duration. An instance whose call fails
+// (trap, deadline, memory, bad output) is closed and replaced on demand;
+// one whose guest reported an error (ErrGuest) ran to completion and is
+// kept. Failures never reach other instances or pools.
+type Pool struct {
+	rt      *Runtime
+	m       *Module
+	cfg     PoolConfig
+	log     *slog.Logger
+	timeout time.Duration
+	sem     chan struct{} // one token per instance in use or idle
+
+	mu       sync.Mutex
+	idle     []*instance
+	closed   bool
+	model    []byte // FormatLoad's file, loaded into every new instance
+	gen      int    // bumped by FormatLoad: older instances are retired
+	provided int32  // entry point set the guest declares
+}
+
+// NewPool checks the module (exports, ABI version, required entry points)
+// by starting an instance, and returns a pool of cfg.Instances. Errors
+// wrap ErrABI when the guest cannot serve the deployment.
+func (rt *Runtime) NewPool(ctx context.Context, m *Module, cfg PoolConfig) (*Pool, error) {
+	if err := m.ABI(); err != nil {
+		return nil, fmt.Errorf("guest %s: %w", cfg.Name, err)
+	}
+	if cfg.Instances <= 0 {
+		cfg.Instances = 1
+	}
+	p := &Pool{rt: rt, m: m, cfg: cfg, log: cfg.Log, timeout: cfg.CallTimeout, sem: make(chan struct{}, cfg.Instances)}
+	if p.log == nil {
+		p.log = rt.log.With("guest", cfg.Name)
+	}
+	if p.timeout <= 0 {
+		p.timeout = rt.cfg.CallTimeout
+	}
+	m.acquire()
+	n := 1
+	if cfg.Eager {
+		n = cfg.Instances
+	}
+	for range n {
+		inst, err := p.newInstance(ctx, nil, 0)
+		if err != nil {
+			_ = p.Close(ctx)
+			return nil, err
+		}
+		p.idle = append(p.idle, inst)
+	}
+	p.provided = p.idle[0].provided
+	return p, nil
+}
+
+// Entries lists the entry points the guest provides.
+func (p *Pool) Entries() []Entry {
+	var out []Entry
+	for e := range abi.NumEntries {
+		if p.provided&e.Bit() != 0 {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Close waits (until ctx ends) for calls in progress, then closes every
+// instance. Calls after Close fail with loaders.ErrClosed.
+func (p *Pool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	// Take every token: no call is in flight once we hold them all.
+	taken := 0
+wait:
+	for ; taken < cap(p.sem); taken++ {
+		select {
+		case p.sem <- struct{}{}:
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	var errs []error
+	for _, inst := range idle {
+		errs = append(errs, inst.close(ctx))
+	}
+	for range taken {
+		<-p.sem
+	}
+	errs = append(errs, p.m.Close(ctx))
+	return errors.Join(errs...)
+}
+
+// instance is one running guest with its host-side session.
+type instance struct {
+	mod      api.Module
+	mem      api.Memory
+	alloc    api.Function
+	entries  [abi.NumEntries]api.Function
+	provided int32
+	sess     *cyxwiz.Session
+	stdout   *capture
+	stderr   *capture
+	gen      int
+	stack    []uint64
+	list     []abi.Tensor // the input list, reused
+	buf      []byte       // the encoded input
+	inPtr    uint32       // the guest's input buffer (cyxwiz_alloc)
+	inCap    uint32
+}
+
+func (i *instance) close(ctx context.Context) error {
+	i.sess.Close()
+	return i.mod.Close(ctx)
+}
+
+func (p *Pool) errorf(op string, err error) error {
+	return fmt.Errorf("guest %s: %s: %w", p.cfg.Name, op, err)
+}
+
+// newInstance instantiates the module, runs _initialize, checks the ABI
+// version and the required entry points, and loads model when not nil.
+func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *instance, err error) {
+	ctx, cancel := context.WithTimeout(ctx, p.rt.cfg.InitTimeout)
+	defer cancel()
+	inst := &instance{
+		stdout: &capture{max: p.rt.cfg.OutputBytes},
+		stderr: &capture{max: p.rt.cfg.OutputBytes},
+		gen:    gen,
+		stack:  make([]uint64, 2),
+		sess: cyxwiz.NewSession(cyxwiz.Env{
+			Log: p.log, Config: p.cfg.Config, Infer: p.cfg.Infer, Limits: p.rt.cfg.Limits,
+		}),
+	}
+	mc := wazero.NewModuleConfig().
+		WithName("").
+		WithStartFunctions().
+		WithStdout(inst.stdout).
+		WithStderr(inst.stderr).
+		WithSysWalltime().
+		WithSysNanotime()
+	mod, err := p.rt.r.InstantiateModule(ctx, p.m.compiled, mc)
+	if err != nil {
+		p.flush(inst, "instantiate")
+		return nil, p.errorf("instantiate", fmt.Errorf("%w: %v", ErrABI, err))
+	}
+	inst.mod, inst.mem = mod, mod.Memory()
+	defer func() {
+		if err != nil {
+			_ = inst.close(context.Background())
+		}
+	}()
+	sctx := cyxwiz.WithSession(ctx, inst.sess)
+	if f := mod.ExportedFunction(abi.ExportInit); f != nil {
+		_, err := f.Call(sctx)
+		stderr := p.flush(inst, abi.ExportInit)
+		if err != nil {
+			return nil, p.errorf(abi.ExportInit, classify(ctx, err, stderr, inst.sess.Exceeded()))
+		}
+	}
+	v, err := mod.ExportedFunction(abi.ExportVersion).Call(sctx)
+	if err != nil {
+		return nil, p.errorf(abi.ExportVersion, classify(ctx, err, p.flush(inst, abi.ExportVersion), false))
+	}
+	if got := api.DecodeI32(v[0]); got != abi.Version {
+		return nil, p.errorf(abi.ExportVersion, fmt.Errorf("%w: guest ABI version %d, this node runs version %d", ErrABI, got, abi.Version))
+	}
+	inst.alloc = mod.ExportedFunction(abi.ExportAlloc)
+	for e := range abi.NumEntries {
+		if f := mod.ExportedFunction(e.String()); f != nil {
+			inst.entries[e] = f
+			inst.provided |= e.Bit()
+		}
+	}
+	if f := mod.ExportedFunction(abi.ExportEntries); f != nil {
+		set, err := f.Call(sctx)
+		if err != nil {
+			return nil, p.errorf(abi.ExportEntries, classify(ctx, err, p.flush(inst, abi.ExportEntries), false))
+		}
+		inst.provided &= api.DecodeI32(set[0])
+	}
+	var missing []string
+	for _, e := range p.cfg.Require {
+		if inst.provided&e.Bit() == 0 {
+			missing = append(missing, e.String())
+		}
+	}
+	if len(missing) > 0 {
+		return nil, p.errorf("check", fmt.Errorf("%w: the guest does not provide %v (it provides %v)", ErrABI, missing, entryNames(inst.provided)))
+	}
+	if model != nil {
+		m := &tensor.Tensor{Name: "model", DType: tensor.Bytes, Shape: []int64{1}, Strings: [][]byte{model}}
+		if _, err := p.call(ctx, inst, abi.FormatLoad, []*tensor.Tensor{m}); err != nil {
+			return nil, err
+		}
+	}
+	return inst, nil
+}
+
+func entryNames(set int32) []string {
+	var out []string
+	for e := range abi.NumEntries {
+		if set&e.Bit() != 0 {
+			out = append(out, e.String())
+		}
+	}
+	return out
+}
+
+// flush logs what the instance wrote and returns its stderr.
+func (p *Pool) flush(inst *instance, op string) string {
+	if s, dropped := inst.stdout.take(); s != "" || dropped > 0 {
+		p.log.Info("guest stdout", "call", op, "text", s, "dropped_bytes", dropped)
+	}
+	s, dropped := inst.stderr.take()
+	if s != "" || dropped > 0 {
+		p.log.Warn("guest stderr", "call", op, "text", s, "dropped_bytes", dropped)
+	}
+	return s
+}
+
+func waitErr(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w (%w): waiting for an instance", ErrDeadline, context.DeadlineExceeded)
+	}
+	return fmt.Errorf("waiting for an instance: %w", ctx.Err())
+}
+
+func (p *Pool) acquire(ctx context.Context) (*instance, error) {
+	select {
+	case p.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, p.errorf("acquire", waitErr(ctx))
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		<-p.sem
+		return nil, p.errorf("acquire", loaders.ErrClosed)
+	}
+	for len(p.idle) > 0 {
+		inst := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if inst.gen == p.gen {
+			p.mu.Unlock()
+			return inst, nil
+		}
+		_ = inst.close(ctx)
+	}
+	model, gen := p.model, p.gen
+	p.mu.Unlock()
+	inst, err := p.newInstance(ctx, model, gen)
+	if err != nil {
+		<-p.sem
+		return nil, err
+	}
+	return inst, nil
+}
+
+// release returns inst to the pool, or closes it when it failed, belongs
+// to an older FormatLoad, or the pool is closed.
+func (p *Pool) release(inst *instance, ok bool) {
+	p.mu.Lock()
+	keep := ok && !p.closed && inst.gen == p.gen
+	if keep {
+		p.idle = append(p.idle, inst)
+	}
+	p.mu.Unlock()
+	if !keep {
+		_ = inst.close(context.Background())
+	}
+	<-p.sem
+}
+
+// run calls entry point e on an instance of the pool.
+func (p *Pool) run(ctx context.Context, e Entry, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	if p.provided&e.Bit() == 0 {
+		return nil, p.errorf(e.String(), fmt.Errorf("%w: the guest does not provide %s", ErrABI, e))
+	}
+	inst, err := p.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	out, err := p.call(ctx, inst, e, in)
+	p.release(inst, err == nil || errors.Is(err, ErrGuest))
+	return out, err
+}
+
+// inlineMax is the largest input passed inline in the call buffer; larger
+// ones are passed as host tensor handles.
+const inlineMax = 4096
+
+// maxGuestError is the most of a guest's error message that is kept.
+const maxGuestError = 4096
+
+// call runs one entry point on inst: encode in (small tensors inline, the
+// rest as handles), copy it into guest memory, call, decode and resolve
+// the output, end the session's call.
+func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.Tensor) (_ []*tensor.Tensor, err error) {
+	defer inst.sess.EndCall()
+	op := e.String()
+	list := slices.Grow(inst.list[:0], len(in))[:len(in)]
+	defer func() { clear(list); inst.list = list[:0] }() // drop references to the inputs
+	for i, t := range in {
+		if err := t.Validate(); err != nil {
+			return nil, p.errorf(op, fmt.Errorf("%w: %w", loaders.ErrInvalidInput, err))
+		}
+		if t.ByteSize() <= inlineMax {
+			list[i] = abi.Tensor{Name: t.Name, DType: uint8(t.DType), Shape: t.Shape, Data: t.Data, Strings: t.Strings}
+			continue
+		}
+		h := inst.sess.Put(t)
+		if h == 0 {
+			return nil, p.errorf(op, fmt.Errorf("%w: no free host tensor handle", ErrMemory))
+		}
+		list[i] = cyxwiz.Info(h, t)
+	}
+	inst.buf = abi.Encode(inst.buf[:0], list)
+	if len(inst.buf) > 1<<31-1 {
+		return nil, p.errorf(op, fmt.Errorf("%w: input of %d bytes", loaders.ErrInvalidInput, len(inst.buf)))
+	}
+	sctx := cyxwiz.WithSession(ctx, inst.sess)
+	fail := func(err error) error {
+		p.log.Warn("guest call failed", "call", op, "err", err)
+		return p.errorf(op, classify(ctx, err, p.flush(inst, op), inst.sess.Exceeded()))
+	}
+	// The buffer cyxwiz_alloc returned is the host's until the next
+	// cyxwiz_alloc (ABI v1): allocate only when it is too small, rounding
+	// up so that growing inputs seldom reallocate.
+	if uint32(len(inst.buf)) > inst.inCap || inst.inPtr == 0 {
+		size := max(uint32(len(inst.buf)), inst.inCap*2, 4096)
+		inst.stack[0] = uint64(size)
+		if err := inst.alloc.CallWithStack(sctx, inst.stack); err != nil {
+			return nil, fail(err)
+		}
+		inst.inPtr, inst.inCap = api.DecodeU32(inst.stack[0]), size
+		if inst.inPtr == 0 {
+			p.flush(inst, op)
+			return nil, p.errorf(op, fmt.Errorf("%w: %s(%d) returned 0", ErrMemory, abi.ExportAlloc, size))
+		}
+	}
+	ptr := inst.inPtr
+	if !inst.mem.Write(ptr, inst.buf) {
+		p.flush(inst, op)
+		return nil, p.errorf(op, fmt.Errorf("%w: %s returned %#x, outside its memory", ErrBadOutput, abi.ExportAlloc, ptr))
+	}
+	inst.stack[0], inst.stack[1] = uint64(ptr), uint64(len(inst.buf))
+	if err := inst.entries[e].CallWithStack(sctx, inst.stack); err != nil {
+		return nil, fail(err)
+	}
+	res := int64(inst.stack[0])
+	p.flush(inst, op)
+	if res < 0 {
+		mp, mn := abi.Unpack(-res)
+		msg, ok := inst.mem.Read(mp, min(mn, maxGuestError))
+		if !ok {
+			return nil, p.errorf(op, fmt.Errorf("%w: error message at %#x outside its memory", ErrBadOutput, mp))
+		}
+		if inst.sess.Exceeded() {
+			return nil, p.errorf(op, fmt.Errorf("%w: host tensor limit: %s", ErrMemory, msg))
+		}
+		return nil, p.errorf(op, fmt.Errorf("%w: %s", ErrGuest, msg))
+	}
+	return p.output(op, inst, res)
+}
+
+// output decodes and resolves the tensor list at the packed result res.
+func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, error) {
+	ptr, n := abi.Unpack(res)
+	if n > p.rt.cfg.MaxOutputBytes {
+		return nil, p.errorf(op, fmt.Errorf("%w: %d bytes, the limit is %d", ErrBadOutput, n, p.rt.cfg.MaxOutputBytes))
+	}
+	view, ok := inst.mem.Read(ptr, n)
+	if !ok {
+		return nil, p.errorf(op, fmt.Errorf("%w: %d bytes at %#x, outside its memory", ErrBadOutput, n, ptr))
+	}
+	buf := bytes.Clone(view)
+	list, err := abi.Decode(buf, abi.Size)
+	if err != nil {
+		return nil, p.errorf(op, fmt.Errorf("%w: %w", ErrBadOutput, err))
+	}
+	out := make([]*tensor.Tensor, len(list))
+	for i, e := range list {
+		if e.Handle != 0 {
+			t, ok := inst.sess.Get(e.Handle)
+			if !ok {
+				return nil, p.errorf(op, fmt.Errorf("%w: output %q names unknown handle %d", ErrBadOutput, e.Name, e.Handle))
+			}
+			c := *t // tensors are immutable: share the elements, rename the copy
+			c.Name = e.Name
+			out[i] = &c
+			continue
+		}
+		t := &tensor.Tensor{Name: e.Name, DType: tensor.DType(e.DType), Shape: e.Shape, Data: e.Data, Strings: e.Strings}
+		if err := t.Validate(); err != nil {
+			return nil, p.errorf(op, fmt.Errorf("%w: %w", ErrBadOutput, err))
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// Preprocess runs the guest's preprocess entry point: request tensors in,
+// model inputs out. The inputs are not modified; outputs may share their
+// elements with inputs.
+func (p *Pool) Preprocess(ctx context.Context, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	return p.run(ctx, EntryPreprocess, in)
+}
+
+// Postprocess runs the guest's postprocess entry point: model outputs in,
+// response tensors out.
+func (p *Pool) Postprocess(ctx context.Context, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	return p.run(ctx, EntryPostprocess, in)
+}
+
+// FormatInfer runs a custom format's inference in the guest, on the model
+// given to FormatLoad.
+func (p *Pool) FormatInfer(ctx context.Context, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	return p.run(ctx, EntryFormatInfer, in)
+}
+
+// FormatLoad gives the guest a custom format's model file. Every instance
+// loads it (instances started before are retired); the first load happens
+// now and its error is returned. model must not change afterwards.
+func (p *Pool) FormatLoad(ctx context.Context, model []byte) error {
+	if p.provided&EntryFormatLoad.Bit() == 0 {
+		return p.errorf(EntryFormatLoad.String(), fmt.Errorf("%w: the guest does not provide %s", ErrABI, EntryFormatLoad))
+	}
+	if model == nil {
+		model = []byte{}
+	}
+	p.mu.Lock()
+	p.model = model
+	p.gen++
+	old := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, inst := range old {
+		_ = inst.close(ctx)
+	}
+	inst, err := p.acquire(ctx) // a new instance: it loads the model
+	if err != nil {
+		return err
+	}
+	p.release(inst, true)
+	return nil
+}
+
+// QueueState is what a batch policy sees of a deployment's queue.
+type QueueState struct {
+	// Queued is the number of requests waiting.
+	Queued int
+	// OldestWait is how long the oldest request has waited.
+	OldestWait time.Duration
+	// Rows is each queued request's batch size, oldest first.
+	Rows []int64
+	// MaxBatch is the most rows the model takes in one run.
+	MaxBatch int64
+}
+
+// Decision is a batch policy's answer: run the Run oldest requests now,
+// or, when Run is 0, ask again after Wait (0: at the next arrival).
+type Decision struct {
+	Run  int
+	Wait time.Duration
+}
+
+func int64s(name string, shape []int64, v ...int64) *tensor.Tensor {
+	return tensor.FromSlice(name, tensor.Int64, shape, v)
+}
+
+// BatchPolicy asks the guest's batch policy what to do with the queue.
+func (p *Pool) BatchPolicy(ctx context.Context, q QueueState) (Decision, error) {
+	out, err := p.run(ctx, EntryBatchPolicy, []*tensor.Tensor{
+		int64s("queued", nil, int64(q.Queued)),
+		int64s("oldest_wait_us", nil, q.OldestWait.Microseconds()),
+		int64s("rows", []int64{int64(len(q.Rows))}, q.Rows...),
+		int64s("max_batch", nil, q.MaxBatch),
+	})
+	if err != nil {
+		return Decision{}, err
+	}
+	var d Decision
+	found := 0
+	for _, t := range out {
+		if t.DType != tensor.Int64 || len(t.Data) != 8 {
+			continue
+		}
+		v := tensor.View[int64](t)[0]
+		switch t.Name {
+		case "run":
+			d.Run, found = int(v), found+1
+		case "wait_us":
+			d.Wait, found = time.Duration(v)*time.Microsecond, found+1
+		}
+	}
+	if found != 2 || d.Run < 0 || d.Run > q.Queued || d.Wait < 0 {
+		return Decision{}, p.errorf(EntryBatchPolicy.String(), fmt.Errorf("%w: want INT64 scalars run in [0, %d] and wait_us >= 0, got %v", ErrBadOutput, q.Queued, names(out)))
+	}
+	return d, nil
+}
+
+func names(ts []*tensor.Tensor) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = fmt.Sprintf("%s %v %v", t.Name, t.DType, t.Shape)
+	}
+	return slices.Clip(out)
+}

@@ -1,0 +1,292 @@
+package guest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
+)
+
+// Config configures a Runtime. Zero values take the defaults below.
+type Config struct {
+	// CacheDir keeps compiled guests across restarts (a hit takes ~40 ms
+	// instead of ~1 s). Default: "" (in memory only).
+	CacheDir string
+	// CompileWorkers is wazero's parallelism for one compilation.
+	// Default: 1.
+	CompileWorkers int
+	// MemoryLimitPages caps each instance's linear memory, in 64 KiB pages;
+	// growing past it fails (ErrMemory). It applies to every guest of the
+	// Runtime: use one Runtime per limit (they may share CacheDir) for
+	// per-guest limits. At most 32768 (2 GiB: the ABI packs pointers into
+	// the sign-free half of an i64). Default: 4096 (256 MiB).
+	MemoryLimitPages uint32
+	// CallTimeout bounds one entry point call (the caller's context may
+	// end it sooner). Default: 5s.
+	CallTimeout time.Duration
+	// InitTimeout bounds creating an instance: _initialize, the ABI checks
+	// and format_load. Default: 30s.
+	InitTimeout time.Duration
+	// MaxOutputBytes is the largest tensor list a guest may return.
+	// Default: 64 MiB.
+	MaxOutputBytes uint32
+	// OutputBytes is how much of each call's stdout and of its stderr an
+	// instance keeps for the log. Default: 64 KiB.
+	OutputBytes int
+	// Limits bound each instance's host tensors (cyxwiz.Limits defaults).
+	Limits cyxwiz.Limits
+}
+
+func (c Config) withDefaults() Config {
+	if c.CompileWorkers <= 0 {
+		c.CompileWorkers = 1
+	}
+	if c.MemoryLimitPages == 0 {
+		c.MemoryLimitPages = 4096
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = 5 * time.Second
+	}
+	if c.InitTimeout <= 0 {
+		c.InitTimeout = 30 * time.Second
+	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = 64 << 20
+	}
+	if c.OutputBytes <= 0 {
+		c.OutputBytes = 64 << 10
+	}
+	return c
+}
+
+// Validate reports configuration errors.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MemoryLimitPages > 32768 {
+		errs = append(errs, fmt.Errorf("guest.memory_limit_pages: %d is over 32768 (2 GiB)", c.MemoryLimitPages))
+	}
+	if c.MaxOutputBytes > 1<<31-1 {
+		errs = append(errs, fmt.Errorf("guest.max_output_bytes: %d is over 2 GiB", c.MaxOutputBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Runtime compiles and runs guest modules: one per node (or per memory
+// limit). It holds a wazero runtime with the WASI and "cyxwiz" host
+// modules, and the compiled modules by digest.
+type Runtime struct {
+	cfg   Config
+	log   *slog.Logger
+	r     wazero.Runtime
+	cache wazero.CompilationCache
+
+	mu      sync.Mutex
+	modules map[[32]byte]*Module
+}
+
+// NewRuntime starts a runtime. Guests get no files, sockets, environment
+// or arguments; only the clocks of WASI and the "cyxwiz" host functions.
+func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	rt := &Runtime{cfg: cfg, log: log, modules: make(map[[32]byte]*Module)}
+	rc := wazero.NewRuntimeConfig().
+		WithCloseOnContextDone(true).
+		WithMemoryLimitPages(cfg.MemoryLimitPages)
+	if cfg.CacheDir != "" {
+		cache, err := wazero.NewCompilationCacheWithDir(cfg.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("guest: compilation cache %s: %w", cfg.CacheDir, err)
+		}
+		rt.cache = cache
+		rc = rc.WithCompilationCache(cache)
+	}
+	rt.r = wazero.NewRuntimeWithConfig(ctx, rc)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt.r); err != nil {
+		_ = rt.Close(ctx)
+		return nil, fmt.Errorf("guest: instantiate WASI: %w", err)
+	}
+	if _, err := cyxwiz.Instantiate(ctx, rt.r); err != nil {
+		_ = rt.Close(ctx)
+		return nil, fmt.Errorf("guest: instantiate %s host module: %w", cyxwiz.ModuleName, err)
+	}
+	return rt, nil
+}
+
+// Close closes every module and instance of the runtime.
+func (rt *Runtime) Close(ctx context.Context) error {
+	err := rt.r.Close(ctx)
+	if rt.cache != nil {
+		err = errors.Join(err, rt.cache.Close(ctx))
+	}
+	return err
+}
+
+// Module is a compiled guest, shared by every pool that runs the same
+// bytes. Close it when no longer needed.
+type Module struct {
+	rt       *Runtime
+	digest   [32]byte
+	ready    chan struct{} // closed when compiled (or failed)
+	compiled wazero.CompiledModule
+	err      error
+	refs     int // guarded by rt.mu
+	abiErr   error
+	entries  []abi.Entry
+}
+
+// Compile compiles wasm, or returns the module already compiled from the
+// same bytes (by SHA-256). Each successful Compile must be matched by a
+// Module.Close. A module that is not WebAssembly fails with ErrABI.
+func (rt *Runtime) Compile(ctx context.Context, wasm []byte) (*Module, error) {
+	digest := sha256.Sum256(wasm)
+	rt.mu.Lock()
+	m, ok := rt.modules[digest]
+	if ok {
+		m.refs++
+		rt.mu.Unlock()
+		select {
+		case <-m.ready:
+		case <-ctx.Done():
+			m.Close(ctx)
+			return nil, fmt.Errorf("guest: compile %x: %w", digest[:6], ctx.Err())
+		}
+		if m.err != nil {
+			m.Close(ctx)
+			return nil, m.err
+		}
+		return m, nil
+	}
+	m = &Module{rt: rt, digest: digest, ready: make(chan struct{}), refs: 1}
+	rt.modules[digest] = m
+	rt.mu.Unlock()
+
+	start := time.Now()
+	cctx := experimental.WithCompilationWorkers(ctx, rt.cfg.CompileWorkers)
+	m.compiled, m.err = rt.r.CompileModule(cctx, wasm)
+	if m.err != nil {
+		m.err = fmt.Errorf("guest: compile %x: %w: %v", digest[:6], ErrABI, m.err)
+		rt.mu.Lock()
+		delete(rt.modules, digest)
+		rt.mu.Unlock()
+		close(m.ready)
+		return nil, m.err
+	}
+	m.abiErr = checkExports(m.compiled)
+	for e := range abi.NumEntries {
+		if _, ok := m.compiled.ExportedFunctions()[e.String()]; ok {
+			m.entries = append(m.entries, e)
+		}
+	}
+	close(m.ready)
+	rt.log.Debug("guest compiled", "digest", m.Digest(), "took", time.Since(start))
+	return m, nil
+}
+
+// Digest is the hex SHA-256 of the module's bytes.
+func (m *Module) Digest() string { return hex.EncodeToString(m.digest[:]) }
+
+// Entries lists the entry points the module exports. A guest built with
+// guests/sdk exports all of them and says at run time which it implements
+// (Pool.Entries).
+func (m *Module) Entries() []abi.Entry { return slices.Clone(m.entries) }
+
+// ABI reports, wrapping ErrABI, what in the module's exports and imports
+// breaks guest ABI v1. The version a guest returns is checked when an
+// instance starts (NewPool).
+func (m *Module) ABI() error { return m.abiErr }
+
+// Close releases one reference; the last one frees the compiled code.
+func (m *Module) Close(ctx context.Context) error {
+	rt := m.rt
+	rt.mu.Lock()
+	m.refs--
+	last := m.refs == 0
+	if last && rt.modules[m.digest] == m {
+		delete(rt.modules, m.digest)
+	}
+	rt.mu.Unlock()
+	if last && m.compiled != nil {
+		return m.compiled.Close(ctx)
+	}
+	return nil
+}
+
+func (m *Module) acquire() {
+	m.rt.mu.Lock()
+	m.refs++
+	m.rt.mu.Unlock()
+}
+
+var (
+	sigVoid  = signature{}
+	sigI32   = signature{nil, []api.ValueType{api.ValueTypeI32}}
+	sigAlloc = signature{[]api.ValueType{api.ValueTypeI32}, []api.ValueType{api.ValueTypeI32}}
+	sigEntry = signature{[]api.ValueType{api.ValueTypeI32, api.ValueTypeI32}, []api.ValueType{api.ValueTypeI64}}
+)
+
+type signature struct{ params, results []api.ValueType }
+
+func (s signature) of(d api.FunctionDefinition) bool {
+	return slices.Equal(s.params, d.ParamTypes()) && slices.Equal(s.results, d.ResultTypes())
+}
+
+func (s signature) String() string { return fmt.Sprintf("%v -> %v", s.params, s.results) }
+
+// checkExports checks what can be seen without running the module.
+func checkExports(c wazero.CompiledModule) error {
+	var errs []error
+	exports := c.ExportedFunctions()
+	want := func(name string, sig signature, required bool) {
+		d, ok := exports[name]
+		switch {
+		case !ok && required:
+			errs = append(errs, fmt.Errorf("missing export %s (%v)", name, sig))
+		case ok && !sig.of(d):
+			errs = append(errs, fmt.Errorf("export %s is %v -> %v, want %v", name, d.ParamTypes(), d.ResultTypes(), sig))
+		}
+	}
+	want(abi.ExportVersion, sigI32, true)
+	want(abi.ExportAlloc, sigAlloc, true)
+	want(abi.ExportEntries, sigI32, false)
+	want(abi.ExportInit, sigVoid, false)
+	for e := range abi.NumEntries {
+		want(e.String(), sigEntry, false)
+	}
+	if _, ok := c.ExportedMemories()[abi.ExportMemory]; !ok {
+		errs = append(errs, fmt.Errorf("missing exported memory %q", abi.ExportMemory))
+	}
+	if _, ok := exports["_start"]; ok {
+		if _, ok := exports[abi.ExportInit]; !ok {
+			errs = append(errs, errors.New("a command module (exports _start): build a reactor (go build -buildmode=c-shared)"))
+		}
+	}
+	for _, d := range c.ImportedFunctions() {
+		mod, name, _ := d.Import()
+		if mod != wasi_snapshot_preview1.ModuleName && mod != cyxwiz.ModuleName {
+			errs = append(errs, fmt.Errorf("imports %s.%s: only %s and %s are provided", mod, name, wasi_snapshot_preview1.ModuleName, cyxwiz.ModuleName))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("guest: %w: %w", ErrABI, errors.Join(errs...))
+}

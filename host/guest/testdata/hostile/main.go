@@ -1,0 +1,65 @@
+// Command hostile misbehaves on purpose, as the BYTES input "mode" (or
+// else its config "mode") says, to test
+// that a failing guest only fails its own call and instance.
+package main
+
+import (
+	"os"
+	"strings"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
+)
+
+func init() { sdk.Register(sdk.Handlers{Preprocess: pre}) }
+
+func main() {}
+
+var keep [][]byte
+
+func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
+	mode, _ := sdk.Config("mode")
+	for _, t := range in {
+		if t.Name() == "mode" {
+			if s, err := t.Strings(); err == nil && len(s) == 1 {
+				mode = string(s[0])
+			}
+		}
+	}
+	switch mode {
+	case "loop":
+		for {
+		}
+	case "bomb":
+		for {
+			keep = append(keep, make([]byte, 1<<20))
+		}
+	case "panic":
+		panic("hostile: boom")
+	case "nilderef":
+		var p *int
+		*p = 1
+	case "exit":
+		os.Exit(3)
+	case "hostbomb":
+		x := sdk.Float32s("x", []int64{1 << 18}, make([]float32, 1<<18))
+		for {
+			if _, err := sdk.Affine(x, 1, 1); err != nil {
+				return nil, err
+			}
+		}
+	case "spam":
+		line := strings.Repeat("s", 1023) + "\n"
+		for range 1024 {
+			os.Stderr.WriteString(line)
+		}
+	case "fail":
+		return nil, os.ErrInvalid
+	case "infer", "infer-other":
+		model := ""
+		if mode == "infer-other" {
+			model = "other"
+		}
+		return sdk.Infer(model, in[1])
+	}
+	return in, nil
+}

@@ -1,0 +1,586 @@
+// Package cyxwiz is the "cyxwiz" host module of guest ABI v1 (see
+// guests/ABI.md): logging, deployment config, tensor operations on
+// host-side tensor handles, image decoding and model inference, for guest
+// modules run by wazero.
+//
+// Like wazero's imports/wasi_snapshot_preview1, the module is instantiated
+// once per wazero.Runtime; the state of each guest instance travels in the
+// context of the call (WithSession), so every instance of every guest shares
+// the same host functions:
+//
+//	cyxwiz.MustInstantiate(ctx, r)
+//	s := cyxwiz.NewSession(cyxwiz.Env{Log: log, Config: cfg, Infer: infer})
+//	h := s.Put(input)
+//	res, err := fn.Call(cyxwiz.WithSession(ctx, s), ptr, n)
+//	s.EndCall()
+//
+// Tensors stay on the host: a guest holds i32 handles and asks the host to
+// compute (affine, normalize, softmax, topk, resize, matmul, add, relu,
+// transpose, cast, reshape, concat, image_decode, infer); only what the
+// guest reads with tensor_read is copied into its memory. Every pointer and
+// length a guest passes is checked: one outside its memory makes that call
+// return EFAULT, never a host panic.
+package cyxwiz
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// ModuleName is the import module name of the host functions.
+const ModuleName = abi.ModuleName
+
+const (
+	i32 = api.ValueTypeI32
+	f32 = api.ValueTypeF32
+)
+
+// MustInstantiate calls Instantiate or panics on error. For tests and
+// examples.
+func MustInstantiate(ctx context.Context, r wazero.Runtime) {
+	if _, err := Instantiate(ctx, r); err != nil {
+		panic(err)
+	}
+}
+
+// Instantiate instantiates the "cyxwiz" host module into r.
+func Instantiate(ctx context.Context, r wazero.Runtime) (api.Closer, error) {
+	return NewBuilder(r).Instantiate(ctx)
+}
+
+// Builder configures the "cyxwiz" host module for later use via Compile or
+// Instantiate.
+type Builder interface {
+	// Compile compiles the host module.
+	Compile(context.Context) (wazero.CompiledModule, error)
+	// Instantiate instantiates the host module into the runtime.
+	Instantiate(context.Context) (api.Closer, error)
+}
+
+// NewBuilder returns a Builder of the "cyxwiz" host module for r.
+func NewBuilder(r wazero.Runtime) Builder { return &builder{r} }
+
+type builder struct{ r wazero.Runtime }
+
+func (b *builder) hostModuleBuilder() wazero.HostModuleBuilder {
+	mb := b.r.NewHostModuleBuilder(ModuleName)
+	for _, f := range functions {
+		mb.NewFunctionBuilder().
+			WithGoModuleFunction(wrap(f.fn), f.params, []api.ValueType{i32}).
+			WithParameterNames(f.names...).
+			Export(f.name)
+	}
+	return mb
+}
+
+func (b *builder) Compile(ctx context.Context) (wazero.CompiledModule, error) {
+	return b.hostModuleBuilder().Compile(ctx)
+}
+
+func (b *builder) Instantiate(ctx context.Context) (api.Closer, error) {
+	return b.hostModuleBuilder().Instantiate(ctx)
+}
+
+// hostFunc is one host function: it reads its arguments from stack and
+// returns a handle, a length or 0, or a negative abi.Errno.
+type hostFunc func(ctx context.Context, s *Session, mem api.Memory, stack []uint64) int32
+
+type function struct {
+	name   string
+	params []api.ValueType
+	names  []string
+	fn     hostFunc
+}
+
+func wrap(fn hostFunc) api.GoModuleFunc {
+	return func(ctx context.Context, m api.Module, stack []uint64) {
+		s := sessionFrom(ctx)
+		if s == nil {
+			stack[0] = api.EncodeI32(int32(abi.ENOCALL))
+			return
+		}
+		stack[0] = api.EncodeI32(fn(ctx, s, m.Memory(), stack))
+	}
+}
+
+func params(types ...api.ValueType) []api.ValueType { return types }
+
+var functions = []function{
+	{abi.FuncLog, params(i32, i32, i32), []string{"level", "ptr", "len"}, hostLog},
+	{abi.FuncConfigGet, params(i32, i32, i32, i32), []string{"key_ptr", "key_len", "out_ptr", "out_cap"}, hostConfigGet},
+	{abi.FuncLastError, params(i32, i32), []string{"out_ptr", "out_cap"}, hostLastError},
+	{abi.FuncTensorNew, params(i32, i32, i32, i32, i32, i32, i32), []string{"name_ptr", "name_len", "dtype", "shape_ptr", "rank", "data_ptr", "data_len"}, hostTensorNew},
+	{abi.FuncTensorInfo, params(i32, i32, i32), []string{"h", "out_ptr", "out_cap"}, hostTensorInfo},
+	{abi.FuncTensorRead, params(i32, i32, i32), []string{"h", "out_ptr", "out_cap"}, hostTensorRead},
+	{abi.FuncTensorName, params(i32, i32, i32), []string{"h", "name_ptr", "name_len"}, hostTensorName},
+	{abi.FuncTensorFree, params(i32), []string{"h"}, hostTensorFree},
+	{abi.FuncTensorPin, params(i32), []string{"h"}, hostTensorPin},
+	{abi.FuncAffine, params(i32, f32, f32), []string{"h", "scale", "bias"}, hostAffine},
+	{abi.FuncNormalize, params(i32, f32, i32, i32, i32, i32), []string{"h", "scale", "mean_ptr", "std_ptr", "n", "axis"}, hostNormalize},
+	{abi.FuncSoftmax, params(i32, i32), []string{"h", "axis"}, hostSoftmax},
+	{abi.FuncTopK, params(i32, i32, i32), []string{"h", "k", "out_ptr"}, hostTopK},
+	{abi.FuncResize, params(i32, i32, i32, i32), []string{"h", "height", "width", "layout"}, hostResize},
+	{abi.FuncMatMul, params(i32, i32), []string{"a", "b"}, hostMatMul},
+	{abi.FuncAdd, params(i32, i32), []string{"a", "b"}, hostAdd},
+	{abi.FuncRelu, params(i32), []string{"h"}, hostRelu},
+	{abi.FuncTranspose, params(i32, i32, i32), []string{"h", "perm_ptr", "n"}, hostTranspose},
+	{abi.FuncCast, params(i32, i32), []string{"h", "dtype"}, hostCast},
+	{abi.FuncReshape, params(i32, i32, i32), []string{"h", "shape_ptr", "rank"}, hostReshape},
+	{abi.FuncConcat, params(i32, i32), []string{"handles_ptr", "n"}, hostConcat},
+	{abi.FuncImageDecode, params(i32), []string{"h"}, hostImageDecode},
+	{abi.FuncInfer, params(i32, i32, i32, i32, i32, i32), []string{"model_ptr", "model_len", "handles_ptr", "n", "out_ptr", "out_cap"}, hostInfer},
+}
+
+// Argument helpers. A failed read records the reason for last_error.
+
+func u32(stack []uint64, i int) uint32 { return api.DecodeU32(stack[i]) }
+
+func (s *Session) fail(e abi.Errno, format string, args ...any) int32 {
+	s.errMsg = fmt.Sprintf(format, args...)
+	return int32(e)
+}
+
+func (s *Session) read(mem api.Memory, ptr, n uint32, what string) ([]byte, int32) {
+	b, ok := mem.Read(ptr, n)
+	if !ok {
+		return nil, s.fail(abi.EFAULT, "%s: %d bytes at %#x outside guest memory", what, n, ptr)
+	}
+	return b, 0
+}
+
+func (s *Session) tensor(h uint32) (*tensor.Tensor, int32) {
+	t, ok := s.Get(h)
+	if !ok {
+		return nil, s.fail(abi.EBADF, "no tensor handle %d", h)
+	}
+	return t, 0
+}
+
+func (s *Session) i64s(mem api.Memory, ptr, n uint32, what string) ([]int64, int32) {
+	if n > abi.MaxRank {
+		return nil, s.fail(abi.EINVAL, "%s: %d values, at most %d", what, n, abi.MaxRank)
+	}
+	b, e := s.read(mem, ptr, n*8, what)
+	if e != 0 {
+		return nil, e
+	}
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = int64(binary.LittleEndian.Uint64(b[8*i:]))
+	}
+	return out, 0
+}
+
+func (s *Session) f32s(mem api.Memory, ptr, n uint32, what string) ([]float32, int32) {
+	if n > 1<<16 {
+		return nil, s.fail(abi.EINVAL, "%s: %d values", what, n)
+	}
+	b, e := s.read(mem, ptr, n*4, what)
+	if e != 0 {
+		return nil, e
+	}
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return out, 0
+}
+
+func (s *Session) handles(mem api.Memory, ptr, n uint32) ([]*tensor.Tensor, int32) {
+	if n > uint32(s.lim.MaxHandles) {
+		return nil, s.fail(abi.EINVAL, "%d handles", n)
+	}
+	b, e := s.read(mem, ptr, n*4, "handles")
+	if e != 0 {
+		return nil, e
+	}
+	out := make([]*tensor.Tensor, n)
+	for i := range out {
+		if out[i], e = s.tensor(binary.LittleEndian.Uint32(b[4*i:])); e != 0 {
+			return nil, e
+		}
+	}
+	return out, 0
+}
+
+// result stores an operation's result and returns its handle, or turns its
+// error into an errno.
+func (s *Session) result(t *tensor.Tensor, err error) int32 {
+	if err != nil {
+		return s.errno(err)
+	}
+	h, err := s.store(t, t.ByteSize())
+	if err != nil {
+		return s.errno(err)
+	}
+	return int32(h)
+}
+
+func (s *Session) errno(err error) int32 {
+	e := abi.EIO
+	switch {
+	case errors.Is(err, ErrLimit):
+		e = abi.ENOMEM
+	case errors.Is(err, errInvalid):
+		e = abi.EINVAL
+	case errors.Is(err, ErrNotAllowed):
+		e = abi.EPERM
+	}
+	return s.fail(e, "%v", err)
+}
+
+// writeOut copies b to the guest's out buffer if it fits and returns
+// len(b) either way (the guest retries with a bigger buffer).
+func (s *Session) writeOut(mem api.Memory, ptr, capacity uint32, b []byte) int32 {
+	if len(b) > math.MaxInt32 {
+		return s.fail(abi.ENOMEM, "%d bytes do not fit an i32 length", len(b))
+	}
+	if uint32(len(b)) <= capacity && !mem.Write(ptr, b) {
+		return s.fail(abi.EFAULT, "out buffer of %d bytes at %#x outside guest memory", capacity, ptr)
+	}
+	return int32(len(b))
+}
+
+// The host functions.
+
+func hostLog(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	n := min(u32(st, 2), uint32(s.lim.MaxLogBytes))
+	b, e := s.read(mem, u32(st, 1), n, "log message")
+	if e != 0 {
+		return e
+	}
+	s.env.Log.Log(ctx, slog.Level(api.DecodeI32(st[0])), string(b))
+	return 0
+}
+
+func hostConfigGet(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	k, e := s.read(mem, u32(st, 0), u32(st, 1), "config key")
+	if e != 0 {
+		return e
+	}
+	v, ok := s.env.Config[string(k)]
+	if !ok {
+		return s.fail(abi.ENOENT, "no config key %q", k)
+	}
+	return s.writeOut(mem, u32(st, 2), u32(st, 3), []byte(v))
+}
+
+func hostLastError(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	return s.writeOut(mem, u32(st, 0), u32(st, 1), []byte(s.errMsg))
+}
+
+func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	name, e := s.read(mem, u32(st, 0), u32(st, 1), "tensor name")
+	if e != 0 {
+		return e
+	}
+	dt := tensor.DType(u32(st, 2))
+	shape, e := s.i64s(mem, u32(st, 3), u32(st, 4), "tensor shape")
+	if e != 0 {
+		return e
+	}
+	data, e := s.read(mem, u32(st, 5), u32(st, 6), "tensor data")
+	if e != 0 {
+		return e
+	}
+	if err := s.charge(int64(len(data))); err != nil {
+		return s.errno(err)
+	}
+	t := &tensor.Tensor{Name: string(name), DType: dt, Shape: shape}
+	if dt == tensor.Bytes {
+		strs, err := abi.DecodeStrings(data, tensor.NumElements(shape))
+		if err != nil {
+			return s.fail(abi.EINVAL, "tensor %q: %v", name, err)
+		}
+		t.Strings = make([][]byte, len(strs))
+		for i, v := range strs {
+			t.Strings[i] = append([]byte(nil), v...)
+		}
+	} else {
+		t.Data = append([]byte(nil), data...)
+	}
+	if err := t.Validate(); err != nil {
+		return s.fail(abi.EINVAL, "%v", err)
+	}
+	h, err := s.store(t, int64(len(data)))
+	if err != nil {
+		return s.errno(err)
+	}
+	return int32(h)
+}
+
+// Info returns the list entry describing handle h of tensor t.
+func Info(h uint32, t *tensor.Tensor) abi.Tensor {
+	n := uint64(len(t.Data))
+	if t.DType == tensor.Bytes {
+		n = abi.StringsLen(t.Strings)
+	}
+	return abi.Tensor{Name: t.Name, DType: uint8(t.DType), Shape: t.Shape, Handle: h, DataLen: n}
+}
+
+func hostTensorInfo(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	t, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	b := abi.Encode(nil, []abi.Tensor{Info(u32(st, 0), t)})
+	return s.writeOut(mem, u32(st, 1), u32(st, 2), b)
+}
+
+func hostTensorRead(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	t, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	if t.DType != tensor.Bytes {
+		return s.writeOut(mem, u32(st, 1), u32(st, 2), t.Data)
+	}
+	n := abi.StringsLen(t.Strings)
+	if n > uint64(u32(st, 2)) {
+		if n > math.MaxInt32 {
+			return s.fail(abi.ENOMEM, "%d bytes do not fit an i32 length", n)
+		}
+		return int32(n)
+	}
+	return s.writeOut(mem, u32(st, 1), u32(st, 2), abi.AppendStrings(make([]byte, 0, n), t.Strings))
+}
+
+func hostTensorName(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	t, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	name, e := s.read(mem, u32(st, 1), u32(st, 2), "tensor name")
+	if e != 0 {
+		return e
+	}
+	// Tensors are shared (inputs, reshape results): rename a copy of the
+	// header, never the tensor itself.
+	c := *t
+	c.Name = string(name)
+	s.tab[u32(st, 0)].t = &c
+	return 0
+}
+
+func hostTensorFree(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	sl, ok := s.tab[u32(st, 0)]
+	if !ok {
+		return s.fail(abi.EBADF, "no tensor handle %d", u32(st, 0))
+	}
+	s.used -= sl.bytes
+	delete(s.tab, u32(st, 0))
+	return 0
+}
+
+func hostTensorPin(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	sl, ok := s.tab[u32(st, 0)]
+	if !ok {
+		return s.fail(abi.EBADF, "no tensor handle %d", u32(st, 0))
+	}
+	sl.pinned = true
+	return 0
+}
+
+func hostAffine(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.affine(x, api.DecodeF32(st[1]), api.DecodeF32(st[2])))
+}
+
+func hostNormalize(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	mean, e := s.f32s(mem, u32(st, 2), u32(st, 4), "mean")
+	if e != 0 {
+		return e
+	}
+	std, e := s.f32s(mem, u32(st, 3), u32(st, 4), "std")
+	if e != 0 {
+		return e
+	}
+	return s.result(s.normalize(x, api.DecodeF32(st[1]), mean, std, int(api.DecodeI32(st[5]))))
+}
+
+func hostSoftmax(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.softmax(x, int(api.DecodeI32(st[1]))))
+}
+
+func hostTopK(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	// Check the out buffer before computing.
+	if _, e := s.read(mem, u32(st, 2), 8, "topk out"); e != 0 {
+		return e
+	}
+	vals, idx, err := s.topk(x, int(api.DecodeI32(st[1])))
+	if err != nil {
+		return s.errno(err)
+	}
+	hv := s.result(vals, nil)
+	if hv < 0 {
+		return hv
+	}
+	hi := s.result(idx, nil)
+	if hi < 0 {
+		return hi
+	}
+	var out [8]byte
+	binary.LittleEndian.PutUint32(out[:], uint32(hv))
+	binary.LittleEndian.PutUint32(out[4:], uint32(hi))
+	mem.Write(u32(st, 2), out[:])
+	return 0
+}
+
+func hostResize(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.resize(x, int(api.DecodeI32(st[1])), int(api.DecodeI32(st[2])), int(api.DecodeI32(st[3]))))
+}
+
+func binary2(s *Session, st []uint64, op func(a, b *tensor.Tensor) (*tensor.Tensor, error)) int32 {
+	a, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	b, e := s.tensor(u32(st, 1))
+	if e != 0 {
+		return e
+	}
+	return s.result(op(a, b))
+}
+
+func hostMatMul(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	return binary2(s, st, s.matmul)
+}
+
+func hostAdd(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	return binary2(s, st, s.add)
+}
+
+func hostRelu(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.relu(x))
+}
+
+func hostTranspose(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	p, e := s.i64s(mem, u32(st, 1), u32(st, 2), "perm")
+	if e != 0 {
+		return e
+	}
+	perm := make([]int, len(p))
+	for i, v := range p {
+		perm[i] = int(v)
+	}
+	return s.result(s.transpose(x, perm))
+}
+
+func hostCast(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.cast(x, tensor.DType(u32(st, 1))))
+}
+
+func hostReshape(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	shape, e := s.i64s(mem, u32(st, 1), u32(st, 2), "shape")
+	if e != 0 {
+		return e
+	}
+	y, err := reshape(x, shape)
+	if err != nil {
+		return s.errno(err)
+	}
+	h, err := s.store(y, 0) // shares x's data
+	if err != nil {
+		return s.errno(err)
+	}
+	return int32(h)
+}
+
+func hostConcat(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	parts, e := s.handles(mem, u32(st, 0), u32(st, 1))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.concat(parts))
+}
+
+func hostImageDecode(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
+	x, e := s.tensor(u32(st, 0))
+	if e != 0 {
+		return e
+	}
+	return s.result(s.decodeImage(x))
+}
+
+func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	model, e := s.read(mem, u32(st, 0), u32(st, 1), "model name")
+	if e != 0 {
+		return e
+	}
+	in, e := s.handles(mem, u32(st, 2), u32(st, 3))
+	if e != 0 {
+		return e
+	}
+	outCap := u32(st, 5)
+	if _, e := s.read(mem, u32(st, 4), outCap*4, "infer out"); e != 0 {
+		return e
+	}
+	if s.env.Infer == nil {
+		return s.fail(abi.EPERM, "infer: no model for this guest")
+	}
+	out, err := s.env.Infer(ctx, string(model), in)
+	if err != nil {
+		return s.errno(fmt.Errorf("infer %q: %w", model, err))
+	}
+	if uint32(len(out)) > outCap {
+		return s.fail(abi.EINVAL, "infer %q: %d outputs, room for %d", model, len(out), outCap)
+	}
+	buf := make([]byte, 4*len(out))
+	for i, t := range out {
+		if err := s.charge(t.ByteSize()); err != nil {
+			return s.errno(err)
+		}
+		h, err := s.store(t, t.ByteSize())
+		if err != nil {
+			return s.errno(err)
+		}
+		binary.LittleEndian.PutUint32(buf[4*i:], h)
+	}
+	mem.Write(u32(st, 4), buf)
+	return int32(len(out))
+}

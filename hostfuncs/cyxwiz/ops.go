@@ -1,0 +1,567 @@
+package cyxwiz
+
+import (
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// The tensor operations behind the host functions. Each reads its inputs
+// without changing them (host tensors are immutable once created, so a
+// result may share an input's data, as reshape does) and allocates its
+// result through the session, which charges it against Limits.MaxBytes
+// before the memory is taken.
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errInvalid}, args...)...)
+}
+
+// floats returns x's elements as float32: a view for FP32, a copy for
+// UINT8 (pixels), an error for any other type.
+func (s *Session) floats(x *tensor.Tensor) ([]float32, error) {
+	switch x.DType {
+	case tensor.FP32:
+		return tensor.View[float32](x), nil
+	case tensor.Uint8:
+		if err := s.charge(int64(len(x.Data)) * 4); err != nil {
+			return nil, err
+		}
+		out := make([]float32, len(x.Data))
+		for i, v := range x.Data {
+			out[i] = float32(v)
+		}
+		return out, nil
+	}
+	return nil, invalid("tensor %q is %v, want FP32 or UINT8", x.Name, x.DType)
+}
+
+func fp32(x *tensor.Tensor) ([]float32, error) {
+	if x.DType != tensor.FP32 {
+		return nil, invalid("tensor %q is %v, want FP32", x.Name, x.DType)
+	}
+	return tensor.View[float32](x), nil
+}
+
+func normAxis(axis, rank int) (int, error) {
+	if axis < 0 {
+		axis += rank
+	}
+	if axis < 0 || axis >= rank {
+		return 0, invalid("axis %d out of range for rank %d", axis, rank)
+	}
+	return axis, nil
+}
+
+// split returns the products of the dimensions before and after axis.
+func split(shape []int64, axis int) (outer, n, inner int) {
+	outer, inner = 1, 1
+	for _, d := range shape[:axis] {
+		outer *= int(d)
+	}
+	for _, d := range shape[axis+1:] {
+		inner *= int(d)
+	}
+	return outer, int(shape[axis]), inner
+}
+
+// affine: y = x*scale + bias, elementwise.
+func (s *Session) affine(x *tensor.Tensor, scale, bias float32) (*tensor.Tensor, error) {
+	in, err := s.floats(x)
+	if err != nil {
+		return nil, err
+	}
+	y, err := s.alloc(x.Name, tensor.FP32, x.Shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	for i, v := range in {
+		out[i] = v*scale + bias
+	}
+	return y, nil
+}
+
+// normalize: y = (x*scale - mean[c]) / std[c], c the index along axis.
+func (s *Session) normalize(x *tensor.Tensor, scale float32, mean, std []float32, axis int) (*tensor.Tensor, error) {
+	axis, err := normAxis(axis, len(x.Shape))
+	if err != nil {
+		return nil, err
+	}
+	outer, n, inner := split(x.Shape, axis)
+	if len(mean) != n || len(std) != n {
+		return nil, invalid("%d means and %d stds for %d channels", len(mean), len(std), n)
+	}
+	in, err := s.floats(x)
+	if err != nil {
+		return nil, err
+	}
+	y, err := s.alloc(x.Name, tensor.FP32, x.Shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	inv := make([]float32, n)
+	for c, v := range std {
+		if v == 0 {
+			return nil, invalid("std[%d] is 0", c)
+		}
+		inv[c] = 1 / v
+	}
+	i := 0
+	for range outer {
+		for c := range n {
+			m, r := mean[c], inv[c]
+			for _, v := range in[i : i+inner] {
+				out[i] = (v*scale - m) * r
+				i++
+			}
+		}
+	}
+	return y, nil
+}
+
+func (s *Session) softmax(x *tensor.Tensor, axis int) (*tensor.Tensor, error) {
+	in, err := fp32(x)
+	if err != nil {
+		return nil, err
+	}
+	axis, err = normAxis(axis, len(x.Shape))
+	if err != nil {
+		return nil, err
+	}
+	outer, n, inner := split(x.Shape, axis)
+	y, err := s.alloc(x.Name, tensor.FP32, x.Shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	for o := range outer {
+		for k := range inner {
+			base := o*n*inner + k
+			m := float32(math.Inf(-1))
+			for j := range n {
+				m = max(m, in[base+j*inner])
+			}
+			var sum float64
+			for j := range n {
+				e := math.Exp(float64(in[base+j*inner] - m))
+				out[base+j*inner] = float32(e)
+				sum += e
+			}
+			for j := range n {
+				out[base+j*inner] = float32(float64(out[base+j*inner]) / sum)
+			}
+		}
+	}
+	return y, nil
+}
+
+// topk returns the k largest values along the last axis, largest first
+// (ties: lower index first), and their INT64 indices.
+func (s *Session) topk(x *tensor.Tensor, k int) (vals, idx *tensor.Tensor, err error) {
+	in, err := fp32(x)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(x.Shape) == 0 {
+		return nil, nil, invalid("topk of a scalar")
+	}
+	n := int(x.Shape[len(x.Shape)-1])
+	if k < 1 || k > n {
+		return nil, nil, invalid("k=%d for a last dimension of %d", k, n)
+	}
+	shape := slices.Clone(x.Shape)
+	shape[len(shape)-1] = int64(k)
+	if vals, err = s.alloc(x.Name+":values", tensor.FP32, shape...); err != nil {
+		return nil, nil, err
+	}
+	if idx, err = s.alloc(x.Name+":indices", tensor.Int64, shape...); err != nil {
+		return nil, nil, err
+	}
+	vo, io := tensor.View[float32](vals), tensor.View[int64](idx)
+	order := make([]int, n)
+	for r := 0; r*n < len(in); r++ {
+		row := in[r*n : (r+1)*n]
+		for i := range order {
+			order[i] = i
+		}
+		if k == 1 {
+			best := 0
+			for i, v := range row {
+				if v > row[best] {
+					best = i
+				}
+			}
+			order[0] = best
+		} else {
+			slices.SortStableFunc(order, func(a, b int) int {
+				switch {
+				case row[a] > row[b]:
+					return -1
+				case row[a] < row[b]:
+					return 1
+				}
+				return 0
+			})
+		}
+		for j := range k {
+			vo[r*k+j] = row[order[j]]
+			io[r*k+j] = int64(order[j])
+		}
+	}
+	return vals, idx, nil
+}
+
+// resize scales the two spatial dimensions bilinearly with half-pixel
+// centres (OpenCV's INTER_LINEAR, no antialiasing). layout is
+// abi.LayoutNCHW (rank 4, H and W last) or abi.LayoutHWC (rank 3). The
+// result is FP32.
+func (s *Session) resize(x *tensor.Tensor, oh, ow int, layout int) (*tensor.Tensor, error) {
+	var planes, h, w, ch int // ch: interleaved channels
+	switch {
+	case layout == 0 && len(x.Shape) == 4:
+		planes, ch, h, w = int(x.Shape[0]*x.Shape[1]), 1, int(x.Shape[2]), int(x.Shape[3])
+	case layout == 1 && len(x.Shape) == 3:
+		planes, h, w, ch = 1, int(x.Shape[0]), int(x.Shape[1]), int(x.Shape[2])
+	default:
+		return nil, invalid("resize layout %d of shape %v (want NCHW rank 4 or HWC rank 3)", layout, x.Shape)
+	}
+	if oh < 1 || ow < 1 || h < 1 || w < 1 {
+		return nil, invalid("resize %dx%d to %dx%d", h, w, oh, ow)
+	}
+	in, err := s.floats(x)
+	if err != nil {
+		return nil, err
+	}
+	shape := slices.Clone(x.Shape)
+	if layout == 0 {
+		shape[2], shape[3] = int64(oh), int64(ow)
+	} else {
+		shape[0], shape[1] = int64(oh), int64(ow)
+	}
+	y, err := s.alloc(x.Name, tensor.FP32, shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	x0, x1, wx := axisWeights(w, ow)
+	y0, y1, wy := axisWeights(h, oh)
+	o := 0
+	for p := range planes {
+		src := in[p*h*w*ch : (p+1)*h*w*ch]
+		for oy := range oh {
+			r0, r1, fy := src[y0[oy]*w*ch:], src[y1[oy]*w*ch:], wy[oy]
+			for ox := range ow {
+				a, b, fx := x0[ox]*ch, x1[ox]*ch, wx[ox]
+				for c := range ch {
+					top := r0[a+c] + (r0[b+c]-r0[a+c])*fx
+					bot := r1[a+c] + (r1[b+c]-r1[a+c])*fx
+					out[o] = top + (bot-top)*fy
+					o++
+				}
+			}
+		}
+	}
+	return y, nil
+}
+
+// axisWeights maps each of n output positions to two input positions and
+// the weight of the second.
+func axisWeights(in, n int) (lo, hi []int, wt []float32) {
+	lo, hi, wt = make([]int, n), make([]int, n), make([]float32, n)
+	scale := float64(in) / float64(n)
+	for i := range n {
+		f := (float64(i)+0.5)*scale - 0.5
+		if f < 0 {
+			f = 0
+		}
+		l := int(f)
+		if l >= in-1 {
+			lo[i], hi[i] = in-1, in-1
+			continue
+		}
+		lo[i], hi[i], wt[i] = l, l+1, float32(f-float64(l))
+	}
+	return lo, hi, wt
+}
+
+// matmul multiplies a [..., K] (leading dimensions flattened to M rows) by
+// b [K, N].
+func (s *Session) matmul(a, b *tensor.Tensor) (*tensor.Tensor, error) {
+	av, err := fp32(a)
+	if err != nil {
+		return nil, err
+	}
+	bv, err := fp32(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(a.Shape) < 1 || len(b.Shape) != 2 || a.Shape[len(a.Shape)-1] != b.Shape[0] {
+		return nil, invalid("matmul of %v by %v", a.Shape, b.Shape)
+	}
+	k, n := int(b.Shape[0]), int(b.Shape[1])
+	shape := slices.Clone(a.Shape)
+	shape[len(shape)-1] = int64(n)
+	y, err := s.alloc(a.Name, tensor.FP32, shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	if k == 0 {
+		return y, nil
+	}
+	for r := 0; r*k < len(av); r++ {
+		orow := out[r*n : (r+1)*n]
+		for j, v := range av[r*k : (r+1)*k] {
+			for c, w := range bv[j*n : (j+1)*n] {
+				orow[c] += v * w
+			}
+		}
+	}
+	return y, nil
+}
+
+// add: a + b, where b has a's shape or a's trailing dimensions (repeated).
+func (s *Session) add(a, b *tensor.Tensor) (*tensor.Tensor, error) {
+	av, err := fp32(a)
+	if err != nil {
+		return nil, err
+	}
+	bv, err := fp32(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(b.Shape) > len(a.Shape) || !slices.Equal(b.Shape, a.Shape[len(a.Shape)-len(b.Shape):]) {
+		return nil, invalid("add %v to %v", b.Shape, a.Shape)
+	}
+	y, err := s.alloc(a.Name, tensor.FP32, a.Shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	if len(bv) == 0 {
+		return y, nil
+	}
+	for i, v := range av {
+		out[i] = v + bv[i%len(bv)]
+	}
+	return y, nil
+}
+
+func (s *Session) relu(x *tensor.Tensor) (*tensor.Tensor, error) {
+	in, err := fp32(x)
+	if err != nil {
+		return nil, err
+	}
+	y, err := s.alloc(x.Name, tensor.FP32, x.Shape...)
+	if err != nil {
+		return nil, err
+	}
+	out := tensor.View[float32](y)
+	for i, v := range in {
+		out[i] = max(v, 0)
+	}
+	return y, nil
+}
+
+// transpose permutes the dimensions of a fixed-width tensor.
+func (s *Session) transpose(x *tensor.Tensor, perm []int) (*tensor.Tensor, error) {
+	rank := len(x.Shape)
+	if x.DType == tensor.Bytes || len(perm) != rank {
+		return nil, invalid("transpose %v of %v by %v", x.DType, x.Shape, perm)
+	}
+	seen := make([]bool, rank)
+	shape := make([]int64, rank)
+	for i, p := range perm {
+		if p < 0 || p >= rank || seen[p] {
+			return nil, invalid("bad permutation %v", perm)
+		}
+		seen[p] = true
+		shape[i] = x.Shape[p]
+	}
+	y, err := s.alloc(x.Name, x.DType, shape...)
+	if err != nil {
+		return nil, err
+	}
+	// Input strides (in elements) in output dimension order.
+	stride := make([]int, rank)
+	st := 1
+	for i := rank - 1; i >= 0; i-- {
+		stride[i] = st
+		st *= int(x.Shape[i])
+	}
+	ostride := make([]int, rank)
+	for i, p := range perm {
+		ostride[i] = stride[p]
+	}
+	if rank == 0 || tensor.NumElements(shape) == 0 {
+		copy(y.Data, x.Data)
+		return y, nil
+	}
+	switch x.DType.Size() {
+	case 1:
+		permute(tensor.View[uint8](y), tensor.View[uint8](x), shape, ostride)
+	case 2:
+		permute(tensor.View[uint16](y), tensor.View[uint16](x), shape, ostride)
+	case 4:
+		permute(tensor.View[uint32](y), tensor.View[uint32](x), shape, ostride)
+	default:
+		permute(tensor.View[uint64](y), tensor.View[uint64](x), shape, ostride)
+	}
+	return y, nil
+}
+
+// cast converts between the numeric fixed-width types (not FP16/BF16),
+// through float64: INT64/UINT64 beyond 2^53 lose precision, float to
+// integer truncates toward zero.
+func (s *Session) cast(x *tensor.Tensor, dt tensor.DType) (*tensor.Tensor, error) {
+	if !castable(x.DType) || !castable(dt) {
+		return nil, invalid("cast %v to %v", x.DType, dt)
+	}
+	y, err := s.alloc(x.Name, dt, x.Shape...)
+	if err != nil {
+		return nil, err
+	}
+	n := int(tensor.NumElements(x.Shape))
+	for i := range n {
+		setF64(y, i, getF64(x, i))
+	}
+	return y, nil
+}
+
+func castable(d tensor.DType) bool {
+	return d.Valid() && d != tensor.Bytes && d != tensor.FP16 && d != tensor.BF16
+}
+
+func getF64(t *tensor.Tensor, i int) float64 {
+	switch t.DType {
+	case tensor.Bool, tensor.Uint8:
+		return float64(t.Data[i])
+	case tensor.Int8:
+		return float64(int8(t.Data[i]))
+	case tensor.Uint16:
+		return float64(tensor.View[uint16](t)[i])
+	case tensor.Int16:
+		return float64(tensor.View[int16](t)[i])
+	case tensor.Uint32:
+		return float64(tensor.View[uint32](t)[i])
+	case tensor.Int32:
+		return float64(tensor.View[int32](t)[i])
+	case tensor.Uint64:
+		return float64(tensor.View[uint64](t)[i])
+	case tensor.Int64:
+		return float64(tensor.View[int64](t)[i])
+	case tensor.FP32:
+		return float64(tensor.View[float32](t)[i])
+	case tensor.FP64:
+		return tensor.View[float64](t)[i]
+	}
+	return 0
+}
+
+func setF64(t *tensor.Tensor, i int, v float64) {
+	switch t.DType {
+	case tensor.Bool:
+		t.Data[i] = 0
+		if v != 0 {
+			t.Data[i] = 1
+		}
+	case tensor.Uint8:
+		t.Data[i] = uint8(v)
+	case tensor.Int8:
+		t.Data[i] = byte(int8(v))
+	case tensor.Uint16:
+		tensor.View[uint16](t)[i] = uint16(v)
+	case tensor.Int16:
+		tensor.View[int16](t)[i] = int16(v)
+	case tensor.Uint32:
+		tensor.View[uint32](t)[i] = uint32(v)
+	case tensor.Int32:
+		tensor.View[int32](t)[i] = int32(v)
+	case tensor.Uint64:
+		tensor.View[uint64](t)[i] = uint64(v)
+	case tensor.Int64:
+		tensor.View[int64](t)[i] = int64(v)
+	case tensor.FP32:
+		tensor.View[float32](t)[i] = float32(v)
+	case tensor.FP64:
+		tensor.View[float64](t)[i] = v
+	}
+}
+
+// reshape gives x a new shape with the same element count; one dimension
+// may be -1 (inferred). The result shares x's data.
+func reshape(x *tensor.Tensor, shape []int64) (*tensor.Tensor, error) {
+	shape = slices.Clone(shape)
+	infer := -1
+	known := int64(1)
+	for i, d := range shape {
+		switch {
+		case d == -1 && infer < 0:
+			infer = i
+		case d < 0:
+			return nil, invalid("reshape to %v", shape)
+		default:
+			if d != 0 && known > math.MaxInt64/d {
+				return nil, invalid("reshape to %v overflows", shape)
+			}
+			known *= d
+		}
+	}
+	n := x.Len()
+	if infer >= 0 {
+		if known == 0 || n%known != 0 {
+			return nil, invalid("reshape %v to %v", x.Shape, shape)
+		}
+		shape[infer] = n / known
+	} else if known != n {
+		return nil, invalid("reshape %v (%d elements) to %v", x.Shape, n, shape)
+	}
+	return &tensor.Tensor{Name: x.Name, DType: x.DType, Shape: shape, Data: x.Data, Strings: x.Strings}, nil
+}
+
+func (s *Session) concat(parts []*tensor.Tensor) (*tensor.Tensor, error) {
+	var n int64
+	for _, p := range parts {
+		n += p.ByteSize()
+	}
+	if err := s.charge(n); err != nil {
+		return nil, err
+	}
+	name := ""
+	if len(parts) > 0 {
+		name = parts[0].Name
+	}
+	y, err := tensor.Concat(name, parts)
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	return y, nil
+}
+
+// permute fills out (of shape) from in, where output index i has input
+// offset sum(i[k]*ostride[k]); the last dimension is the inner loop.
+func permute[E uint8 | uint16 | uint32 | uint64](out, in []E, shape []int64, ostride []int) {
+	rank := len(shape)
+	inner, step := int(shape[rank-1]), ostride[rank-1]
+	idx := make([]int, rank-1)
+	base := 0
+	for o := 0; o < len(out); o += inner {
+		src := base
+		for j := range out[o : o+inner] {
+			out[o+j] = in[src]
+			src += step
+		}
+		for k := rank - 2; k >= 0; k-- {
+			idx[k]++
+			base += ostride[k]
+			if idx[k] < int(shape[k]) {
+				break
+			}
+			base -= idx[k] * ostride[k]
+			idx[k] = 0
+		}
+	}
+}

@@ -1,0 +1,198 @@
+package cyxwiz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// Errors an InferFunc returns for the infer host function to report the
+// right errno to the guest.
+var (
+	// ErrNotAllowed: the guest named a model its manifest does not allow (EPERM).
+	ErrNotAllowed = errors.New("model not allowed for this guest")
+	// ErrLimit: a host tensor limit was reached (ENOMEM). Session.Exceeded
+	// reports it to the caller after the call.
+	ErrLimit = errors.New("guest host-tensor limit reached")
+	// errInvalid marks a bad argument (EINVAL).
+	errInvalid = errors.New("invalid argument")
+)
+
+// InferFunc runs a model for a guest: model "" is the deployment's own
+// model, any other name a deployment the manifest allows (return an error
+// wrapping ErrNotAllowed otherwise). It must respect ctx and must not
+// modify its inputs.
+type InferFunc func(ctx context.Context, model string, in []*tensor.Tensor) ([]*tensor.Tensor, error)
+
+// Limits bound what one guest instance may hold on the host.
+type Limits struct {
+	// MaxHandles is the most host tensors an instance may hold at once.
+	// Default: 4096.
+	MaxHandles int
+	// MaxBytes is the most bytes of host tensors an instance may create
+	// (inputs the host passes in do not count). Default: 256 MiB.
+	MaxBytes int64
+	// MaxLogBytes truncates one log message. Default: 4096.
+	MaxLogBytes int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxHandles <= 0 {
+		l.MaxHandles = 4096
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = 256 << 20
+	}
+	if l.MaxLogBytes <= 0 {
+		l.MaxLogBytes = 4096
+	}
+	return l
+}
+
+// Env is what the host functions may reach for one guest: its logger,
+// its deployment's config values, the models it may run, its limits.
+type Env struct {
+	// Log receives the guest's log calls. nil: slog.Default().
+	Log *slog.Logger
+	// Config holds the values config_get returns.
+	Config map[string]string
+	// Infer runs models for the infer host function; nil refuses every
+	// model with EPERM.
+	Infer InferFunc
+	// Limits bounds the instance's host tensors.
+	Limits Limits
+}
+
+// Session is the host side of one guest instance: its host tensor handles
+// and the state of the call in progress. It is used by one call at a time
+// (a pool hands an instance to one caller); pass it to the host functions
+// with WithSession.
+type Session struct {
+	env    Env
+	lim    Limits
+	next   uint32
+	tab    map[uint32]*slot
+	used   int64 // bytes of guest-created tensors
+	hit    bool  // a limit was reached during this call
+	errMsg string
+}
+
+type slot struct {
+	t      *tensor.Tensor
+	bytes  int64 // charged against Limits.MaxBytes
+	pinned bool
+}
+
+// NewSession returns the session of one instance.
+func NewSession(env Env) *Session {
+	if env.Log == nil {
+		env.Log = slog.Default()
+	}
+	return &Session{env: env, lim: env.Limits.withDefaults(), tab: make(map[uint32]*slot)}
+}
+
+type sessionKey struct{}
+
+// WithSession returns a context that the host functions called under it
+// (through api.Function.Call) use to find s.
+func WithSession(ctx context.Context, s *Session) context.Context {
+	return context.WithValue(ctx, sessionKey{}, s)
+}
+
+func sessionFrom(ctx context.Context) *Session {
+	s, _ := ctx.Value(sessionKey{}).(*Session)
+	return s
+}
+
+// Put registers a host tensor the guest may read (a call's input) and
+// returns its handle, or 0 when the handle table is full. It is not
+// charged against MaxBytes and never modified.
+func (s *Session) Put(t *tensor.Tensor) uint32 {
+	h, err := s.store(t, 0)
+	if err != nil {
+		return 0
+	}
+	return h
+}
+
+// Get returns the tensor behind handle h.
+func (s *Session) Get(h uint32) (*tensor.Tensor, bool) {
+	sl, ok := s.tab[h]
+	if !ok {
+		return nil, false
+	}
+	return sl.t, true
+}
+
+// EndCall frees every tensor not pinned and resets the call state.
+func (s *Session) EndCall() {
+	s.used = 0
+	for h, sl := range s.tab {
+		if !sl.pinned {
+			delete(s.tab, h)
+			continue
+		}
+		s.used += sl.bytes
+	}
+	s.hit = false
+	s.errMsg = ""
+}
+
+// Close frees every tensor, pinned ones included.
+func (s *Session) Close() {
+	clear(s.tab)
+	s.used = 0
+}
+
+// Exceeded reports whether a host limit was reached during the call.
+func (s *Session) Exceeded() bool { return s.hit }
+
+// LastError is the message of the last host function that failed in this call.
+func (s *Session) LastError() string { return s.errMsg }
+
+// Handles is the number of live host tensors.
+func (s *Session) Handles() int { return len(s.tab) }
+
+func (s *Session) store(t *tensor.Tensor, bytes int64) (uint32, error) {
+	if len(s.tab) >= s.lim.MaxHandles {
+		s.hit = true
+		return 0, fmt.Errorf("%d host tensors: %w", len(s.tab), ErrLimit)
+	}
+	for {
+		s.next++
+		if s.next == 0 {
+			s.next = 1
+		}
+		if _, taken := s.tab[s.next]; !taken {
+			break
+		}
+	}
+	s.tab[s.next] = &slot{t: t, bytes: bytes}
+	return s.next, nil
+}
+
+// charge reserves n bytes of host tensor memory.
+func (s *Session) charge(n int64) error {
+	if n < 0 || n > s.lim.MaxBytes-s.used {
+		s.hit = true
+		return fmt.Errorf("need %d bytes, %d of %d in use: %w", n, s.used, s.lim.MaxBytes, ErrLimit)
+	}
+	s.used += n
+	return nil
+}
+
+// alloc returns a zeroed tensor charged against the byte limit.
+func (s *Session) alloc(name string, dt tensor.DType, shape ...int64) (*tensor.Tensor, error) {
+	n := tensor.NumElements(shape)
+	if n < 0 || (dt.Size() > 0 && n > s.lim.MaxBytes/int64(dt.Size())) {
+		s.hit = true
+		return nil, fmt.Errorf("shape %v of %v: %w", shape, dt, ErrLimit)
+	}
+	if err := s.charge(n * int64(dt.Size())); err != nil {
+		return nil, err
+	}
+	return tensor.New(name, dt, shape...), nil
+}
