@@ -15,6 +15,7 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/host/server"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -50,6 +51,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
+	guests, err := guest.NewRuntime(ctx, guest.Config{
+		CacheDir:         filepath.Join(cfg.Storage.CacheDir, "wasm"),
+		MemoryLimitPages: uint32(cfg.Guests.MemoryLimitPages),
+		CallTimeout:      cfg.Guests.CallTimeout.D(),
+		MaxOutputBytes:   uint32(min(int64(cfg.Guests.MaxOutputSize), 1<<31-1)),
+	}, log.With("component", "guests"))
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+	defer guests.Close(context.Background())
+
 	reg := newRegistry(cfg)
 	for _, f := range reg.Formats() {
 		if !f.Available {
@@ -69,6 +81,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			InterOpThreads: cfg.Inference.InterOpThreads,
 			Providers:      cfg.Inference.Providers,
 		},
+		Guests:         guests,
+		GuestInstances: cfg.Guests.Instances,
 	}, reg, cache, st, log)
 	deployStatic(cfg, models, log)
 	if err := models.Restore(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
@@ -13,7 +14,7 @@ import (
 )
 
 func init() {
-	register("infer", "run a model: infer MODEL --input name=file.npy|file.json ... [--output name] [--json]", runInfer)
+	register("infer", "run a model: infer MODEL --input name=file.npy|file.json ... | --image file.png ... [--output name] [--json]", runInfer)
 }
 
 type multiFlag []string
@@ -24,8 +25,10 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 func runInfer(ctx context.Context, c *client, args []string) error {
 	fs := flag.NewFlagSet("infer", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	var inputs, outputs multiFlag
+	var inputs, outputs, images multiFlag
 	fs.Var(&inputs, "input", "name=file.npy or name=file.json (repeatable)")
+	fs.Var(&images, "image", "image file sent as one element of a BYTES input (repeatable; for a preprocess guest)")
+	imageInput := fs.String("image-input", "image", "input name for --image")
 	fs.Var(&outputs, "output", "output to return (repeatable; default all)")
 	asJSON := fs.Bool("json", false, "print outputs as JSON")
 	full := fs.Bool("full", false, "print every element, not the first 16")
@@ -37,19 +40,33 @@ func runInfer(ctx context.Context, c *client, args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return usagef("%v", err)
 	}
-	if len(inputs) == 0 {
-		return usagef("give at least one --input name=file")
+	if len(inputs) == 0 && len(images) == 0 {
+		return usagef("give at least one --input name=file or --image file")
 	}
 	cli := inference.NewGRPCInferenceServiceClient(c.conn)
-	md, err := cli.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: model, Version: *version})
-	if err != nil {
-		return err
-	}
 	want := map[string]tensor.DType{}
-	for _, in := range md.Inputs {
-		want[in.Name], _ = tensor.ParseDType(in.Datatype)
+	if len(inputs) > 0 {
+		md, err := cli.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: model, Version: *version})
+		if err != nil {
+			return err
+		}
+		for _, in := range md.Inputs {
+			want[in.Name], _ = tensor.ParseDType(in.Datatype)
+		}
 	}
 	req := &inference.ModelInferRequest{ModelName: model, ModelVersion: *version}
+	if len(images) > 0 {
+		t := &tensor.Tensor{Name: *imageInput, DType: tensor.Bytes, Shape: []int64{int64(len(images))}}
+		for _, path := range images {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			t.Strings = append(t.Strings, b)
+		}
+		req.Inputs = append(req.Inputs, &inference.ModelInferRequest_InferInputTensor{Name: t.Name, Datatype: "BYTES", Shape: t.Shape})
+		req.RawInputContents = append(req.RawInputContents, rawOf(t))
+	}
 	for _, spec := range inputs {
 		name, path, ok := strings.Cut(spec, "=")
 		if !ok {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
@@ -125,6 +126,7 @@ type Deployment struct {
 	info     loaders.Info
 	sched    *engine.Scheduler
 	pins     []string // artifact digests pinned in the cache
+	pipe     atomic.Pointer[pipeline]
 
 	// notify persists and publishes a change; set by the Manager.
 	notify func(*Deployment)
@@ -165,21 +167,65 @@ func (d *Deployment) Status() Status {
 	return st
 }
 
-// Infer checks the inputs against the model, then queues them on the
+// Infer runs a request through the deployment's pipeline: the preprocess
+// guest (if any), the native model behind its engine, the postprocess guest
+// (if any). outputs names what the caller wants back (all when empty).
+func (d *Deployment) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) ([]*tensor.Tensor, error) {
+	p := d.enterPipeline()
+	if p == nil {
+		return nil, fmt.Errorf("%w: %s is %v", ErrNotReady, d.spec.Name, d.State())
+	}
+	defer p.leave()
+	var err error
+	if p.pre != nil {
+		if inputs, err = p.pre.Preprocess(ctx, inputs); err != nil {
+			return nil, fmt.Errorf("model %s: preprocess: %w", d.spec.Name, err)
+		}
+	}
+	if p.post == nil {
+		return d.inferNative(ctx, inputs, outputs)
+	}
+	outs, err := d.inferNative(ctx, inputs, nil)
+	if err != nil {
+		return nil, err
+	}
+	if outs, err = p.post.Postprocess(ctx, outs); err != nil {
+		return nil, fmt.Errorf("model %s: postprocess: %w", d.spec.Name, err)
+	}
+	return selectOutputs(outs, outputs)
+}
+
+// enterPipeline returns the current pipeline, held for reading, or nil when
+// the deployment does not serve.
+func (d *Deployment) enterPipeline() *pipeline {
+	for {
+		p := d.pipe.Load()
+		if p == nil || !d.State().Serving() {
+			return nil
+		}
+		if p.enter() {
+			return p
+		}
+	}
+}
+
+// inferNative checks the inputs against the model, then queues them on the
 // deployment's engine. Checking first keeps one bad request from failing the
 // batch it would have joined.
-func (d *Deployment) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) ([]*tensor.Tensor, error) {
+func (d *Deployment) inferNative(ctx context.Context, inputs []*tensor.Tensor, outputs []string) ([]*tensor.Tensor, error) {
 	d.mu.RLock()
 	state, sched, info := d.state, d.sched, d.info
 	d.mu.RUnlock()
 	if !state.Serving() || sched == nil {
 		return nil, fmt.Errorf("%w: %s is %v", ErrNotReady, d.spec.Name, state)
 	}
-	if err := loaders.CheckInputs(info.Inputs, inputs); err != nil {
-		return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
-	}
-	if err := loaders.CheckOutputs(info.Outputs, outputs); err != nil {
-		return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
+	if info.Format != FormatGuest {
+		if err := loaders.CheckInputs(info.Inputs, inputs); err != nil {
+			return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
+		}
+		if err := loaders.CheckOutputs(info.Outputs, outputs); err != nil {
+			return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
+		}
 	}
 	if state == Ready {
 		d.mu.Lock()

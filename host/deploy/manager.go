@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 )
@@ -35,6 +37,11 @@ type Config struct {
 	GPUs int
 	// Load holds the loader defaults (threads, providers) for every deployment.
 	Load loaders.Options
+	// Guests runs deployments' WebAssembly guests; nil refuses deployments
+	// that have guests.
+	Guests *guest.Runtime
+	// GuestInstances is the default pool size of each guest.
+	GuestInstances int
 }
 
 // Manager holds every deployment of the node and drives their lives.
@@ -100,6 +107,14 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 	if err := spec.validate(m.reg.Known, m.cfg); err != nil {
 		return Status{}, err
 	}
+	m.mu.Lock()
+	cur, ok := m.byID[id]
+	m.mu.Unlock()
+	if ok {
+		if have := cur.Status().Spec; !have.Equal(spec) && cur.State().Serving() && swappable(have, spec) {
+			return m.swapGuests(cur, spec)
+		}
+	}
 	d, err := m.assignLocked(id, spec, owner)
 	if err != nil || d == nil {
 		return Status{}, err
@@ -117,7 +132,7 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 		return nil, fmt.Errorf("deploy %s: %w: node is shutting down", id, ErrNoCapacity)
 	}
 	if d, ok := m.byID[id]; ok {
-		if !d.spec.Equal(spec) {
+		if have := d.Status().Spec; !have.Equal(spec) {
 			return nil, fmt.Errorf("%w: deployment %q has a different spec (stop it, or use another id)", ErrExists, id)
 		}
 		if st := d.State(); st.Active() {
@@ -234,7 +249,7 @@ func (m *Manager) bringUp(ctx context.Context, d *Deployment) error {
 		return err
 	}
 	defer release(m.loadSem)
-	return m.load(ctx, d, paths["model"])
+	return m.load(ctx, d, paths)
 }
 
 func acquire(ctx context.Context, sem chan struct{}) error {
@@ -305,20 +320,16 @@ func (m *Manager) fetch(ctx context.Context, d *Deployment, a artifact.Artifact,
 	})
 }
 
-// load loads the model and starts its engine.
-func (m *Manager) load(ctx context.Context, d *Deployment, path string) error {
+// load compiles the guests, loads the model and starts its engine.
+func (m *Manager) load(ctx context.Context, d *Deployment, paths map[string]string) error {
 	m.setProgress(d, Loading, "loading "+d.spec.Format+" model", Progress{Phase: "load"})
 	start := time.Now()
-	opts := m.cfg.Load
-	opts.Extra = d.spec.LoaderOptions
-	opts.Logger = d.log
-	if p := d.spec.Resources.Providers; len(p) > 0 {
-		opts.Providers = p
+	pipe, err := m.buildPipeline(ctx, d, d.spec, paths)
+	if err != nil {
+		return err
 	}
-	if t := d.spec.Resources.CPUThreads; t > 0 {
-		opts.IntraOpThreads = t
-	}
-	model, err := m.reg.Load(ctx, d.spec.Format, path, opts)
+	d.pipe.Store(pipe) // from here unload closes it
+	model, err := m.loadModel(ctx, d, pipe, paths["model"])
 	if err != nil {
 		return err
 	}
@@ -327,6 +338,9 @@ func (m *Manager) load(ctx context.Context, d *Deployment, path string) error {
 	if cfg.MaxBatchSize > 1 && !batchable(info) {
 		d.log.Info("model has no dynamic leading dimension on every tensor: batching off")
 		cfg.MaxBatchSize, cfg.PreferredBatchSizes = 0, nil
+	}
+	if pipe.policy != nil {
+		cfg.Policy = d.batchPolicy
 	}
 	sched, err := engine.New(d.spec.Name, model, cfg, d.log)
 	if err != nil {
@@ -342,6 +356,30 @@ func (m *Manager) load(ctx context.Context, d *Deployment, path string) error {
 	}
 	m.set(d, Ready, fmt.Sprintf("loaded in %v (%s, providers %v)", time.Since(start).Round(time.Millisecond), info.Platform, info.Providers))
 	return nil
+}
+
+// loadModel loads the native model, or hands the file to the FORMAT guest.
+func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, path string) (loaders.Model, error) {
+	if d.spec.Format == FormatGuest {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", path, err)
+		}
+		if err := pipe.format.FormatLoad(ctx, data); err != nil {
+			return nil, fmt.Errorf("format guest: load %s: %w", path, err)
+		}
+		return guestModel{pipe.format}, nil
+	}
+	opts := m.cfg.Load
+	opts.Extra = d.spec.LoaderOptions
+	opts.Logger = d.log
+	if p := d.spec.Resources.Providers; len(p) > 0 {
+		opts.Providers = p
+	}
+	if t := d.spec.Resources.CPUThreads; t > 0 {
+		opts.IntraOpThreads = t
+	}
+	return m.reg.Load(ctx, d.spec.Format, path, opts)
 }
 
 // set changes d's state and message, then persists and publishes it.
@@ -440,6 +478,7 @@ func (m *Manager) unload(d *Deployment, ctx context.Context) {
 	sched, model, pins := d.sched, d.model, d.pins
 	d.sched, d.model, d.pins, d.charge = nil, nil, nil, 0
 	d.mu.Unlock()
+	pipe := d.pipe.Swap(nil)
 	if sched != nil {
 		if err := sched.Close(ctx); err != nil {
 			d.log.Warn("drain", "err", err)
@@ -450,6 +489,7 @@ func (m *Manager) unload(d *Deployment, ctx context.Context) {
 			d.log.Warn("unload", "err", err)
 		}
 	}
+	pipe.close(ctx)
 	for _, p := range pins {
 		if m.cache != nil {
 			m.cache.Release(p)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -83,9 +84,14 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 	switch {
 	case s.Format == "":
 		bad("format is empty")
+	case s.Format == FormatGuest:
+		if !slices.ContainsFunc(s.Guests, func(g Guest) bool { return slices.Contains(g.Roles, "format") }) {
+			bad("format %q needs a guest with the format role", FormatGuest)
+		}
 	case !known(s.Format):
 		bad("unknown format %q", s.Format)
 	}
+	roles := map[string]string{}
 	if err := checkArtifact("model", s.Model); err != nil {
 		p = append(p, err.Error())
 	}
@@ -107,7 +113,10 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 		for _, r := range g.Roles {
 			if !contains(GuestRoles, r) {
 				bad("%s: unknown role %q", key, r)
+			} else if other, dup := roles[r]; dup {
+				bad("%s: role %q is already taken by guest %q", key, r, other)
 			}
+			roles[r] = g.Name
 		}
 	}
 	if err := s.Batching.Validate(); err != nil {

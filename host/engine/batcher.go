@@ -16,13 +16,15 @@ type batch struct {
 	reqs   []*request
 	rows   int
 	sealed bool // no request may join: it is full, or runs alone
+	// waitUntil is when a Policy that said "wait" is asked again.
+	waitUntil time.Time
 }
 
 func (s *Scheduler) newBatch() *batch { return s.batchPool.Get().(*batch) }
 
 func (s *Scheduler) freeBatch(b *batch) {
 	clear(b.reqs[:cap(b.reqs)])
-	b.reqs, b.rows, b.sealed = b.reqs[:0], 0, false
+	b.reqs, b.rows, b.sealed, b.waitUntil = b.reqs[:0], 0, false, time.Time{}
 	s.batchPool.Put(b)
 }
 
@@ -53,7 +55,7 @@ func (s *Scheduler) batchLoop() {
 	for {
 		if free > 0 && len(pending) > 0 {
 			var now time.Time
-			if s.cfg.MaxQueueDelay > 0 && in != nil {
+			if (s.cfg.MaxQueueDelay > 0 || s.cfg.Policy != nil) && in != nil {
 				now = time.Now()
 			}
 			for free > 0 {
@@ -178,6 +180,9 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool) *batch
 // otherwise the longest prefix whose rows are a preferred size; otherwise
 // none, and the batch keeps waiting.
 func (s *Scheduler) take(b *batch, now time.Time, draining bool) int {
+	if s.cfg.Policy != nil {
+		return s.takeByPolicy(b, now, draining)
+	}
 	d := s.cfg.MaxQueueDelay
 	if draining || b.sealed || b.rows >= s.cfg.MaxBatchSize || d == 0 || now.Sub(b.reqs[0].enqueued) >= d {
 		return len(b.reqs)
@@ -195,16 +200,55 @@ func (s *Scheduler) take(b *batch, now time.Time, draining bool) int {
 	return best
 }
 
-// due is when the first pending batch's oldest request will have waited
-// MaxQueueDelay.
+// takeByPolicy asks the Policy about b unless b must run (full, sealed,
+// closing, or its oldest request reached the wait bound) or the policy asked
+// to wait and that wait is not over.
+func (s *Scheduler) takeByPolicy(b *batch, now time.Time, draining bool) int {
+	bound := s.cfg.policyBound()
+	oldest := now.Sub(b.reqs[0].enqueued)
+	if draining || b.sealed || b.rows >= s.cfg.MaxBatchSize || oldest >= bound {
+		return len(b.reqs)
+	}
+	if now.Before(b.waitUntil) {
+		return 0
+	}
+	q := QueueState{Queued: len(b.reqs), OldestWait: oldest, Rows: make([]int64, len(b.reqs)), MaxBatch: int64(s.cfg.MaxBatchSize)}
+	for i, r := range b.reqs {
+		q.Rows[i] = int64(r.rows)
+	}
+	ctx, cancel := context.WithTimeout(s.runCtx, bound)
+	dec, err := s.cfg.Policy(ctx, q)
+	cancel()
+	switch {
+	case err != nil:
+		s.stats.policyErrors.Add(1)
+		s.log.Warn("batch policy failed; running the batch", "err", err)
+		return len(b.reqs)
+	case dec.Run > 0:
+		return min(dec.Run, len(b.reqs))
+	}
+	b.waitUntil = now.Add(min(max(dec.Wait, 50*time.Microsecond), bound-oldest))
+	return 0
+}
+
+// due is when the first pending batch must be looked at again: its oldest
+// request will have waited MaxQueueDelay, or (under a Policy) the policy's
+// wait is over.
 func (s *Scheduler) due(pending []*batch) time.Time {
 	var first time.Time
 	for _, b := range pending {
-		if t := b.reqs[0].enqueued; first.IsZero() || t.Before(first) {
+		t := b.reqs[0].enqueued.Add(s.cfg.MaxQueueDelay)
+		if s.cfg.Policy != nil {
+			t = b.reqs[0].enqueued.Add(s.cfg.policyBound())
+			if !b.waitUntil.IsZero() && b.waitUntil.Before(t) {
+				t = b.waitUntil
+			}
+		}
+		if first.IsZero() || t.Before(first) {
 			first = t
 		}
 	}
-	return first.Add(s.cfg.MaxQueueDelay)
+	return first
 }
 
 // prune drops the requests of b whose callers have gone or whose context has

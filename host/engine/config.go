@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -32,6 +33,42 @@ type Config struct {
 	// Instances is the number of executions that may run at once on the
 	// model, each on its own worker goroutine. Default: 1.
 	Instances int
+	// Policy, when set (and batching is on), decides when a pending batch
+	// runs instead of PreferredBatchSizes; MaxQueueDelay (or
+	// DefaultPolicyBound when 0) still bounds every request's wait. A
+	// policy error runs the batch at once. Not serialised.
+	Policy BatchPolicy `json:"-"`
+}
+
+// DefaultPolicyBound caps a request's wait under a Policy when
+// MaxQueueDelay is 0.
+const DefaultPolicyBound = 5 * time.Millisecond
+
+// BatchPolicy decides, for the oldest pending batch, how many of its
+// requests to run now (Decision.Run > 0) or how long to wait before asking
+// again. It is called from the batcher goroutine, so it must be quick.
+type BatchPolicy func(ctx context.Context, q QueueState) (Decision, error)
+
+// QueueState is what a BatchPolicy sees of a pending batch.
+type QueueState struct {
+	Queued     int           // requests in the batch
+	OldestWait time.Duration // how long its oldest request has waited
+	Rows       []int64       // each request's rows, oldest first
+	MaxBatch   int64         // Config.MaxBatchSize
+}
+
+// Decision is a BatchPolicy's answer.
+type Decision struct {
+	Run  int           // requests to run now, oldest first; 0 = wait
+	Wait time.Duration // when Run is 0: how long to wait before asking again
+}
+
+// policyBound is the longest a request may wait under a Policy.
+func (c Config) policyBound() time.Duration {
+	if c.MaxQueueDelay > 0 {
+		return c.MaxQueueDelay
+	}
+	return DefaultPolicyBound
 }
 
 // batching reports whether requests may be joined.

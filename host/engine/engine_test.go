@@ -1033,3 +1033,88 @@ func BenchmarkEngineParallel(b *testing.B) {
 		})
 	}
 }
+
+// A batch policy decides when a partial batch runs; the wait bound still holds.
+func TestBatchPolicy(t *testing.T) {
+	var calls atomic.Int64
+	policy := func(_ context.Context, q QueueState) (Decision, error) {
+		calls.Add(1)
+		var rows int64
+		for _, r := range q.Rows {
+			rows += r
+		}
+		if rows >= 3 {
+			return Decision{Run: q.Queued}, nil
+		}
+		return Decision{Wait: time.Millisecond}, nil
+	}
+	m := &policyModel{}
+	s, err := New("p", m, Config{MaxBatchSize: 8, Instances: 1, MaxQueueDelay: 200 * time.Millisecond, Policy: policy}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in := tensor.FromSlice("x", tensor.FP32, []int64{1, 1}, []float32{float32(i)})
+			if _, err := s.Infer(context.Background(), Request{Inputs: []*tensor.Tensor{in}}); err != nil {
+				t.Error(err)
+			}
+		}()
+		time.Sleep(2 * time.Millisecond) // arrive one by one: the policy waits for 3 rows
+	}
+	wg.Wait()
+	if got := m.sizes(); len(got) != 1 || got[0] != 3 {
+		t.Fatalf("batches %v, want one of 3 rows chosen by the policy", got)
+	}
+	if calls.Load() < 2 {
+		t.Fatalf("policy called %d times", calls.Load())
+	}
+
+	// A lone request still runs at the bound even if the policy always waits.
+	s2, _ := New("p2", m, Config{MaxBatchSize: 8, Instances: 1, MaxQueueDelay: 20 * time.Millisecond,
+		Policy: func(context.Context, QueueState) (Decision, error) { return Decision{Wait: time.Hour}, nil }}, nil)
+	defer s2.Close(context.Background())
+	start := time.Now()
+	in := tensor.FromSlice("x", tensor.FP32, []int64{1, 1}, []float32{1})
+	if _, err := s2.Infer(context.Background(), Request{Inputs: []*tensor.Tensor{in}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 15*time.Millisecond {
+		t.Fatalf("ran after %v: the policy's wait was ignored", d)
+	}
+
+	// A failing policy runs the batch at once and is counted.
+	s3, _ := New("p3", m, Config{MaxBatchSize: 8, Instances: 1, MaxQueueDelay: time.Second,
+		Policy: func(context.Context, QueueState) (Decision, error) { return Decision{}, errors.New("guest trapped") }}, nil)
+	defer s3.Close(context.Background())
+	start = time.Now()
+	if _, err := s3.Infer(context.Background(), Request{Inputs: []*tensor.Tensor{in}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond || s3.Stats().PolicyErrors != 1 {
+		t.Fatalf("failing policy: took %v, %d errors", d, s3.Stats().PolicyErrors)
+	}
+}
+
+// policyModel echoes its input and records batch sizes.
+type policyModel struct {
+	mu   sync.Mutex
+	seen []int64
+}
+
+func (m *policyModel) Infer(_ context.Context, in []*tensor.Tensor, _ []string) ([]*tensor.Tensor, error) {
+	m.mu.Lock()
+	m.seen = append(m.seen, in[0].Shape[0])
+	m.mu.Unlock()
+	return []*tensor.Tensor{in[0].Clone()}, nil
+}
+
+func (m *policyModel) sizes() []int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]int64(nil), m.seen...)
+}

@@ -20,6 +20,8 @@ type Stats struct {
 	QueueFull uint64
 	// Executions counts calls of Model.Infer.
 	Executions uint64
+	// PolicyErrors counts batch-policy calls that failed (the batch ran).
+	PolicyErrors uint64
 	// QueueTime sums, over the requests that ran, the time from Infer to
 	// the start of their execution.
 	QueueTime time.Duration
@@ -37,15 +39,16 @@ type Stats struct {
 // Stats returns the scheduler's counters. It is safe to call at any time.
 func (s *Scheduler) Stats() Stats {
 	st := Stats{
-		Requests:    s.stats.requests.Load(),
-		Failures:    s.stats.failures.Load(),
-		Cancelled:   s.stats.cancelled.Load(),
-		QueueFull:   s.stats.queueFull.Load(),
-		Executions:  s.stats.executions.Load(),
-		QueueTime:   time.Duration(s.stats.queueNs.Load()),
-		ComputeTime: time.Duration(s.stats.computeNs.Load()),
-		BatchSizes:  make(map[int]uint64),
-		Queued:      int(max(s.queued.Load(), 0)),
+		Requests:     s.stats.requests.Load(),
+		Failures:     s.stats.failures.Load(),
+		Cancelled:    s.stats.cancelled.Load(),
+		QueueFull:    s.stats.queueFull.Load(),
+		Executions:   s.stats.executions.Load(),
+		PolicyErrors: s.stats.policyErrors.Load(),
+		QueueTime:    time.Duration(s.stats.queueNs.Load()),
+		ComputeTime:  time.Duration(s.stats.computeNs.Load()),
+		BatchSizes:   make(map[int]uint64),
+		Queued:       int(max(s.queued.Load(), 0)),
 	}
 	for size := range s.stats.hist {
 		if n := s.stats.hist[size].Load(); n > 0 {
@@ -58,6 +61,7 @@ func (s *Scheduler) Stats() Stats {
 // counters are the live values behind Stats.
 type counters struct {
 	requests, failures, cancelled, queueFull, executions atomic.Uint64
+	policyErrors                                         atomic.Uint64
 	queueNs, computeNs                                   atomic.Int64
 	hist                                                 []atomic.Uint64 // by rows
 }

@@ -14,12 +14,21 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
+	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
 	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
 )
 
 func init() {
 	registerCode(deploy.ErrInvalidSpec, codes.InvalidArgument)
 	registerCode(deploy.ErrNoCapacity, codes.ResourceExhausted)
+	registerCode(guest.ErrDeadline, codes.DeadlineExceeded)
+	registerCode(guest.ErrMemory, codes.ResourceExhausted)
+	registerCode(guest.ErrGuest, codes.InvalidArgument)
+	registerCode(guest.ErrABI, codes.FailedPrecondition)
+	registerCode(guest.ErrTrap, codes.Internal)
+	registerCode(guest.ErrBadOutput, codes.Internal)
+	registerCode(cyxwiz.ErrNotAllowed, codes.PermissionDenied)
 }
 
 // Deployments serves the DeploymentService over the deployment manager.

@@ -1,0 +1,273 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
+	"github.com/cyxwiz/cyxwiz-node/host/store"
+	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// FormatGuest is the format name of a model implemented by a FORMAT guest.
+const FormatGuest = "guest"
+
+// pipeline is one version of a deployment's guests: requests flow
+// preprocess → engine (native model) → postprocess. A deployment swaps its
+// pipeline atomically; requests hold the version they started on (read
+// lock), so the old guests close only after their last request.
+type pipeline struct {
+	mu     sync.RWMutex
+	closed bool
+
+	pre, post, policy, format *guest.Pool
+	pools                     []*guest.Pool
+	modules                   []*guest.Module
+}
+
+// enter takes a read hold on p; false if p was retired meanwhile.
+func (p *pipeline) enter() bool {
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (p *pipeline) leave() { p.mu.RUnlock() }
+
+// close waits for the requests on p, then closes its guests.
+func (p *pipeline) close(ctx context.Context) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	for _, pool := range p.pools {
+		pool.Close(ctx)
+	}
+	for _, m := range p.modules {
+		m.Close(ctx)
+	}
+}
+
+var roleEntries = map[string][]guest.Entry{
+	"preprocess":   {guest.EntryPreprocess},
+	"postprocess":  {guest.EntryPostprocess},
+	"batch_policy": {guest.EntryBatchPolicy},
+	"format":       {guest.EntryFormatLoad, guest.EntryFormatInfer},
+}
+
+// buildPipeline compiles d's guests (paths by guest name) and starts their
+// instance pools.
+func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, paths map[string]string) (_ *pipeline, err error) {
+	p := &pipeline{}
+	if len(spec.Guests) == 0 {
+		return p, nil
+	}
+	if m.cfg.Guests == nil {
+		return nil, errors.New("this node has no guest runtime: guests cannot run")
+	}
+	defer func() {
+		if err != nil {
+			p.close(context.Background())
+		}
+	}()
+	for _, g := range spec.Guests {
+		wasm, err := os.ReadFile(paths[g.Name])
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+		mod, err := m.cfg.Guests.Compile(ctx, wasm)
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+		p.modules = append(p.modules, mod)
+		var require []guest.Entry
+		for _, r := range g.Roles {
+			require = append(require, roleEntries[r]...)
+		}
+		instances := g.Instances
+		if instances <= 0 {
+			instances = m.cfg.GuestInstances
+		}
+		pool, err := m.cfg.Guests.NewPool(ctx, mod, guest.PoolConfig{
+			Name:        d.id + "/" + g.Name,
+			Instances:   instances,
+			Require:     require,
+			CallTimeout: g.CallTimeout,
+			Config:      spec.Config,
+			Infer:       m.guestInfer(d, spec),
+			Log:         d.log.With("guest", g.Name),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+		p.pools = append(p.pools, pool)
+		for _, r := range g.Roles {
+			switch r {
+			case "preprocess":
+				p.pre = pool
+			case "postprocess":
+				p.post = pool
+			case "batch_policy":
+				p.policy = pool
+			case "format":
+				p.format = pool
+			}
+		}
+	}
+	return p, nil
+}
+
+// guestInfer lets d's guests run d's own model ("") or a deployment the
+// spec allows.
+func (m *Manager) guestInfer(d *Deployment, spec Spec) cyxwiz.InferFunc {
+	return func(ctx context.Context, model string, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
+		if model == "" || model == spec.Name {
+			return d.inferNative(ctx, in, nil)
+		}
+		if !slices.Contains(spec.AllowedDeployments, model) {
+			return nil, fmt.Errorf("%w: deployment %s may not call model %q (allowed: %v)", cyxwiz.ErrNotAllowed, d.id, model, spec.AllowedDeployments)
+		}
+		other, err := m.Model(model, "")
+		if err != nil {
+			return nil, err
+		}
+		return other.Infer(ctx, in, nil)
+	}
+}
+
+// guestModel is a model implemented by a FORMAT guest: format_load ran on
+// the model file, format_infer answers requests.
+type guestModel struct{ pool *guest.Pool }
+
+func (g guestModel) Info() loaders.Info {
+	return loaders.Info{Format: FormatGuest, Platform: "cyxwiz_guest"}
+}
+
+func (g guestModel) Infer(ctx context.Context, in []*tensor.Tensor, names []string) ([]*tensor.Tensor, error) {
+	outs, err := g.pool.FormatInfer(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return selectOutputs(outs, names)
+}
+
+// Close does nothing: the pool belongs to the pipeline.
+func (g guestModel) Close() error { return nil }
+
+var _ loaders.Model = guestModel{}
+
+// selectOutputs keeps the named outputs, in the order asked; all when names
+// is empty.
+func selectOutputs(outs []*tensor.Tensor, names []string) ([]*tensor.Tensor, error) {
+	if len(names) == 0 {
+		return outs, nil
+	}
+	sel := make([]*tensor.Tensor, 0, len(names))
+	for _, n := range names {
+		i := slices.IndexFunc(outs, func(t *tensor.Tensor) bool { return t.Name == n })
+		if i < 0 {
+			have := make([]string, len(outs))
+			for j, t := range outs {
+				have[j] = t.Name
+			}
+			return nil, fmt.Errorf("%w: unknown output %q (outputs: %v)", loaders.ErrInvalidInput, n, have)
+		}
+		sel = append(sel, outs[i])
+	}
+	return sel, nil
+}
+
+// batchPolicy asks the current pipeline's batch-policy guest; with none (it
+// was swapped out) the batch runs.
+func (d *Deployment) batchPolicy(ctx context.Context, q engine.QueueState) (engine.Decision, error) {
+	p := d.pipe.Load()
+	if p == nil || p.policy == nil || !p.enter() {
+		return engine.Decision{Run: q.Queued}, nil
+	}
+	defer p.leave()
+	if p.policy == nil {
+		return engine.Decision{Run: q.Queued}, nil
+	}
+	dec, err := p.policy.BatchPolicy(ctx, guest.QueueState{Queued: q.Queued, OldestWait: q.OldestWait, Rows: q.Rows, MaxBatch: q.MaxBatch})
+	return engine.Decision{Run: dec.Run, Wait: dec.Wait}, err
+}
+
+// swappable reports whether next differs from cur only in its pre/post or
+// batch-policy guests (and their config), so that it can replace them on the
+// live deployment without reloading the model. A FORMAT guest holds the
+// model, and adding or removing a batch policy changes the engine: those
+// need a new deployment.
+func swappable(cur, next Spec) bool {
+	role := func(s Spec, r string) bool {
+		return slices.ContainsFunc(s.Guests, func(g Guest) bool { return slices.Contains(g.Roles, r) })
+	}
+	if role(cur, "format") || role(next, "format") || role(cur, "batch_policy") != role(next, "batch_policy") {
+		return false
+	}
+	a, b := cur, next
+	a.Guests, b.Guests, a.Config, b.Config = nil, nil, nil, nil
+	return a.Equal(b)
+}
+
+// swapGuests fetches and starts next's guests, then makes them serve new
+// requests; requests in flight finish on the old guests, which close after
+// the last of them.
+func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
+	ctx, cancel := context.WithTimeout(m.ctx, m.fetchTimeout())
+	defer cancel()
+	paths := map[string]string{}
+	for _, g := range next.Guests {
+		path, err := m.fetch(ctx, d, g.Artifact, "fetch guest "+g.Name)
+		if err != nil {
+			return Status{}, fmt.Errorf("swap guests of %s: guest %s: %w", d.id, g.Name, err)
+		}
+		paths[g.Name] = path
+	}
+	pipe, err := m.buildPipeline(ctx, d, next, paths)
+	if err != nil {
+		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+	}
+	if m.store != nil && d.owner != OwnerOperator {
+		raw, err := json.Marshal(next)
+		if err == nil {
+			err = m.store.Update(d.id, func(r *store.Record) error { r.Spec = raw; return nil })
+		}
+		if err != nil {
+			pipe.close(context.Background())
+			return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+		}
+	}
+	d.mu.Lock()
+	d.spec.Guests, d.spec.Config = next.Guests, next.Config // the rest is equal (swappable)
+	d.mu.Unlock()
+	old := d.pipe.Swap(pipe)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		old.close(context.Background()) // waits for the requests still on it
+	}()
+	d.log.Info("guests swapped", "guests", len(next.Guests))
+	m.changed(d)
+	return d.Status(), nil
+}
+
+func (m *Manager) fetchTimeout() time.Duration {
+	if m.cfg.FetchTimeout > 0 {
+		return m.cfg.FetchTimeout
+	}
+	return 30 * time.Minute
+}
