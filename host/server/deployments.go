@@ -222,4 +222,3 @@ func StatusToProto(st deploy.Status) *cyxwizpb.DeploymentStatus {
 	}
 	return p
 }
-
