@@ -188,7 +188,7 @@ func TestHostileGuestInDeployment(t *testing.T) {
 	good := n.deploy(t, "good", deploy.Spec{Name: "good", Format: "onnx", Model: n.file(t, "good.onnx", lin)})
 	bad := n.deploy(t, "bad", deploy.Spec{Name: "bad", Format: "onnx", Model: n.file(t, "bad.onnx", lin),
 		Guests: []deploy.Guest{{Name: "evil", Artifact: n.wasm(t, "host/guest/testdata/hostile"), Roles: []string{"preprocess"},
-			CallTimeout: time.Second}}})
+			CallTimeout: 10 * time.Second}}})
 	if !good.State.Serving() || !bad.State.Serving() {
 		t.Fatalf("deploy: %v %s / %v %s", good.State, good.Message, bad.State, bad.Message)
 	}
@@ -199,13 +199,18 @@ func TestHostileGuestInDeployment(t *testing.T) {
 		mode string
 		want error
 	}{
-		{"loop", guest.ErrDeadline},
+		{"loop", guest.ErrDeadline}, // the caller's deadline below ends it
 		{"bomb", guest.ErrMemory},
 		{"panic", guest.ErrTrap},
 		{"fail", guest.ErrGuest},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			_, err := bd.Infer(context.Background(), []*tensor.Tensor{strTensor("mode", []byte(tc.mode))}, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if tc.mode == "loop" {
+				ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+			}
+			defer cancel()
+			_, err := bd.Infer(ctx, []*tensor.Tensor{strTensor("mode", []byte(tc.mode))}, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}

@@ -228,12 +228,14 @@ func (m *Manager) run(ctx context.Context, d *Deployment) {
 	}
 	// A fetch deadline (FetchTimeout) ends here as a failure like any other.
 	m.unload(d, context.Background())
-	m.set(d, Failed, err.Error())
+	// Free the name first: once d is Failed, Assign may wait for this
+	// goroutine's end while holding m.mu.
 	m.mu.Lock()
 	if m.byName[d.spec.Name] == d {
 		delete(m.byName, d.spec.Name)
 	}
 	m.mu.Unlock()
+	m.set(d, Failed, err.Error())
 }
 
 func (m *Manager) bringUp(ctx context.Context, d *Deployment) error {
