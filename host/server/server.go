@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -81,9 +80,6 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		grpc.InitialConnWindowSize(connWindowSize),
 		grpc.ReadBufferSize(bufferSize),
 		grpc.WriteBufferSize(bufferSize),
-		// A fixed set of goroutines serves streams instead of one new
-		// goroutine per call.
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(unaryErrors(log)),
 		grpc.ChainStreamInterceptor(streamErrors(log)),
