@@ -130,6 +130,9 @@ type Deployment struct {
 
 	// notify persists and publishes a change; set by the Manager.
 	notify func(*Deployment)
+	// pub orders notify's work: each status is stored and published before
+	// a later one is taken, so that watchers see the states in order.
+	pub sync.Mutex
 }
 
 // ID is the deployment id.

@@ -115,36 +115,49 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 			return m.swapGuests(cur, spec)
 		}
 	}
-	d, err := m.assignLocked(id, spec, owner)
-	if err != nil || d == nil {
-		return Status{}, err
+	for {
+		d, wait, err := m.assignLocked(id, spec, owner)
+		if wait != nil {
+			// The id's previous run is finishing, and takes m.mu on its way
+			// out: wait for it without holding m.mu, then try again.
+			<-wait
+			continue
+		}
+		if err != nil || d == nil {
+			return Status{}, err
+		}
+		m.changed(d)
+		return d.Status(), nil
 	}
-	m.changed(d)
-	return d.Status(), nil
 }
 
 // assignLocked does Assign's work under m.mu. It returns the deployment it
-// started, or nil and the status to report.
-func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment, error) {
+// started (or the active one with that id), or a channel to wait on before
+// trying again when the id's previous run has not returned yet.
+func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment, <-chan struct{}, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, fmt.Errorf("deploy %s: %w: node is shutting down", id, ErrNoCapacity)
+		return nil, nil, fmt.Errorf("deploy %s: %w: node is shutting down", id, ErrNoCapacity)
 	}
 	if d, ok := m.byID[id]; ok {
 		if have := d.Status().Spec; !have.Equal(spec) {
-			return nil, fmt.Errorf("%w: deployment %q has a different spec (stop it, or use another id)", ErrExists, id)
+			return nil, nil, fmt.Errorf("%w: deployment %q has a different spec (stop it, or use another id)", ErrExists, id)
 		}
 		if st := d.State(); st.Active() {
-			return d, nil
+			return d, nil, nil
 		}
-		<-d.done // the old run has returned: reuse the id
+		select {
+		case <-d.done: // the old run has returned: reuse the id
+		default:
+			return nil, d.done, nil
+		}
 	}
 	if other, ok := m.byName[spec.Name]; ok && other.id != id {
-		return nil, fmt.Errorf("%w: model name %q is served by deployment %q", ErrExists, spec.Name, other.id)
+		return nil, nil, fmt.Errorf("%w: model name %q is served by deployment %q", ErrExists, spec.Name, other.id)
 	}
 	if err := m.admitLocked(spec); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := time.Now()
 	d := m.newDeployment(id, owner, spec, now)
@@ -154,16 +167,16 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 	if m.store != nil && owner != OwnerOperator {
 		raw, err := json.Marshal(spec)
 		if err != nil {
-			return nil, fmt.Errorf("deploy %s: encode spec: %w", id, err)
+			return nil, nil, fmt.Errorf("deploy %s: encode spec: %w", id, err)
 		}
 		rec := store.Record{ID: id, Spec: raw, Desired: store.DesiredRunning, State: Pending.String(),
 			Message: "accepted", Created: d.created, Updated: now, Owner: owner}
 		if err := m.store.Put(rec); err != nil {
-			return nil, fmt.Errorf("deploy %s: %w", id, err)
+			return nil, nil, fmt.Errorf("deploy %s: %w", id, err)
 		}
 	}
 	m.startLocked(d)
-	return d, nil
+	return d, nil, nil
 }
 
 func (m *Manager) newDeployment(id, owner string, spec Spec, now time.Time) *Deployment {
@@ -219,6 +232,7 @@ func (m *Manager) startLocked(d *Deployment) {
 
 // run takes a deployment from Pending to Ready, or to Failed.
 func (m *Manager) run(ctx context.Context, d *Deployment) {
+	m.changed(d) // Pending, published before this goroutine moves it on
 	err := m.bringUp(ctx, d)
 	if err == nil {
 		return
@@ -414,6 +428,8 @@ func (m *Manager) setProgress(d *Deployment, s State, msg string, p Progress) {
 // changed persists d's state (when it is a stored deployment) and publishes
 // its status to watchers.
 func (m *Manager) changed(d *Deployment) {
+	d.pub.Lock()
+	defer d.pub.Unlock()
 	st := d.Status()
 	if m.store != nil && d.owner != OwnerOperator {
 		err := m.store.Update(d.id, func(r *store.Record) error {
