@@ -146,7 +146,23 @@ func BenchmarkServing(b *testing.B) {
 	added := gP50 - aP50
 	fmt.Printf("   gRPC ModelInfer c=1: p50 %v  p99 %v  added p50 %v\n", gP50, gP99, added)
 
-	c16 := parallelRate(2*phase, 16, infer)
+	// c=16 over a few connections, as a client pool would: one HTTP/2
+	// connection serialises every 110 KB request through one reader.
+	conns := make([]*grpc.ClientConn, envInt("BENCH_CONNS", 4))
+	for i := range conns {
+		if conns[i], err = grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(connWindowSize),
+			grpc.WithReadBufferSize(bufferSize), grpc.WithWriteBufferSize(bufferSize)); err != nil {
+			b.Fatal(err)
+		}
+		defer conns[i].Close()
+	}
+	var next atomic.Uint32
+	c16 := parallelRate(2*phase, 16, func() error {
+		c := conns[int(next.Add(1))%len(conns)]
+		var resp inference.ModelInferResponse
+		return c.Invoke(ctx, inference.GRPCInferenceService_ModelInfer_FullMethodName, &wire, &resp, pre)
+	})
 	d, _ := models.Model("ppocr-cls", "")
 	st := d.Status().Stats
 	fmt.Printf("   gRPC ModelInfer c=16, dynamic batching: %.0f req/s  (executions %d, batch sizes %v)\n", c16, st.Executions, st.BatchSizes)
