@@ -20,7 +20,7 @@ import (
 // collector ~0.3 s).
 var hostileConfig = guest.Config{
 	MemoryLimitPages: 512,
-	CallTimeout:      1500 * time.Millisecond,
+	CallTimeout:      10 * time.Second,
 	Limits:           cyxwiz.Limits{MaxBytes: 16 << 20},
 }
 

@@ -416,7 +416,8 @@ func slowReq(model string) *inference.ModelInferRequest {
 func TestQueueFullDeadlineAndCancel(t *testing.T) {
 	slow := &slowModel{gate: make(chan struct{})}
 	n := newTestNode(t, slow, slowSpec("slow", 2))
-	ctx := context.Background()
+	ctx, cancelAll := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancelAll()
 
 	// One running (held at the gate), two queued: the queue is full.
 	results := make(chan error, 3)
@@ -424,7 +425,7 @@ func TestQueueFullDeadlineAndCancel(t *testing.T) {
 		go func() { _, err := n.client.ModelInfer(ctx, slowReq("slow")); results <- err }()
 	}
 	d, _ := n.models.Model("slow", "")
-	waitFor(t, func() bool { st := d.Status().Stats; return slow.calls.Load() == 1 && st.Requests >= 3 })
+	waitFor(t, func() bool { st := d.Status().Stats; return slow.calls.Load() == 1 && st.Queued == 2 })
 	_, err := n.client.ModelInfer(ctx, slowReq("slow"))
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("queue full: got %v", err)
