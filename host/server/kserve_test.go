@@ -420,10 +420,14 @@ func TestQueueFullDeadlineAndCancel(t *testing.T) {
 	defer cancelAll()
 
 	// One running (held at the gate), two queued: the queue is full.
+	// The first is sent alone so that it is running before the others are
+	// counted against the queue.
 	results := make(chan error, 3)
-	for range 3 {
-		go func() { _, err := n.client.ModelInfer(ctx, slowReq("slow")); results <- err }()
-	}
+	send := func() { _, err := n.client.ModelInfer(ctx, slowReq("slow")); results <- err }
+	go send()
+	waitFor(t, func() bool { return slow.calls.Load() == 1 })
+	go send()
+	go send()
 	d, _ := n.models.Model("slow", "")
 	waitFor(t, func() bool { st := d.Status().Stats; return slow.calls.Load() == 1 && st.Queued == 2 })
 	_, err := n.client.ModelInfer(ctx, slowReq("slow"))
