@@ -111,7 +111,7 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 			bad("%s.roles is empty", key)
 		}
 		for _, r := range g.Roles {
-			if !contains(GuestRoles, r) {
+			if !slices.Contains(GuestRoles, r) {
 				bad("%s: unknown role %q", key, r)
 			} else if other, dup := roles[r]; dup {
 				bad("%s: role %q is already taken by guest %q", key, r, other)
@@ -136,7 +136,7 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 		bad("model.size_bytes %d exceeds limits.max_artifact_size %d", s.Model.Size, limits.MaxArtifactSize)
 	}
 	for _, prov := range r.Providers {
-		if !contains([]string{"cpu", "cuda", "tensorrt"}, prov) {
+		if !slices.Contains([]string{"cpu", "cuda", "tensorrt"}, prov) {
 			bad("resources.providers: unknown provider %q", prov)
 		}
 	}
@@ -172,13 +172,4 @@ func checkArtifact(key string, a artifact.Artifact) error {
 		return fmt.Errorf("%s.size_bytes is negative", key)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
