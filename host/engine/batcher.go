@@ -41,7 +41,7 @@ func (s *Scheduler) batchLoop() {
 	defer s.exit()
 	var (
 		pending []*batch // in order of creation
-		free    = s.cfg.Instances
+		held    int      // instance slots taken from s.slots, not yet used
 		in      = s.reqCh // nil once closed and drained
 		timer   *time.Timer
 		timerC  <-chan time.Time
@@ -51,41 +51,66 @@ func (s *Scheduler) batchLoop() {
 		if timer != nil {
 			timer.Stop()
 		}
+		for ; held > 0; held-- {
+			s.slots <- struct{}{}
+		}
 	}()
 	for {
-		if free > 0 && len(pending) > 0 {
+		if len(pending) > 0 {
 			var now time.Time
 			if (s.cfg.MaxQueueDelay > 0 || s.cfg.Policy != nil) && in != nil {
 				now = time.Now()
 			}
-			for free > 0 {
+			for {
+				if held == 0 {
+					select {
+					case <-s.slots:
+						held++
+					default:
+					}
+				}
+				if held == 0 {
+					break
+				}
 				b := s.next(&pending, now, in == nil)
 				if b == nil {
 					break
 				}
 				s.workCh <- b // at most Instances batches are out: never blocks
-				free--
+				held--
 			}
 		}
-		if in == nil && len(pending) == 0 {
-			close(s.workCh)
-			return
+		if len(pending) == 0 {
+			// Nothing waits: an idle instance belongs to the inline callers.
+			for ; held > 0; held-- {
+				s.slots <- struct{}{}
+			}
+			if in == nil {
+				close(s.workCh)
+				return
+			}
 		}
 
-		// A free worker and batches left: they wait for their delay (or for
-		// more rows). Wake up when the earliest one is due.
+		// Batches left: with an instance in hand, they wait for their delay
+		// (or for more rows): wake up when the earliest one is due; without
+		// one, wait for an instance.
 		timerC = nil
-		if free > 0 && len(pending) > 0 {
-			due := s.due(pending)
-			if !due.Equal(armed) {
-				if timer == nil {
-					timer = time.NewTimer(time.Until(due))
-				} else {
-					timer.Reset(time.Until(due))
+		var slotC chan struct{}
+		if len(pending) > 0 {
+			if held == 0 {
+				slotC = s.slots
+			} else {
+				due := s.due(pending)
+				if !due.Equal(armed) {
+					if timer == nil {
+						timer = time.NewTimer(time.Until(due))
+					} else {
+						timer.Reset(time.Until(due))
+					}
+					armed = due
 				}
-				armed = due
+				timerC = timer.C
 			}
-			timerC = timer.C
 		}
 
 		select {
@@ -95,8 +120,8 @@ func (s *Scheduler) batchLoop() {
 				continue
 			}
 			s.add(&pending, r)
-		case <-s.freeCh:
-			free++
+		case <-slotC:
+			held++
 		case <-timerC:
 			armed = time.Time{}
 		case <-s.runCtx.Done():
@@ -317,31 +342,47 @@ func (s *Scheduler) claim(reqs []*request, now time.Time) []*request {
 	return kept
 }
 
-// soloLoop is a worker without batching: it runs each request as given.
+// soloLoop is a worker without batching: it runs each request as given,
+// once it holds an instance slot (an inline caller may have one).
 func (s *Scheduler) soloLoop() {
 	defer s.exit()
 	for r := range s.reqCh {
+		select {
+		case <-s.slots:
+		case <-s.runCtx.Done():
+			s.fail(r, s.closedErr())
+			continue
+		}
 		s.queued.Add(-1)
-		if !r.state.CompareAndSwap(stateQueued, stateRunning) {
-			continue
-		}
-		if r.ctx.Err() != nil {
-			r.state.Store(stateCancelled) // its caller returns ctx.Err() on its own
-			continue
-		}
-		start := time.Now()
-		s.stats.queueNs.Add(int64(start.Sub(r.enqueued)))
-		if s.runCtx.Err() != nil {
-			deliver(r, nil, s.closedErr())
-			continue
-		}
-		outs, err := s.infer(r.ctx, r.inputs, r.outputs)
-		s.stats.record(1, time.Since(start))
-		if err != nil {
-			err = fmt.Errorf("engine %s: %w", s.name, err)
-		}
-		deliver(r, outs, err)
+		s.solo(r)
 	}
+}
+
+// solo runs r holding an instance slot, and puts the slot back.
+func (s *Scheduler) solo(r *request) {
+	if !r.state.CompareAndSwap(stateQueued, stateRunning) {
+		s.release()
+		return
+	}
+	if r.ctx.Err() != nil {
+		r.state.Store(stateCancelled) // its caller returns ctx.Err() on its own
+		s.release()
+		return
+	}
+	start := time.Now()
+	s.stats.queueNs.Add(int64(start.Sub(r.enqueued)))
+	if s.runCtx.Err() != nil {
+		s.release()
+		deliver(r, nil, s.closedErr())
+		return
+	}
+	outs, err := s.infer(r.ctx, r.inputs, r.outputs)
+	s.release()
+	s.stats.record(1, time.Since(start))
+	if err != nil {
+		err = fmt.Errorf("engine %s: %w", s.name, err)
+	}
+	deliver(r, outs, err)
 }
 
 // worker holds one batching worker's scratch space.
@@ -360,11 +401,10 @@ func (s *Scheduler) workLoop() {
 	}
 }
 
-// release gives the worker's instance back to the batcher, once per batch,
-// as soon as the model has returned: splitting outputs and waking callers
-// need not hold up the next batch. At most Instances tokens are out, so this
-// never blocks.
-func (s *Scheduler) release() { s.freeCh <- struct{}{} }
+// release gives the worker's instance slot back, once per batch, as soon as
+// the model has returned: splitting outputs and waking callers need not hold
+// up the next batch. At most Instances slots are out, so this never blocks.
+func (s *Scheduler) release() { s.slots <- struct{}{} }
 
 // run executes one batch, releases the instance and delivers every
 // request's result.

@@ -106,8 +106,13 @@ type Scheduler struct {
 	closed bool
 	reqCh  chan *request // Infer → batcher (or workers without batching)
 
-	workCh chan *batch   // batcher → workers; capacity Instances
-	freeCh chan struct{} // workers → batcher: one token per finished batch
+	workCh chan *batch // batcher → workers; capacity Instances
+	// slots holds one token per idle instance: a worker (or the batcher on
+	// its behalf) or an inline caller takes one to run and puts it back.
+	slots chan struct{}
+	// inline: a request that finds nothing queued and an instance idle runs
+	// on its caller's goroutine (no delay or policy could have batched it).
+	inline bool
 
 	queued atomic.Int64 // accepted and not yet handed to a worker
 
@@ -157,10 +162,14 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		}
 	}
 	s.runCtx, s.cancel = context.WithCancel(context.Background())
+	s.slots = make(chan struct{}, cfg.Instances)
+	for range cfg.Instances {
+		s.slots <- struct{}{}
+	}
+	s.inline = cfg.MaxQueueDelay == 0 && cfg.Policy == nil
 
 	if cfg.batching() {
 		s.workCh = make(chan *batch, cfg.Instances)
-		s.freeCh = make(chan struct{}, cfg.Instances)
 		s.live.Store(int32(cfg.Instances) + 1)
 		go s.batchLoop()
 		for range cfg.Instances {
@@ -178,7 +187,10 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 	return s, nil
 }
 
-// Infer queues req and waits for its outputs. It fails at once with
+// Infer queues req and waits for its outputs. When nothing is queued, an
+// instance is idle and no queue delay or batch policy could make the request
+// wait for company, it runs at once on the caller's goroutine instead (the
+// same execution a worker would do, without two goroutine hand-offs). It fails at once with
 // ErrQueueFull when the queue is full, ErrClosed after Close, and
 // ErrInvalidRequest for a request the scheduler cannot take. If ctx ends
 // first, Infer returns ctx.Err() (wrapped); a request still queued at that
@@ -202,6 +214,16 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 		return nil, err
 	}
 	r.enqueued = time.Now()
+	if s.inline && s.queued.Load() == 0 {
+		select {
+		case <-s.slots:
+			if outs, err, ran := s.runInline(r); ran {
+				s.recycle(r)
+				return outs, err
+			}
+		default:
+		}
+	}
 	if err := s.enqueue(r); err != nil {
 		s.recycle(r)
 		s.stats.failures.Add(1)
@@ -223,6 +245,38 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 		s.stats.cancelled.Add(1)
 		return nil, fmt.Errorf("engine %s: %w", s.name, ctx.Err())
 	}
+}
+
+// runInline runs r on the caller's goroutine with the instance slot the
+// caller took, and puts the slot back. It does not run (ran false, slot put
+// back) once the scheduler is closed: enqueue then reports that. While it
+// runs it counts as one of the scheduler's goroutines, so Close waits for
+// it. A running request returns when the model does: models stop early on
+// their context (ONNX Runtime terminates the run).
+func (s *Scheduler) runInline(r *request) (outs []*tensor.Tensor, err error, ran bool) {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		s.slots <- struct{}{}
+		return nil, nil, false
+	}
+	s.live.Add(1)
+	s.mu.RUnlock()
+	defer s.exit()
+	start := time.Now()
+	s.stats.queueNs.Add(int64(start.Sub(r.enqueued)))
+	outs, err = s.infer(r.ctx, r.inputs, r.outputs)
+	s.slots <- struct{}{}
+	s.stats.record(r.rows, time.Since(start))
+	if err != nil {
+		if ctxErr := r.ctx.Err(); ctxErr != nil {
+			s.stats.cancelled.Add(1)
+			return nil, fmt.Errorf("engine %s: %w", s.name, ctxErr), true
+		}
+		s.stats.failures.Add(1)
+		err = fmt.Errorf("engine %s: %w", s.name, err)
+	}
+	return outs, err, true
 }
 
 // enqueue hands r to the batcher or the workers without blocking.

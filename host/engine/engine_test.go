@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,6 +31,23 @@ type fakeModel struct {
 	mu     sync.Mutex
 	shapes [][]int64   // x's shape, per call
 	seen   map[int]int // request id → rows seen
+	inline []bool      // per call: did it run on the goroutine that called Scheduler.Infer?
+}
+
+// calledFromInfer reports whether Scheduler.Infer is on the calling
+// goroutine's stack.
+func calledFromInfer() bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		if strings.HasSuffix(f.Function, ".(*Scheduler).Infer") {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
 }
 
 func (m *fakeModel) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) ([]*tensor.Tensor, error) {
@@ -42,7 +60,9 @@ func (m *fakeModel) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs 
 	if x == nil || x.DType != tensor.FP32 || len(x.Shape) != 2 {
 		return nil, fmt.Errorf("fake: need x FP32 [rows, cols]")
 	}
+	inline := calledFromInfer()
 	m.mu.Lock()
+	m.inline = append(m.inline, inline)
 	m.shapes = append(m.shapes, slices.Clone(x.Shape))
 	if m.seen == nil {
 		m.seen = map[int]int{}
@@ -436,6 +456,48 @@ func TestZeroDelayDispatchesAtOnce(t *testing.T) {
 	}
 	if got := m.rows(); !slices.Equal(got, []int{1, 1, 1}) {
 		t.Fatalf("batches %v", got)
+	}
+}
+
+// An idle instance runs a request on its caller's goroutine when nothing is
+// queued and no delay or policy could batch it; otherwise it is queued and a
+// worker runs it.
+func TestIdleInstanceRunsInline(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		inline bool
+	}{
+		{"no batching", Config{}, true},
+		{"batching", Config{MaxBatchSize: 8}, true},
+		{"queue delay", Config{MaxBatchSize: 8, MaxQueueDelay: time.Millisecond}, false},
+		{"policy", Config{MaxBatchSize: 8, Policy: func(context.Context, QueueState) (Decision, error) { return Decision{Run: 1}, nil }}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noLeaks(t)
+			release := make(chan struct{})
+			m := &fakeModel{started: make(chan int, 10), release: release}
+			s := newScheduler(t, m, tc.cfg)
+			first := goInfer(context.Background(), s, req(0, 1, 2))
+			<-m.started
+			second := goInfer(context.Background(), s, req(1, 1, 2)) // the one instance is busy
+			eventually(t, "second queued", func() bool { return s.Stats().Queued == 1 })
+			close(release)
+			for _, ch := range []<-chan result{first, second} {
+				if r := wait(t, ch); r.err != nil {
+					t.Fatal(r.err)
+				}
+			}
+			m.mu.Lock()
+			got := slices.Clone(m.inline)
+			m.mu.Unlock()
+			if want := []bool{tc.inline, false}; !slices.Equal(got, want) {
+				t.Fatalf("ran inline: %v, want %v", got, want)
+			}
+			if st := s.Stats(); st.Requests != 2 || st.Executions != 2 || st.Failures != 0 || st.Queued != 0 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
 	}
 }
 

@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"net/http"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -81,6 +83,11 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		grpc.ReadBufferSize(bufferSize),
 		grpc.WriteBufferSize(bufferSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Reused handler goroutines keep their grown stacks: a new
+		// goroutine per call regrows (copies) its stack on every request.
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		experimental.BufferPool(buffers),
+		grpc.ForceServerCodecV2(newWireCodec(buffers)),
 		grpc.ChainUnaryInterceptor(unaryErrors(log)),
 		grpc.ChainStreamInterceptor(streamErrors(log)),
 	)
@@ -97,7 +104,11 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		svc.Generate = unimplementedGenerate{}
 	}
 	cyxwizpb.RegisterDeploymentServiceServer(s.grpc, svc.Deployments)
-	inference.RegisterGRPCInferenceServiceServer(s.grpc, svc.Inference)
+	if inf, ok := svc.Inference.(*Inference); ok {
+		s.grpc.RegisterService(inferenceDesc(), inf) // the zero-copy ModelInfer
+	} else {
+		inference.RegisterGRPCInferenceServiceServer(s.grpc, svc.Inference)
+	}
 	cyxwizpb.RegisterTerminalServiceServer(s.grpc, svc.Terminal)
 	cyxwizpb.RegisterGenerateServiceServer(s.grpc, svc.Generate)
 	s.health = health.NewServer()

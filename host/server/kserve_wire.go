@@ -1,0 +1,154 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cyxwiz/cyxwiz-node/proto/inference"
+)
+
+// The ModelInfer hot path decodes requests without copying their tensors
+// twice. The standard codec joins the message's HTTP/2 frames into one
+// buffer and proto.Unmarshal then copies every raw_input_contents entry out
+// of it again. Here the frames are copied once into a pooled buffer, the
+// raw_input_contents entries alias that buffer, and the buffer goes back to
+// the pool when the call is over. Every other field is decoded by
+// proto.Unmarshal as before, so validation (UTF-8, wire types) is unchanged.
+
+// rawInputField is ModelInferRequest.raw_input_contents.
+const rawInputField protowire.Number = 7
+
+// inferRequest is what the node's ModelInfer handler decodes into: the
+// request, and the pooled buffer its raw_input_contents alias (nil when
+// they do not).
+type inferRequest struct {
+	req inference.ModelInferRequest
+	buf *[]byte
+}
+
+// wireCodec is the server's codec: the standard proto codec, except for
+// *inferRequest.
+type wireCodec struct {
+	proto encoding.CodecV2
+	pool  mem.BufferPool
+}
+
+func newWireCodec(pool mem.BufferPool) wireCodec {
+	return wireCodec{proto: encoding.GetCodecV2("proto"), pool: pool}
+}
+
+func (wireCodec) Name() string { return "proto" }
+
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	r, ok := v.(*inferRequest)
+	if !ok {
+		return c.proto.Unmarshal(data, v)
+	}
+	buf := c.pool.Get(data.Len())
+	data.CopyTo(*buf)
+	if err := decodeInferRequest(*buf, &r.req); err != nil {
+		c.pool.Put(buf)
+		return err
+	}
+	r.buf = buf
+	return nil
+}
+
+// decodeInferRequest decodes b into req with raw_input_contents aliasing b.
+// The other fields are decoded by proto.Unmarshal, in runs of consecutive
+// fields (usually one run: marshallers write field 7 last).
+func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
+	merge := proto.UnmarshalOptions{Merge: true}
+	var raw [][]byte
+	start := 0 // of the pending run of other fields
+	for pos := 0; pos < len(b); {
+		num, typ, n := protowire.ConsumeTag(b[pos:])
+		if n < 0 {
+			return fmt.Errorf("decode ModelInferRequest: %w", protowire.ParseError(n))
+		}
+		if num == rawInputField && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(b[pos+n:])
+			if m < 0 {
+				return fmt.Errorf("decode ModelInferRequest: raw_input_contents: %w", protowire.ParseError(m))
+			}
+			if start < pos {
+				if err := merge.Unmarshal(b[start:pos], req); err != nil {
+					return fmt.Errorf("decode ModelInferRequest: %w", err)
+				}
+			}
+			raw = append(raw, v[:len(v):len(v)])
+			pos += n + m
+			start = pos
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[pos+n:])
+		if m < 0 {
+			return fmt.Errorf("decode ModelInferRequest: field %d: %w", num, protowire.ParseError(m))
+		}
+		pos += n + m
+	}
+	if start < len(b) {
+		if err := merge.Unmarshal(b[start:], req); err != nil {
+			return fmt.Errorf("decode ModelInferRequest: %w", err)
+		}
+	}
+	req.RawInputContents = append(req.RawInputContents, raw...)
+	return nil
+}
+
+// release gives the request's buffer back to the pool once nothing can read
+// its tensors any more: the call returned, and not because its context
+// ended (then the model may still be reading them; the buffer is left to
+// the garbage collector).
+func (r *inferRequest) release(pool mem.BufferPool, err error) {
+	if r.buf == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
+	r.req.RawInputContents = nil
+	pool.Put(r.buf)
+	r.buf = nil
+}
+
+// inferenceDesc is the generated GRPCInferenceService description with the
+// ModelInfer handler replaced by modelInferHandler.
+func inferenceDesc() *grpc.ServiceDesc {
+	desc := inference.GRPCInferenceService_ServiceDesc
+	desc.Methods = slices.Clone(desc.Methods)
+	for i := range desc.Methods {
+		if desc.Methods[i].MethodName == "ModelInfer" {
+			desc.Methods[i].Handler = modelInferHandler
+		}
+	}
+	return &desc
+}
+
+// modelInferHandler is the generated handler's shape, decoding into an
+// inferRequest.
+func modelInferHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	s := srv.(*Inference)
+	in := new(inferRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	handler := func(ctx context.Context, req any) (any, error) {
+		r := req.(*inferRequest)
+		resp, err := s.ModelInfer(ctx, &r.req)
+		r.release(buffers, err)
+		return resp, err
+	}
+	if interceptor == nil {
+		return handler(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: inference.GRPCInferenceService_ModelInfer_FullMethodName}
+	return interceptor(ctx, in, info, handler)
+}

@@ -1,0 +1,170 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cyxwiz/cyxwiz-node/proto/inference"
+)
+
+func sampleRequests() []*inference.ModelInferRequest {
+	return []*inference.ModelInferRequest{
+		{},
+		{ModelName: "m", ModelVersion: "2", Id: "req-1",
+			Inputs: []*inference.ModelInferRequest_InferInputTensor{
+				{Name: "x", Datatype: "FP32", Shape: []int64{1, 2}},
+				{Name: "y", Datatype: "BYTES", Shape: []int64{1}},
+			},
+			Outputs:          []*inference.ModelInferRequest_InferRequestedOutputTensor{{Name: "out"}},
+			Parameters:       map[string]*inference.InferParameter{"p": {ParameterChoice: &inference.InferParameter_Int64Param{Int64Param: 7}}},
+			RawInputContents: [][]byte{{1, 2, 3, 4, 5, 6, 7, 8}, {3, 0, 0, 0, 'a', 'b', 'c'}},
+		},
+		{ModelName: "typed", Inputs: []*inference.ModelInferRequest_InferInputTensor{
+			{Name: "x", Datatype: "INT64", Shape: []int64{3}, Contents: &inference.InferTensorContents{Int64Contents: []int64{1, -2, 3}}},
+		}},
+		{ModelName: "empty raw", RawInputContents: [][]byte{{}, {9}}},
+	}
+}
+
+// checkDecode decodes wire both ways and requires the same outcome.
+func checkDecode(t *testing.T, wire []byte) {
+	t.Helper()
+	var want, got inference.ModelInferRequest
+	wantErr := proto.Unmarshal(wire, &want)
+	gotErr := decodeInferRequest(wire, &got)
+	if (wantErr == nil) != (gotErr == nil) {
+		t.Fatalf("proto.Unmarshal err = %v, decodeInferRequest err = %v (wire %x)", wantErr, gotErr, wire)
+	}
+	if wantErr == nil && !proto.Equal(&want, &got) {
+		t.Fatalf("decoded %v, want %v", &got, &want)
+	}
+}
+
+func TestDecodeInferRequestMatchesProto(t *testing.T) {
+	for _, req := range sampleRequests() {
+		wire, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDecode(t, wire)
+	}
+}
+
+// Field order on the wire is the sender's choice: raw_input_contents may
+// come first, or between other fields.
+func TestDecodeInferRequestInterleavedFields(t *testing.T) {
+	var b []byte
+	b = protowire.AppendTag(b, rawInputField, protowire.BytesType)
+	b = protowire.AppendBytes(b, []byte{1, 2, 3, 4})
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // model_name
+	b = protowire.AppendString(b, "m")
+	b = protowire.AppendTag(b, rawInputField, protowire.BytesType)
+	b = protowire.AppendBytes(b, []byte{5, 6, 7, 8})
+	in, _ := proto.Marshal(&inference.ModelInferRequest_InferInputTensor{Name: "x", Datatype: "FP32", Shape: []int64{1}})
+	b = protowire.AppendTag(b, 5, protowire.BytesType) // inputs
+	b = protowire.AppendBytes(b, in)
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // model_name again: last one wins
+	b = protowire.AppendString(b, "m2")
+	checkDecode(t, b)
+
+	var got inference.ModelInferRequest
+	if err := decodeInferRequest(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ModelName != "m2" || len(got.RawInputContents) != 2 || !bytes.Equal(got.RawInputContents[1], []byte{5, 6, 7, 8}) {
+		t.Fatalf("decoded %v", &got)
+	}
+	// The raw contents alias the buffer, capped so that appending to one
+	// cannot write over the next field.
+	if r := got.RawInputContents[0]; cap(r) != len(r) || &r[0] != &b[2] {
+		t.Fatalf("raw_input_contents[0] does not alias the wire buffer (cap %d)", cap(r))
+	}
+}
+
+func TestDecodeInferRequestRejectsMalformed(t *testing.T) {
+	good, _ := proto.Marshal(sampleRequests()[1])
+	cases := map[string][]byte{
+		"truncated":        good[:len(good)-3],
+		"bad tag":          {0x00},
+		"raw runs past":    {0x3a, 0x10, 1, 2},
+		"bad utf8 name":    {0x0a, 0x02, 0xff, 0xfe},
+		"raw as varint":    {0x38, 0x01}, // field 7 with the wrong wire type
+		"varint overflows": {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+	}
+	for name, wire := range cases {
+		t.Run(name, func(t *testing.T) { checkDecode(t, wire) })
+	}
+	var req inference.ModelInferRequest
+	if err := decodeInferRequest(good[:len(good)-3], &req); err == nil {
+		t.Fatal("truncated request decoded")
+	}
+}
+
+func FuzzDecodeInferRequest(f *testing.F) {
+	for _, req := range sampleRequests() {
+		wire, _ := proto.Marshal(req)
+		f.Add(wire)
+	}
+	f.Add([]byte{0x3a, 0x02, 1, 2, 0x0a, 0x01, 'm'})
+	f.Fuzz(func(t *testing.T, wire []byte) { checkDecode(t, wire) })
+}
+
+// The codec copies a multi-buffer message once into a pooled buffer that
+// the request's raw contents alias, and release gives it back unless the
+// call ended with its context.
+func TestWireCodecPooledBuffer(t *testing.T) {
+	req := sampleRequests()[1]
+	wire, _ := proto.Marshal(req)
+	// Split the message across buffers, as HTTP/2 frames split it.
+	var data mem.BufferSlice
+	for i := 0; i < len(wire); i += 7 {
+		data = append(data, mem.SliceBuffer(wire[i:min(i+7, len(wire))]))
+	}
+	codec := newWireCodec(buffers)
+	var r inferRequest
+	if err := codec.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(&r.req, req) || r.buf == nil {
+		t.Fatalf("decoded %v (buf %v)", &r.req, r.buf != nil)
+	}
+	r.release(buffers, context.DeadlineExceeded)
+	if r.buf == nil {
+		t.Fatal("buffer released although the model may still read it")
+	}
+	r.release(buffers, errors.New("model failed"))
+	if r.buf != nil || r.req.RawInputContents != nil {
+		t.Fatal("buffer kept after the call ended")
+	}
+
+	// Other messages take the standard path.
+	var other inference.ModelInferRequest
+	if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, &other); err != nil || !proto.Equal(&other, req) {
+		t.Fatalf("standard decode: %v %v", err, &other)
+	}
+}
+
+func TestTensorPoolClasses(t *testing.T) {
+	p := &tensorPool{}
+	for _, n := range []int{0, 1, 256, 257, 110592, 1 << 20, 1<<26 + 1} {
+		b := p.Get(n)
+		if len(*b) != n {
+			t.Fatalf("Get(%d) has length %d", n, len(*b))
+		}
+		if c := cap(*b); n <= 1<<maxClass && (c < n || c&(c-1) != 0 || c > max(2*n, 1<<minClass)) {
+			t.Fatalf("Get(%d) has capacity %d", n, c)
+		}
+		p.Put(b)
+	}
+	odd := make([]byte, 1000)
+	p.Put(&odd) // not a class size: dropped, not pooled
+	if b := p.Get(1000); cap(*b) != 1024 {
+		t.Fatalf("Get(1000) capacity %d", cap(*b))
+	}
+}
