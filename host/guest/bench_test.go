@@ -51,7 +51,7 @@ func BenchmarkGuests(b *testing.B) {
 	raw := newPool(b, rt, "host/guest/testdata/raw", guest.PoolConfig{Config: map[string]string{"mode": "echo"}})
 	loop := newPool(b, rt, "host/guest/testdata/raw", guest.PoolConfig{Config: map[string]string{"mode": "hostloop"}})
 	in := []*tensor.Tensor{tensor.FromSlice("v", tensor.FP32, []int64{2}, []float32{1, 2})}
-	perCall := func(p *guest.Pool, n int) time.Duration {
+	perCallCtx := func(ctx context.Context, p *guest.Pool, n int) time.Duration {
 		for range 100 {
 			if _, err := p.Preprocess(ctx, in); err != nil {
 				b.Fatal(err)
@@ -65,8 +65,14 @@ func BenchmarkGuests(b *testing.B) {
 		}
 		return time.Since(start) / time.Duration(n)
 	}
+	perCall := func(p *guest.Pool, n int) time.Duration { return perCallCtx(ctx, p, n) }
 	call := perCall(raw, 20000)
 	hostCall := (perCall(loop, 200) - call) / 10000 // the loop makes 10,000 host calls
+	// A served request's context can be cancelled (the client may go away):
+	// the call then also watches it.
+	cctx, cancelCall := context.WithCancel(ctx)
+	callCancellable := perCallCtx(cctx, raw, 20000)
+	cancelCall()
 
 	m := compile(b, rt, "guests/examples/cls-post")
 	const inst = 50
@@ -87,6 +93,6 @@ func BenchmarkGuests(b *testing.B) {
 	b.ReportMetric(float64(hostCall.Nanoseconds()), "host_call_ns")
 	b.ReportMetric(instMs, "warm_instantiate_ms")
 	fmt.Printf("bench-guests: pipeline_vs_native=%.3f call_overhead_ns=%d warm_instantiate_ms=%.2f\n", ratio, call.Nanoseconds(), instMs)
-	fmt.Printf("bench-guests-detail: pipeline_guest_us=%d pipeline_native_us=%d host_call_ns=%d\n",
-		(tGuest / rounds).Microseconds(), (tNative / rounds).Microseconds(), hostCall.Nanoseconds())
+	fmt.Printf("bench-guests-detail: pipeline_guest_us=%d pipeline_native_us=%d host_call_ns=%d call_overhead_cancellable_ctx_ns=%d\n",
+		(tGuest / rounds).Microseconds(), (tNative / rounds).Microseconds(), hostCall.Nanoseconds(), callCancellable.Nanoseconds())
 }

@@ -163,6 +163,7 @@ type instance struct {
 	entries  [abi.NumEntries]api.Function
 	provided int32
 	sess     *cyxwiz.Session
+	cc       *callCtx // the context of run's calls
 	stdout   *capture
 	stderr   *capture
 	gen      int
@@ -174,6 +175,7 @@ type instance struct {
 }
 
 func (i *instance) close(ctx context.Context) error {
+	i.cc.close()
 	i.sess.Close()
 	return i.mod.Close(ctx)
 }
@@ -196,6 +198,7 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 			Log: p.log, Config: p.cfg.Config, Infer: p.cfg.Infer, Limits: p.rt.cfg.Limits,
 		}),
 	}
+	inst.cc = newCallCtx(inst.sess)
 	mc := wazero.NewModuleConfig().
 		WithName("").
 		WithStartFunctions().
@@ -254,7 +257,7 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 	}
 	if model != nil {
 		m := &tensor.Tensor{Name: "model", DType: tensor.Bytes, Shape: []int64{1}, Strings: [][]byte{model}}
-		if _, err := p.call(ctx, inst, abi.FormatLoad, []*tensor.Tensor{m}); err != nil {
+		if _, err := p.call(sctx, inst, abi.FormatLoad, []*tensor.Tensor{m}); err != nil {
 			return nil, err
 		}
 	}
@@ -345,9 +348,9 @@ func (p *Pool) run(ctx context.Context, e Entry, in []*tensor.Tensor) ([]*tensor
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	out, err := p.call(ctx, inst, e, in)
+	inst.cc.begin(ctx, p.timeout)
+	out, err := p.call(inst.cc, inst, e, in)
+	inst.cc.end()
 	p.release(inst, err == nil || errors.Is(err, ErrGuest))
 	return out, err
 }
@@ -359,9 +362,10 @@ const inlineMax = 4096
 // maxGuestError is the most of a guest's error message that is kept.
 const maxGuestError = 4096
 
-// call runs one entry point on inst: encode in (small tensors inline, the
-// rest as handles), copy it into guest memory, call, decode and resolve
-// the output, end the session's call.
+// call runs one entry point on inst under ctx, which carries inst's
+// session: encode in (small tensors inline, the rest as handles), copy it
+// into guest memory, call, decode and resolve the output, end the
+// session's call.
 func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.Tensor) (_ []*tensor.Tensor, err error) {
 	defer inst.sess.EndCall()
 	op := e.String()
@@ -385,7 +389,7 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	if len(inst.buf) > 1<<31-1 {
 		return nil, p.errorf(op, fmt.Errorf("%w: input of %d bytes", loaders.ErrInvalidInput, len(inst.buf)))
 	}
-	sctx := cyxwiz.WithSession(ctx, inst.sess)
+	sctx := ctx
 	fail := func(err error) error {
 		p.log.Warn("guest call failed", "call", op, "err", err)
 		return p.errorf(op, classify(ctx, err, p.flush(inst, op), inst.sess.Exceeded()))

@@ -1,0 +1,184 @@
+package guest
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"slices"
+)
+
+// Go's wasm linker writes a module's static data as tens of thousands of
+// tiny active data segments (31,949 averaging 24 bytes for cls-post), and
+// wazero evaluates each segment's offset expression with a few allocations
+// at every instantiation: about half of a warm instantiate. mergeData
+// rewrites the data section into a few large segments with the same
+// effect on memory, before the module is compiled.
+//
+// It only rewrites what it fully understands: every segment active in
+// memory 0 at an i32.const offset, no two overlapping, and
+// no data count section (whose presence means code may name segments by
+// index). Anything else, or any malformed byte, returns the module
+// unchanged for wazero to judge.
+
+const (
+	sectionData      = 11
+	sectionDataCount = 12
+	opI32Const       = 0x41
+	opEnd            = 0x0b
+	// mergeGap is the largest run of zeros written to join two segments:
+	// memory starts zeroed, so a gap filled with zeros changes nothing.
+	mergeGap = 4 << 10
+)
+
+var errNotMergeable = errors.New("data section not mergeable")
+
+// mergeData returns wasm with its data segments merged, and whether it
+// changed anything.
+func mergeData(wasm []byte) ([]byte, bool) {
+	if len(wasm) < 8 || string(wasm[:4]) != "\x00asm" {
+		return wasm, false
+	}
+	pos := 8
+	dataStart, dataEnd := -1, -1 // of the data section's contents
+	sectionStart := -1           // of the data section's id byte
+	for pos < len(wasm) {
+		id := wasm[pos]
+		size, n := binary.Uvarint(wasm[pos+1:])
+		if n <= 0 || size > uint64(len(wasm)-pos-1-n) {
+			return wasm, false
+		}
+		start := pos + 1 + n
+		switch id {
+		case sectionDataCount:
+			return wasm, false
+		case sectionData:
+			sectionStart, dataStart, dataEnd = pos, start, start+int(size)
+		}
+		pos = start + int(size)
+	}
+	if dataStart < 0 {
+		return wasm, false
+	}
+	segs, err := parseData(wasm[dataStart:dataEnd])
+	if err != nil || len(segs) < 2 {
+		return wasm, false
+	}
+	merged := joinSegments(segs)
+	if len(merged) == len(segs) {
+		return wasm, false
+	}
+	var body []byte
+	body = binary.AppendUvarint(body, uint64(len(merged)))
+	for _, s := range merged {
+		body = append(body, 0, opI32Const)
+		body = appendSleb32(body, int32(s.offset))
+		body = append(body, opEnd)
+		body = binary.AppendUvarint(body, uint64(len(s.data)))
+		body = append(body, s.data...)
+	}
+	out := make([]byte, 0, len(wasm))
+	out = append(out, wasm[:sectionStart]...)
+	out = append(out, sectionData)
+	out = binary.AppendUvarint(out, uint64(len(body)))
+	out = append(out, body...)
+	out = append(out, wasm[dataEnd:]...)
+	return out, true
+}
+
+type segment struct {
+	offset uint32
+	data   []byte
+}
+
+// parseData reads a data section that holds only active segments of
+// memory 0 at constant offsets.
+func parseData(b []byte) ([]segment, error) {
+	count, n := binary.Uvarint(b)
+	if n <= 0 || count > uint64(len(b)) {
+		return nil, errNotMergeable
+	}
+	b = b[n:]
+	segs := make([]segment, 0, count)
+	for range count {
+		if len(b) < 2 || b[0] != 0 || b[1] != opI32Const { // flag 0: active, memory 0
+			return nil, errNotMergeable
+		}
+		off, n := sleb32(b[2:])
+		if n <= 0 || len(b) < 2+n+1 || b[2+n] != opEnd {
+			return nil, errNotMergeable
+		}
+		b = b[2+n+1:]
+		size, n := binary.Uvarint(b)
+		if n <= 0 || size > uint64(len(b)-n) {
+			return nil, errNotMergeable
+		}
+		data := b[n : n+int(size)]
+		b = b[n+int(size):]
+		segs = append(segs, segment{offset: uint32(off), data: data})
+	}
+	if len(b) != 0 {
+		return nil, errNotMergeable
+	}
+	// Segments that do not overlap write the same memory in any order (Go's
+	// linker does not sort them); overlapping ones depend on their order.
+	slices.SortStableFunc(segs, func(a, b segment) int { return cmp.Compare(a.offset, b.offset) })
+	for i := 1; i < len(segs); i++ {
+		prev := segs[i-1]
+		if uint64(prev.offset)+uint64(len(prev.data)) > uint64(segs[i].offset) {
+			return nil, errNotMergeable
+		}
+	}
+	return segs, nil
+}
+
+// joinSegments merges neighbours separated by at most mergeGap bytes.
+func joinSegments(segs []segment) []segment {
+	var out []segment
+	for _, s := range segs {
+		if len(out) > 0 {
+			last := &out[len(out)-1]
+			end := uint64(last.offset) + uint64(len(last.data))
+			if gap := uint64(s.offset) - end; gap <= mergeGap {
+				last.data = slices.Grow(last.data, int(gap)+len(s.data))
+				last.data = append(last.data, make([]byte, gap)...)
+				last.data = append(last.data, s.data...)
+				continue
+			}
+		}
+		out = append(out, segment{offset: s.offset, data: slices.Clone(s.data)})
+	}
+	return out
+}
+
+// sleb32 decodes a signed LEB128 i32; n <= 0 when malformed.
+func sleb32(b []byte) (int32, int) {
+	var v int64
+	var shift uint
+	for i := 0; i < len(b) && i < 5; i++ {
+		c := b[i]
+		v |= int64(c&0x7f) << shift
+		shift += 7
+		if c&0x80 == 0 {
+			if shift < 64 && c&0x40 != 0 {
+				v |= -1 << shift
+			}
+			if v < -1<<31 || v > 1<<31-1 {
+				return 0, -1
+			}
+			return int32(v), i + 1
+		}
+	}
+	return 0, -1
+}
+
+func appendSleb32(b []byte, v int32) []byte {
+	x := int64(v)
+	for {
+		c := byte(x & 0x7f)
+		x >>= 7
+		if (x == 0 && c&0x40 == 0) || (x == -1 && c&0x40 != 0) {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
+}
