@@ -40,8 +40,8 @@ func (s *Scheduler) freeBatch(b *batch) {
 func (s *Scheduler) batchLoop() {
 	defer s.exit()
 	var (
-		pending []*batch // in order of creation
-		held    int      // instance slots taken from s.slots, not yet used
+		pending []*batch  // in order of creation
+		held    int       // instance slots taken from s.slots, not yet used
 		in      = s.reqCh // nil once closed and drained
 		timer   *time.Timer
 		timerC  <-chan time.Time

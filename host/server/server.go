@@ -12,8 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime"
 	"net/http"
+	"runtime"
 	"time"
 
 	"golang.org/x/sync/errgroup"
