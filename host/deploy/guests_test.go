@@ -13,6 +13,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -322,5 +323,37 @@ func TestBatchPolicyGuestDeployment(t *testing.T) {
 	stats := d.Status().Stats
 	if stats.PolicyErrors != 0 || stats.Executions >= 16 {
 		t.Fatalf("policy errors %d, %d executions for 16 requests (no batching?) %v", stats.PolicyErrors, stats.Executions, stats.BatchSizes)
+	}
+}
+
+// A guest's memory_limit_pages holds it below the node's limit; one over
+// the node's limit is refused at Assign.
+func TestGuestMemoryLimitInDeployment(t *testing.T) {
+	n := newGuestNode(t) // node limit: 512 pages
+	lin := onnxtest.Linear([][]float32{{1, 2}, {3, 4}, {5, 6}}, []float32{0.5, -1})
+	spec := func(name string, pages uint32) deploy.Spec {
+		return deploy.Spec{Name: name, Format: "onnx", Model: n.file(t, name+".onnx", lin),
+			Guests: []deploy.Guest{{Name: "g", Artifact: n.wasm(t, "host/guest/testdata/hostile"), Roles: []string{"preprocess"},
+				MemoryLimitPages: pages, CallTimeout: 10 * time.Second}}}
+	}
+	small := n.deploy(t, "small", spec("small", 160))
+	roomy := n.deploy(t, "roomy", spec("roomy", 0))
+	if !small.State.Serving() || !roomy.State.Serving() {
+		t.Fatalf("deploy: %v %s / %v %s", small.State, small.Message, roomy.State, roomy.Message)
+	}
+	sd, _ := n.m.Get("small")
+	rd, _ := n.m.Get("roomy")
+	in := []*tensor.Tensor{strTensor("mode", []byte("grow"))}
+	if _, err := sd.Infer(context.Background(), in, nil); !errors.Is(err, guest.ErrMemory) {
+		t.Fatalf("16 MiB in a 10 MiB guest: err = %v, want ErrMemory", err)
+	}
+	// The guest returns its input; the model then refuses it: what matters
+	// is that the guest itself ran to the end.
+	if _, err := rd.Infer(context.Background(), in, nil); errors.Is(err, guest.ErrMemory) {
+		t.Fatalf("16 MiB under the node's 32 MiB: %v", err)
+	}
+	_, err := n.m.Assign("big", spec("big", 1024), deploy.OwnerCentral)
+	if !errors.Is(err, deploy.ErrInvalidSpec) || !strings.Contains(err.Error(), "memory_limit_pages is 1024") {
+		t.Fatalf("over the node's limit: err = %v, want ErrInvalidSpec", err)
 	}
 }

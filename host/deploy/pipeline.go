@@ -89,7 +89,7 @@ func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, p
 		if err != nil {
 			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
 		}
-		mod, err := m.cfg.Guests.Compile(ctx, wasm)
+		mod, err := m.cfg.Guests.CompileLimited(ctx, wasm, g.MemoryLimitPages)
 		if err != nil {
 			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
 		}

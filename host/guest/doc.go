@@ -25,8 +25,10 @@
 //
 // Every call has a deadline (the caller's context, at most
 // Config.CallTimeout) that stops even a guest in an endless loop; the
-// memory of each instance is capped (Config.MemoryLimitPages, one value per
-// Runtime), and so are the host tensors it may create (Config.Limits).
+// memory of each instance is capped (Config.MemoryLimitPages for the
+// Runtime, lower per guest with CompileLimited, which writes the limit into
+// the module's declared maximum), and so are the host tensors it may create
+// (Config.Limits).
 //
 // Errors wrap a sentinel the gRPC layer maps to a code:
 //

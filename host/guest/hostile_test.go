@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/guests/guesttest"
 	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
@@ -289,5 +290,54 @@ func TestInfer(t *testing.T) {
 	_, err = p.Preprocess(context.Background(), mode("infer-other"))
 	if !errors.Is(err, guest.ErrGuest) || !strings.Contains(err.Error(), "EPERM") {
 		t.Fatalf("err = %v, want ErrGuest with EPERM", err)
+	}
+}
+
+// A guest's own memory limit (below the runtime's) stops it where the
+// runtime's would not, and only its instances.
+func TestGuestMemoryLimit(t *testing.T) {
+	ctx := context.Background()
+	rt := newRuntime(t, hostileConfig) // 512 pages: 32 MiB
+	wasm := guesttest.Build(t, "host/guest/testdata/hostile")
+	open := func(pages uint32) *guest.Pool {
+		t.Helper()
+		m, err := rt.CompileLimited(ctx, wasm, pages)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close(ctx) })
+		p, err := rt.NewPool(ctx, m, guest.PoolConfig{Name: fmt.Sprintf("limit-%d", pages)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close(ctx) })
+		return p
+	}
+	small, roomy := open(160), open(0) // 10 MiB; the runtime's 32 MiB
+	if _, err := small.Preprocess(ctx, mode("grow")); !errors.Is(err, guest.ErrMemory) {
+		t.Fatalf("16 MiB under a 10 MiB limit: err = %v, want ErrMemory", err)
+	}
+	if _, err := roomy.Preprocess(ctx, mode("grow")); err != nil {
+		t.Fatalf("16 MiB under the runtime's 32 MiB: %v", err)
+	}
+	checkEcho(t, small)
+
+	// A limit at or over the runtime's is the runtime's: the same module.
+	a, err := rt.CompileLimited(ctx, wasm, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	b, err := rt.Compile(ctx, wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	if a != b {
+		t.Error("a limit equal to the runtime's compiled a second module")
+	}
+	// Below what the guest starts with, it cannot run at all.
+	if _, err := rt.CompileLimited(ctx, wasm, 2); !errors.Is(err, guest.ErrMemory) || !strings.Contains(err.Error(), "starts with") {
+		t.Fatalf("2 pages: err = %v, want ErrMemory naming the initial memory", err)
 	}
 }

@@ -94,7 +94,14 @@ type Runtime struct {
 	cache wazero.CompilationCache
 
 	mu      sync.Mutex
-	modules map[[32]byte]*Module
+	modules map[moduleKey]*Module
+}
+
+// moduleKey names a compiled module: its bytes, and the memory limit
+// compiled into it (0: the runtime's).
+type moduleKey struct {
+	digest [32]byte
+	pages  uint32
 }
 
 // NewRuntime starts a runtime. Guests get no files, sockets, environment
@@ -107,7 +114,7 @@ func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, er
 	if log == nil {
 		log = slog.Default()
 	}
-	rt := &Runtime{cfg: cfg, log: log, modules: make(map[[32]byte]*Module)}
+	rt := &Runtime{cfg: cfg, log: log, modules: make(map[moduleKey]*Module)}
 	rc := wazero.NewRuntimeConfig().
 		WithCloseOnContextDone(true).
 		WithMemoryLimitPages(cfg.MemoryLimitPages)
@@ -144,6 +151,7 @@ func (rt *Runtime) Close(ctx context.Context) error {
 // bytes. Close it when no longer needed.
 type Module struct {
 	rt       *Runtime
+	key      moduleKey
 	digest   [32]byte
 	ready    chan struct{} // closed when compiled (or failed)
 	compiled wazero.CompiledModule
@@ -155,11 +163,29 @@ type Module struct {
 
 // Compile compiles wasm, or returns the module already compiled from the
 // same bytes (by SHA-256). Each successful Compile must be matched by a
-// Module.Close. A module that is not WebAssembly fails with ErrABI.
+// Module.Close. A module that is not WebAssembly fails with ErrABI. Its
+// instances may grow their memory up to the runtime's limit.
 func (rt *Runtime) Compile(ctx context.Context, wasm []byte) (*Module, error) {
+	return rt.CompileLimited(ctx, wasm, 0)
+}
+
+// MemoryLimitPages is the most memory, in 64 KiB pages, an instance of
+// this runtime may have.
+func (rt *Runtime) MemoryLimitPages() uint32 { return rt.cfg.MemoryLimitPages }
+
+// CompileLimited is Compile with the guest's own memory limit in pages,
+// at most the runtime's (0 means the runtime's): the module's declared
+// maximum is lowered to it, so growing past it fails inside the guest
+// (ErrMemory at the call). A guest whose initial memory is already larger
+// fails to compile with ErrMemory.
+func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32) (*Module, error) {
+	if pages >= rt.cfg.MemoryLimitPages {
+		pages = 0
+	}
 	digest := sha256.Sum256(wasm)
+	key := moduleKey{digest, pages}
 	rt.mu.Lock()
-	m, ok := rt.modules[digest]
+	m, ok := rt.modules[key]
 	if ok {
 		m.refs++
 		rt.mu.Unlock()
@@ -175,21 +201,34 @@ func (rt *Runtime) Compile(ctx context.Context, wasm []byte) (*Module, error) {
 		}
 		return m, nil
 	}
-	m = &Module{rt: rt, digest: digest, ready: make(chan struct{}), refs: 1}
-	rt.modules[digest] = m
+	m = &Module{rt: rt, key: key, digest: digest, ready: make(chan struct{}), refs: 1}
+	rt.modules[key] = m
 	rt.mu.Unlock()
+	fail := func(err error) (*Module, error) {
+		m.err = err
+		rt.mu.Lock()
+		delete(rt.modules, key)
+		rt.mu.Unlock()
+		close(m.ready)
+		return nil, err
+	}
 
+	if pages > 0 {
+		limited, err := limitMemory(wasm, pages)
+		if err != nil {
+			if !errors.Is(err, ErrMemory) {
+				err = fmt.Errorf("%w: %w", ErrABI, err)
+			}
+			return fail(fmt.Errorf("guest: compile %x with a memory limit of %d pages: %w", digest[:6], pages, err))
+		}
+		wasm = limited
+	}
 	start := time.Now()
 	cctx := experimental.WithCompilationWorkers(ctx, rt.cfg.CompileWorkers)
 	merged, _ := mergeData(wasm) // same module, fewer data segments: faster instances
-	m.compiled, m.err = rt.r.CompileModule(cctx, merged)
-	if m.err != nil {
-		m.err = fmt.Errorf("guest: compile %x: %w: %v", digest[:6], ErrABI, m.err)
-		rt.mu.Lock()
-		delete(rt.modules, digest)
-		rt.mu.Unlock()
-		close(m.ready)
-		return nil, m.err
+	var err error
+	if m.compiled, err = rt.r.CompileModule(cctx, merged); err != nil {
+		return fail(fmt.Errorf("guest: compile %x: %w: %v", digest[:6], ErrABI, err))
 	}
 	m.abiErr = checkExports(m.compiled)
 	for e := range abi.NumEntries {
@@ -221,8 +260,8 @@ func (m *Module) Close(ctx context.Context) error {
 	rt.mu.Lock()
 	m.refs--
 	last := m.refs == 0
-	if last && rt.modules[m.digest] == m {
-		delete(rt.modules, m.digest)
+	if last && rt.modules[m.key] == m {
+		delete(rt.modules, m.key)
 	}
 	rt.mu.Unlock()
 	if last && m.compiled != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 )
 
@@ -181,4 +182,68 @@ func appendSleb32(b []byte, v int32) []byte {
 		}
 		b = append(b, c|0x80)
 	}
+}
+
+const sectionMemory = 5
+
+// limitMemory returns wasm with its memory's maximum lowered to pages (a
+// guest's own memory limit, below the runtime's): growing past it then
+// fails inside the guest, which traps as out of memory. A module that
+// imports its memory, declares none, or whose initial memory is already
+// larger than pages is an error; so is anything this cannot parse.
+func limitMemory(wasm []byte, pages uint32) ([]byte, error) {
+	if len(wasm) < 8 || string(wasm[:4]) != "\x00asm" {
+		return nil, errors.New("not a WebAssembly module")
+	}
+	for pos := 8; pos < len(wasm); {
+		id := wasm[pos]
+		size, n := binary.Uvarint(wasm[pos+1:])
+		if n <= 0 || size > uint64(len(wasm)-pos-1-n) {
+			return nil, errors.New("malformed section header")
+		}
+		start, end := pos+1+n, pos+1+n+int(size)
+		if id != sectionMemory {
+			pos = end
+			continue
+		}
+		b := wasm[start:end]
+		if len(b) < 2 {
+			return nil, errors.New("malformed memory section")
+		}
+		if b[0] != 1 {
+			return nil, fmt.Errorf("the memory section declares %d memories, want 1", b[0])
+		}
+		flags := b[1]
+		if flags > 1 {
+			return nil, fmt.Errorf("memory limits flags %#x (shared or 64-bit memory) are not supported", flags)
+		}
+		lo, n := binary.Uvarint(b[2:])
+		if n <= 0 || lo > 65536 {
+			return nil, errors.New("malformed memory minimum")
+		}
+		hi, rest := uint64(65536), b[2+n:]
+		if flags == 1 {
+			var m int
+			if hi, m = binary.Uvarint(rest); m <= 0 || hi > 65536 {
+				return nil, errors.New("malformed memory maximum")
+			}
+			rest = rest[m:]
+		}
+		if len(rest) != 0 {
+			return nil, errors.New("trailing bytes in the memory section")
+		}
+		if lo > uint64(pages) {
+			return nil, fmt.Errorf("%w: the guest starts with %d pages of memory, its limit is %d", ErrMemory, lo, pages)
+		}
+		body := []byte{1, 1}
+		body = binary.AppendUvarint(body, lo)
+		body = binary.AppendUvarint(body, min(hi, uint64(pages)))
+		out := make([]byte, 0, len(wasm)+8)
+		out = append(out, wasm[:pos]...)
+		out = append(out, sectionMemory)
+		out = binary.AppendUvarint(out, uint64(len(body)))
+		out = append(out, body...)
+		return append(out, wasm[end:]...), nil
+	}
+	return nil, errors.New("the module declares no memory of its own")
 }

@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/tetratelabs/wazero"
@@ -166,4 +167,41 @@ func uvarint(b []byte) (uint64, int) {
 		}
 	}
 	return 0, -1
+}
+
+func TestLimitMemory(t *testing.T) {
+	mem := func(body ...byte) []byte {
+		return append([]byte("\x00asm\x01\x00\x00\x00"), append([]byte{sectionMemory, byte(len(body))}, body...)...)
+	}
+	check := func(in []byte, pages uint32, wantMin, wantMax uint64) {
+		t.Helper()
+		out, err := limitMemory(in, pages)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := out[8+2:]
+		if b[0] != 1 || b[1] != 1 || uint64(b[2]) != wantMin || uint64(b[3]) != wantMax {
+			t.Fatalf("memory section %x, want min %d max %d", b, wantMin, wantMax)
+		}
+	}
+	check(mem(1, 0, 3), 100, 3, 100)      // no maximum: the limit
+	check(mem(1, 1, 3, 50), 100, 3, 50)   // a lower maximum stays
+	check(mem(1, 1, 3, 120), 100, 3, 100) // a higher one comes down
+	for name, in := range map[string][]byte{
+		"not wasm":       []byte("nope"),
+		"no memory":      []byte("\x00asm\x01\x00\x00\x00"),
+		"two memories":   mem(2, 0, 1, 0, 1),
+		"shared":         mem(1, 3, 1, 2),
+		"empty section":  mem(),
+		"truncated":      mem(1, 1, 3),
+		"trailing":       mem(1, 0, 3, 9),
+		"section length": append([]byte("\x00asm\x01\x00\x00\x00"), sectionMemory, 9, 1),
+	} {
+		if _, err := limitMemory(in, 100); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if _, err := limitMemory(mem(1, 0, 30), 20); !errors.Is(err, ErrMemory) {
+		t.Fatalf("initial memory over the limit: err = %v", err)
+	}
 }
