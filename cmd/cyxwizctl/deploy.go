@@ -73,6 +73,8 @@ func runDeploy(ctx context.Context, c *client, args []string) error {
 	var config multiFlag
 	fs.Var(&config, "config", "key=value for the deployment's guests (repeatable)")
 	noWait := fs.Bool("no-wait", false, "return once accepted")
+	guestMem := fs.Uint("guest-memory-pages", 0, "memory limit of each guest in 64 KiB pages (0 = node default)")
+	preciseClock := fs.Bool("guest-precise-clock", false, "give the guests full-resolution clocks (default: 1 ms ticks)")
 	if err := fs.Parse(args); err != nil {
 		return usagef("%v", err)
 	}
@@ -107,7 +109,8 @@ func runDeploy(ctx context.Context, c *client, args []string) error {
 		if err != nil {
 			return err
 		}
-		gm := &cyxwizpb.GuestModule{Name: g.name, Artifact: a, Roles: []cyxwizpb.GuestRole{g.role}}
+		gm := &cyxwizpb.GuestModule{Name: g.name, Artifact: a, Roles: []cyxwizpb.GuestRole{g.role},
+			MemoryLimitPages: uint32(*guestMem), PreciseClock: *preciseClock}
 		if *guestTimeout > 0 {
 			gm.CallTimeout = durationpb.New(*guestTimeout)
 		}

@@ -103,13 +103,14 @@ func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, p
 			instances = m.cfg.GuestInstances
 		}
 		pool, err := m.cfg.Guests.NewPool(ctx, mod, guest.PoolConfig{
-			Name:        d.id + "/" + g.Name,
-			Instances:   instances,
-			Require:     require,
-			CallTimeout: g.CallTimeout,
-			Config:      spec.Config,
-			Infer:       m.guestInfer(d, spec),
-			Log:         d.log.With("guest", g.Name),
+			Name:         d.id + "/" + g.Name,
+			Instances:    instances,
+			Require:      require,
+			CallTimeout:  g.CallTimeout,
+			PreciseClock: g.PreciseClock,
+			Config:       spec.Config,
+			Infer:        m.guestInfer(d, spec),
+			Log:          d.log.With("guest", g.Name),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("guest %s: %w", g.Name, err)

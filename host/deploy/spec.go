@@ -37,6 +37,8 @@ type Guest struct {
 	MemoryLimitPages uint32            `json:"memory_limit_pages,omitempty"`
 	CallTimeout      time.Duration     `json:"call_timeout,omitempty"`
 	Instances        int               `json:"instances,omitempty"`
+	// PreciseClock grants the host's clocks at full resolution (else 1 ms).
+	PreciseClock bool `json:"precise_clock,omitempty"`
 }
 
 // Resources is what a deployment asks of the node.

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tetratelabs/wazero/sys"
+
 	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
 )
 
@@ -140,3 +142,18 @@ func (c *callCtx) Value(key any) any {
 }
 
 var _ context.Context = (*callCtx)(nil)
+
+// The clocks of a guest without PreciseClock: real time, in whole
+// milliseconds.
+const coarseResolution = sys.ClockResolution(time.Millisecond)
+
+var clockStart = time.Now()
+
+func coarseWalltime() (sec int64, nsec int32) {
+	now := time.Now()
+	return now.Unix(), int32(now.Nanosecond() / 1e6 * 1e6)
+}
+
+func coarseNanotime() int64 {
+	return int64(time.Since(clockStart).Truncate(time.Millisecond))
+}

@@ -341,3 +341,42 @@ func TestGuestMemoryLimit(t *testing.T) {
 		t.Fatalf("2 pages: err = %v, want ErrMemory naming the initial memory", err)
 	}
 }
+
+// Without precise_clock a guest's clocks tick in whole milliseconds.
+func TestGuestClockResolution(t *testing.T) {
+	rt := newRuntime(t, hostileConfig)
+	coarse := newPool(t, rt, "host/guest/testdata/hostile", guest.PoolConfig{Name: "coarse"})
+	precise := newPool(t, rt, "host/guest/testdata/hostile", guest.PoolConfig{Name: "precise", PreciseClock: true})
+	read := func(p *guest.Pool) []int64 {
+		t.Helper()
+		out, err := p.Preprocess(context.Background(), mode("clock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tensor.View[int64](out[0])
+	}
+	for _, v := range read(coarse) {
+		if v%int64(time.Millisecond) != 0 {
+			t.Fatalf("coarse clock read %d: finer than a millisecond", v)
+		}
+	}
+	fine := 0
+	for _, v := range read(precise) {
+		if v%int64(time.Millisecond) != 0 {
+			fine++
+		}
+	}
+	if fine == 0 {
+		t.Fatal("precise clock: every reading a whole millisecond")
+	}
+	if now := time.Now().UnixNano(); abs(read(coarse)[0]-now) > int64(time.Minute) {
+		t.Fatal("coarse clock is not the real time")
+	}
+}
+
+func abs(x int64) int64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}

@@ -45,6 +45,10 @@ type PoolConfig struct {
 	Require []Entry
 	// CallTimeout overrides Config.CallTimeout.
 	CallTimeout time.Duration
+	// PreciseClock gives the guest the host's clocks at full resolution;
+	// otherwise its wall clock and monotonic clock tick in whole
+	// milliseconds, too coarse to time cache hits or host code.
+	PreciseClock bool
 	// Config is what the guest reads with config_get.
 	Config map[string]string
 	// Infer runs models for the guest's infer calls (nil: none allowed).
@@ -203,9 +207,12 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 		WithName("").
 		WithStartFunctions().
 		WithStdout(inst.stdout).
-		WithStderr(inst.stderr).
-		WithSysWalltime().
-		WithSysNanotime()
+		WithStderr(inst.stderr)
+	if p.cfg.PreciseClock {
+		mc = mc.WithSysWalltime().WithSysNanotime()
+	} else {
+		mc = mc.WithWalltime(coarseWalltime, coarseResolution).WithNanotime(coarseNanotime, coarseResolution)
+	}
 	mod, err := p.rt.r.InstantiateModule(ctx, p.m.compiled, mc)
 	if err != nil {
 		p.flush(inst, "instantiate")

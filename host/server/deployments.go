@@ -130,7 +130,7 @@ func SpecFromProto(p *cyxwizpb.DeploymentSpec) deploy.Spec {
 	s.Model = artifactFromProto(p.Model)
 	for _, g := range p.Guests {
 		gs := deploy.Guest{Name: g.Name, Artifact: artifactFromProto(g.Artifact),
-			MemoryLimitPages: g.MemoryLimitPages, Instances: int(g.Instances)}
+			MemoryLimitPages: g.MemoryLimitPages, Instances: int(g.Instances), PreciseClock: g.PreciseClock}
 		if g.CallTimeout != nil {
 			gs.CallTimeout = g.CallTimeout.AsDuration()
 		}
@@ -180,7 +180,7 @@ func SpecToProto(s deploy.Spec) *cyxwizpb.DeploymentSpec {
 	}
 	for _, g := range s.Guests {
 		pg := &cyxwizpb.GuestModule{Name: g.Name, Artifact: &cyxwizpb.Artifact{Uri: g.Artifact.URI, Sha256: g.Artifact.SHA256, SizeBytes: g.Artifact.Size},
-			MemoryLimitPages: g.MemoryLimitPages, Instances: uint32(g.Instances)}
+			MemoryLimitPages: g.MemoryLimitPages, Instances: uint32(g.Instances), PreciseClock: g.PreciseClock}
 		if g.CallTimeout > 0 {
 			pg.CallTimeout = durationpb.New(g.CallTimeout)
 		}

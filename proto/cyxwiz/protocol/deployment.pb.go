@@ -223,7 +223,11 @@ type GuestModule struct {
 	// call_timeout bounds one call into the guest; unset = node default.
 	CallTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=call_timeout,json=callTimeout,proto3" json:"call_timeout,omitempty"`
 	// instances sizes the pool of instances; 0 = node default.
-	Instances     uint32 `protobuf:"varint,6,opt,name=instances,proto3" json:"instances,omitempty"`
+	Instances uint32 `protobuf:"varint,6,opt,name=instances,proto3" json:"instances,omitempty"`
+	// precise_clock grants the guest the host's clocks at full resolution;
+	// without it they tick in whole milliseconds (no fine timer for timing
+	// side channels).
+	PreciseClock  bool `protobuf:"varint,7,opt,name=precise_clock,json=preciseClock,proto3" json:"precise_clock,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,6 +302,13 @@ func (x *GuestModule) GetInstances() uint32 {
 		return x.Instances
 	}
 	return 0
+}
+
+func (x *GuestModule) GetPreciseClock() bool {
+	if x != nil {
+		return x.PreciseClock
+	}
+	return false
 }
 
 // BatchingConfig configures the dynamic batcher (Triton's dynamic_batching).
@@ -1243,14 +1254,15 @@ const file_cyxwiz_protocol_deployment_proto_rawDesc = "" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\"\x94\x02\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\"\xb9\x02\n" +
 	"\vGuestModule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
 	"\bartifact\x18\x02 \x01(\v2\x19.cyxwiz.protocol.ArtifactR\bartifact\x120\n" +
 	"\x05roles\x18\x03 \x03(\x0e2\x1a.cyxwiz.protocol.GuestRoleR\x05roles\x12,\n" +
 	"\x12memory_limit_pages\x18\x04 \x01(\rR\x10memoryLimitPages\x12<\n" +
 	"\fcall_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vcallTimeout\x12\x1c\n" +
-	"\tinstances\x18\x06 \x01(\rR\tinstances\"\xdc\x01\n" +
+	"\tinstances\x18\x06 \x01(\rR\tinstances\x12#\n" +
+	"\rprecise_clock\x18\a \x01(\bR\fpreciseClock\"\xdc\x01\n" +
 	"\x0eBatchingConfig\x12$\n" +
 	"\x0emax_batch_size\x18\x01 \x01(\rR\fmaxBatchSize\x122\n" +
 	"\x15preferred_batch_sizes\x18\x02 \x03(\rR\x13preferredBatchSizes\x12+\n" +

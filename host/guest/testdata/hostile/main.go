@@ -6,6 +6,7 @@ package main
 import (
 	"os"
 	"strings"
+	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
 )
@@ -33,6 +34,15 @@ func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 		for {
 			keep = append(keep, make([]byte, 1<<20))
 		}
+	case "clock": // what a timing attack would read
+		var t [16]int64
+		for i := range t {
+			t[i] = time.Now().UnixNano()
+			for range 20000 { // ~tens of µs of work between reads
+				keep = keep[:0]
+			}
+		}
+		return []*sdk.Tensor{sdk.Int64s("t", []int64{int64(len(t))}, t[:])}, nil
 	case "grow": // 16 MiB, once: fine under a generous limit
 		keep = append(keep[:0], make([]byte, 16<<20))
 	case "panic":
