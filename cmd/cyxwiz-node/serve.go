@@ -81,8 +81,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			InterOpThreads: cfg.Inference.InterOpThreads,
 			Providers:      cfg.Inference.Providers,
 		},
-		Guests:         guests,
-		GuestInstances: cfg.Guests.Instances,
+		Guests:            guests,
+		GuestInstances:    cfg.Guests.Instances,
+		AllowPreciseClock: cfg.Guests.AllowPreciseClock,
 	}, reg, cache, st, log)
 	deployStatic(cfg, models, log)
 	if err := models.Restore(); err != nil {

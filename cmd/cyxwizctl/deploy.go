@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -80,6 +81,9 @@ func runDeploy(ctx context.Context, c *client, args []string) error {
 	}
 	if *id == "" || *model == "" {
 		return usagef("--id and --model are required")
+	}
+	if *guestMem > math.MaxUint32 {
+		return usagef("--guest-memory-pages %d: at most %d", *guestMem, uint64(math.MaxUint32))
 	}
 	if *name == "" {
 		*name = *id

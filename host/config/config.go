@@ -145,6 +145,10 @@ type Guests struct {
 	Instances int `toml:"instances"`
 	// MaxOutputSize bounds what a guest may hand back (tensors, logs). Default: "64MiB".
 	MaxOutputSize ByteSize `toml:"max_output_size"`
+	// AllowPreciseClock lets deployments grant their guests full-resolution
+	// clocks (precise_clock); otherwise such a deployment is refused and
+	// guests' clocks tick in whole milliseconds. Default: false.
+	AllowPreciseClock bool `toml:"allow_precise_clock"`
 }
 
 // Terminal configures the debugging terminal sessions.

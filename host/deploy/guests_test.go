@@ -356,4 +356,11 @@ func TestGuestMemoryLimitInDeployment(t *testing.T) {
 	if !errors.Is(err, deploy.ErrInvalidSpec) || !strings.Contains(err.Error(), "memory_limit_pages is 1024") {
 		t.Fatalf("over the node's limit: err = %v, want ErrInvalidSpec", err)
 	}
+	// A node that does not allow precise clocks refuses a spec that grants them.
+	precise := spec("precise", 0)
+	precise.Guests[0].PreciseClock = true
+	_, err = n.m.Assign("precise", precise, deploy.OwnerCentral)
+	if !errors.Is(err, deploy.ErrInvalidSpec) || !strings.Contains(err.Error(), "allow_precise_clock") {
+		t.Fatalf("precise clock on a node that forbids it: err = %v, want ErrInvalidSpec", err)
+	}
 }

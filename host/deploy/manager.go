@@ -42,6 +42,8 @@ type Config struct {
 	Guests *guest.Runtime
 	// GuestInstances is the default pool size of each guest.
 	GuestInstances int
+	// AllowPreciseClock lets a spec grant its guests full-resolution clocks.
+	AllowPreciseClock bool
 }
 
 // Manager holds every deployment of the node and drives their lives.

@@ -112,6 +112,9 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 		if len(g.Roles) == 0 {
 			bad("%s.roles is empty", key)
 		}
+		if g.PreciseClock && !limits.AllowPreciseClock {
+			bad("%s.precise_clock: this node does not grant guests precise clocks (guests.allow_precise_clock)", key)
+		}
 		if rt := limits.Guests; rt != nil && g.MemoryLimitPages > rt.MemoryLimitPages() {
 			bad("%s.memory_limit_pages is %d: this node lets a guest have at most %d pages (guests.memory_limit_pages)", key, g.MemoryLimitPages, rt.MemoryLimitPages())
 		}

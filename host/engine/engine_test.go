@@ -1180,3 +1180,40 @@ func (m *policyModel) sizes() []int64 {
 	defer m.mu.Unlock()
 	return append([]int64(nil), m.seen...)
 }
+
+// Close waits for a request running inline on its caller's goroutine, as
+// for one a worker runs.
+func TestCloseWaitsForInlineRun(t *testing.T) {
+	noLeaks(t)
+	release := make(chan struct{})
+	m := &fakeModel{started: make(chan int, 1), release: release}
+	s, err := New(t.Name(), m, Config{MaxBatchSize: 4}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := goInfer(context.Background(), s, req(0, 1, 2))
+	<-m.started
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close(context.Background()) }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a request ran inline", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := s.Infer(context.Background(), req(1, 1, 2)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Infer after Close: %v, want ErrClosed", err)
+	}
+	close(release)
+	if r := wait(t, running); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	inline := slices.Clone(m.inline)
+	m.mu.Unlock()
+	if !slices.Equal(inline, []bool{true}) {
+		t.Fatalf("ran inline: %v", inline)
+	}
+}

@@ -79,30 +79,36 @@ func (c *callCtx) end() {
 // close stops the timer for good.
 func (c *callCtx) close() { c.timer.Stop() }
 
+// expire and cancelFromParent check that the event is meant for the call
+// in progress and end it in one critical section: one that fires late,
+// when its call is over and another has begun, finds the new call not due
+// (or its caller not done) and does nothing.
 func (c *callCtx) expire() {
 	c.mu.Lock()
-	due := c.parent != nil && !time.Now().Before(c.deadline)
-	c.mu.Unlock()
-	if due {
-		c.fire(context.DeadlineExceeded)
+	defer c.mu.Unlock()
+	if c.parent != nil && !time.Now().Before(c.deadline) {
+		c.fireLocked(context.DeadlineExceeded)
 	}
 }
 
 func (c *callCtx) cancelFromParent() {
 	c.mu.Lock()
-	p := c.parent
-	c.mu.Unlock()
-	if p == nil {
+	defer c.mu.Unlock()
+	if c.parent == nil {
 		return
 	}
-	if err := p.Err(); err != nil {
-		c.fire(err)
+	if err := c.parent.Err(); err != nil {
+		c.fireLocked(err)
 	}
 }
 
 func (c *callCtx) fire(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.fireLocked(err)
+}
+
+func (c *callCtx) fireLocked(err error) {
 	if c.err == nil {
 		c.err = err
 		close(c.done)

@@ -109,3 +109,21 @@ func TestCallCtxCarriesSession(t *testing.T) {
 		t.Fatal("the call context does not carry the instance's session")
 	}
 }
+
+// An event that started while its call was running but reaches the
+// context only after the next call began does not end the next call.
+func TestCallCtxEventRacingNextCall(t *testing.T) {
+	c := newCallCtx(cyxwiz.NewSession(cyxwiz.Env{}))
+	defer c.close()
+	first, cancel := context.WithCancel(context.Background())
+	c.begin(first, time.Hour)
+	c.end()
+	cancel() // call 1's caller goes away after call 1 ended...
+	c.begin(context.Background(), time.Hour)
+	c.cancelFromParent() // ...and its AfterFunc lands during call 2
+	c.expire()           // as does a timer of call 1
+	if closed(c.Done()) {
+		t.Fatalf("call 2 ended by call 1's events: %v", c.Err())
+	}
+	c.end()
+}

@@ -64,8 +64,8 @@ func mergeData(wasm []byte) ([]byte, bool) {
 	if err != nil || len(segs) < 2 {
 		return wasm, false
 	}
-	merged := joinSegments(segs)
-	if len(merged) == len(segs) {
+	merged, ok := joinSegments(segs)
+	if !ok || len(merged) == len(segs) {
 		return wasm, false
 	}
 	var body []byte
@@ -132,14 +132,24 @@ func parseData(b []byte) ([]segment, error) {
 	return segs, nil
 }
 
-// joinSegments merges neighbours separated by at most mergeGap bytes.
-func joinSegments(segs []segment) []segment {
+// joinSegments merges neighbours separated by at most mergeGap bytes. The
+// zeros it adds may not outweigh the data itself (a hostile module of empty
+// segments 4 KiB apart would otherwise grow a thousandfold): past that
+// budget it gives up (ok false).
+func joinSegments(segs []segment) (_ []segment, ok bool) {
+	var data, fill uint64
+	for _, s := range segs {
+		data += uint64(len(s.data))
+	}
 	var out []segment
 	for _, s := range segs {
 		if len(out) > 0 {
 			last := &out[len(out)-1]
 			end := uint64(last.offset) + uint64(len(last.data))
 			if gap := uint64(s.offset) - end; gap <= mergeGap {
+				if fill += gap; fill > data {
+					return nil, false
+				}
 				last.data = slices.Grow(last.data, int(gap)+len(s.data))
 				last.data = append(last.data, make([]byte, gap)...)
 				last.data = append(last.data, s.data...)
@@ -148,7 +158,7 @@ func joinSegments(segs []segment) []segment {
 		}
 		out = append(out, segment{offset: s.offset, data: slices.Clone(s.data)})
 	}
-	return out
+	return out, true
 }
 
 // sleb32 decodes a signed LEB128 i32; n <= 0 when malformed.

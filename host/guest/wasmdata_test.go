@@ -117,6 +117,17 @@ func TestMergeDataLeavesOthersAlone(t *testing.T) {
 		"one segment":      module(dataSec(seg(0, 1, 2))),
 		"far apart":        module(dataSec(seg(0, 1), seg(1<<20, 2))),
 	}
+	// Empty segments 4 KiB apart: merging would write far more zeros than
+	// the module holds data.
+	var sparse [][]byte
+	for i := range 100 {
+		sparse = append(sparse, seg(int32(i*mergeGap)))
+	}
+	body := []byte{byte(len(sparse))}
+	for _, s := range sparse {
+		body = append(body, s...)
+	}
+	cases["mostly gaps"] = module(append([]byte{sectionData, 0x80 | byte(len(body)&0x7f), byte(len(body) >> 7)}, body...))
 	for name, wasm := range cases {
 		if out, changed := mergeData(wasm); changed || !bytes.Equal(out, wasm) {
 			t.Errorf("%s: rewritten", name)
@@ -136,6 +147,19 @@ func TestMergeDataLeavesOthersAlone(t *testing.T) {
 	}
 }
 
+func FuzzLimitMemory(f *testing.F) {
+	f.Add([]byte("\x00asm\x01\x00\x00\x00\x05\x03\x01\x00\x03"), uint32(10))
+	f.Fuzz(func(t *testing.T, wasm []byte, pages uint32) {
+		out, err := limitMemory(wasm, pages)
+		if err != nil {
+			return
+		}
+		if again, err := limitMemory(out, pages); err != nil || !bytes.Equal(again, out) {
+			t.Fatalf("limit is not idempotent: %v", err)
+		}
+	})
+}
+
 func FuzzMergeData(f *testing.F) {
 	f.Add([]byte("\x00asm\x01\x00\x00\x00\x0b\x09\x02\x00\x41\x00\x0b\x01\x01\x00\x41\x02\x0b\x01\x02"))
 	f.Fuzz(func(t *testing.T, wasm []byte) {
@@ -145,6 +169,9 @@ func FuzzMergeData(f *testing.F) {
 				t.Fatal("unchanged result differs")
 			}
 			return
+		}
+		if len(out) > 2*len(wasm)+64 {
+			t.Fatalf("%d bytes grew to %d", len(wasm), len(out))
 		}
 		// A rewritten module rewrites again to itself (or is left alone).
 		again, _ := mergeData(out)

@@ -47,7 +47,17 @@ func newWireCodec(pool mem.BufferPool) wireCodec {
 
 func (wireCodec) Name() string { return "proto" }
 
-func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
+	r, ok := v.(*inferReply)
+	if !ok {
+		return c.proto.Marshal(v)
+	}
+	// The response is bytes of its own once marshalled: only then may the
+	// request's buffer, which its raw outputs can share, be reused.
+	out, err := c.proto.Marshal(r.resp)
+	r.req.release(c.pool, nil)
+	return out, err
+}
 
 func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	r, ok := v.(*inferRequest)
@@ -106,10 +116,20 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 	return nil
 }
 
+// inferReply is a ModelInfer response on its way to the wire, with the
+// request whose buffer its raw outputs may share (an output can be an input
+// handed back, e.g. by a guest): the codec marshals it, then releases the
+// request. Interceptors see it instead of a *inference.ModelInferResponse.
+type inferReply struct {
+	resp *inference.ModelInferResponse
+	req  *inferRequest
+}
+
 // release gives the request's buffer back to the pool once nothing can read
 // its tensors any more: the call returned, and not because its context
 // ended (then the model may still be reading them; the buffer is left to
-// the garbage collector).
+// the garbage collector), and after the response that may share it was
+// marshalled.
 func (r *inferRequest) release(pool mem.BufferPool, err error) {
 	if r.buf == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return
@@ -143,8 +163,11 @@ func modelInferHandler(srv any, ctx context.Context, dec func(any) error, interc
 	handler := func(ctx context.Context, req any) (any, error) {
 		r := req.(*inferRequest)
 		resp, err := s.ModelInfer(ctx, &r.req)
-		r.release(buffers, err)
-		return resp, err
+		if err != nil {
+			r.release(buffers, err)
+			return nil, err
+		}
+		return &inferReply{resp: resp, req: r}, nil
 	}
 	if interceptor == nil {
 		return handler(ctx, in)
