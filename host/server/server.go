@@ -85,7 +85,8 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Reused handler goroutines keep their grown stacks: a new
 		// goroutine per call regrows (copies) its stack on every request.
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		// Enough for many concurrent calls per core (calls block in models).
+		grpc.NumStreamWorkers(uint32(16*runtime.GOMAXPROCS(0))),
 		experimental.BufferPool(buffers),
 		grpc.ForceServerCodecV2(newWireCodec(buffers)),
 		grpc.ChainUnaryInterceptor(unaryErrors(log)),
