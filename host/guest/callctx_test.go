@@ -84,12 +84,12 @@ func TestCallCtxStaleEvents(t *testing.T) {
 	first, cancel := context.WithCancel(context.Background())
 	c.begin(first, time.Millisecond)
 	c.end()
-	c.expire() // as a timer that had already started when end stopped it
+	c.tick() // as a timer that had already started when end stopped it
 	cancel()
 	c.cancelFromParent()
 	c.begin(context.Background(), time.Hour)
 	time.Sleep(5 * time.Millisecond)
-	c.expire() // early: the call's deadline is an hour away
+	c.tick() // early: the call's deadline is an hour away
 	if closed(c.Done()) || c.Err() != nil {
 		t.Fatalf("stale event ended a new call: %v", c.Err())
 	}
@@ -121,7 +121,7 @@ func TestCallCtxEventRacingNextCall(t *testing.T) {
 	cancel() // call 1's caller goes away after call 1 ended...
 	c.begin(context.Background(), time.Hour)
 	c.cancelFromParent() // ...and its AfterFunc lands during call 2
-	c.expire()           // as does a timer of call 1
+	c.tick()             // as does a timer of call 1
 	if closed(c.Done()) {
 		t.Fatalf("call 2 ended by call 1's events: %v", c.Err())
 	}
