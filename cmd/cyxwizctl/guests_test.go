@@ -15,50 +15,24 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/guesttest"
-	"github.com/cyxwiz/cyxwiz-node/host/artifact"
-	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/guest"
-	"github.com/cyxwiz/cyxwiz-node/host/server"
-	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
-	"github.com/cyxwiz/cyxwiz-node/loaders/onnx"
 )
 
-// startGuestNode serves nothing yet, with ONNX Runtime and a guest runtime.
+// startGuestNode serves no deployment yet, with ONNX Runtime and a guest
+// runtime.
 func startGuestNode(t *testing.T) string {
 	t.Helper()
-	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
-	dir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cache, err := artifact.New(filepath.Join(dir, "cache"), 1<<30, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
 	rt, err := guest.NewRuntime(context.Background(), guest.Config{
 		CacheDir: filepath.Join(os.TempDir(), "cyxwiz-wazero-cache"), MemoryLimitPages: 1024, CallTimeout: 5 * time.Second,
-	}, log)
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	models := deploy.NewManager(deploy.Config{Guests: rt, GuestInstances: 1},
-		loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), cache, nil, log)
-	cfg, _ := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"\"\n", dir, "t.toml")
-	srv, err := server.New(cfg, server.Services{Inference: server.NewInference(models), Deployments: server.NewDeployments(models)}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		models.Close(context.Background())
-		rt.Close(context.Background())
-	})
-	return srv.GRPCAddr().String()
+	t.Cleanup(func() { rt.Close(context.Background()) }) // after the node's own cleanup
+	addr, _ := serveNode(t, deploy.Config{Guests: rt, GuestInstances: 1})
+	return addr
 }
 
 // The model author's path: build guests, deploy them with cyxwizctl next to

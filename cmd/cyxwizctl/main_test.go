@@ -27,18 +27,11 @@ import (
 // real socket and returns its address.
 func startNode(t *testing.T) (string, *deploy.Manager) {
 	t.Helper()
-	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
 	dir := t.TempDir()
 	if err := onnxtest.WriteAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cache, err := artifact.New(filepath.Join(dir, "cache"), 1<<30, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cache.Close() })
-	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), cache, nil, log)
+	addr, models := serveNode(t, deploy.Config{})
 	spec := deploy.Spec{Name: "linear", Format: "onnx", Model: artifact.Artifact{URI: "file://" + filepath.Join(dir, "linear.onnx")}}
 	if _, err := models.Assign("linear", spec, deploy.OwnerOperator); err != nil {
 		t.Fatal(err)
@@ -46,6 +39,22 @@ func startNode(t *testing.T) (string, *deploy.Manager) {
 	if st, err := models.WaitFor(context.Background(), "linear", deploy.Settled); err != nil || !st.State.Serving() {
 		t.Fatalf("deploy: %v %v", st.Message, err)
 	}
+	return addr, models
+}
+
+// serveNode runs a node with ONNX Runtime and no deployments on a real
+// socket until the test ends.
+func serveNode(t *testing.T, dc deploy.Config) (string, *deploy.Manager) {
+	t.Helper()
+	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cache, err := artifact.New(filepath.Join(dir, "cache"), 1<<30, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	models := deploy.NewManager(dc, loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), cache, nil, log)
 	cfg, _ := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"\"\n", dir, "t.toml")
 	srv, err := server.New(cfg, server.Services{Inference: server.NewInference(models), Deployments: server.NewDeployments(models)}, log)
 	if err != nil {
