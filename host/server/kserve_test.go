@@ -517,3 +517,40 @@ func TestCorruptModelFailsOnlyItself(t *testing.T) {
 		t.Fatalf("healthy model: %v %v", resp, err)
 	}
 }
+
+// A request already running (on its handler's goroutine: the instance was
+// idle) ends with its client's deadline or cancellation, and the node goes
+// on serving.
+func TestRunningRequestEndsWithItsClient(t *testing.T) {
+	slow := &slowModel{gate: make(chan struct{})}
+	n := newTestNode(t, slow, slowSpec("slow", 8))
+	ctx, cancelAll := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancelAll()
+
+	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := n.client.ModelInfer(dctx, slowReq("slow")); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("deadline while running: got %v", err)
+	}
+	cctx, ccancel := context.WithCancel(ctx)
+	go func() {
+		waitFor(t, func() bool { return slow.calls.Load() == 2 })
+		ccancel()
+	}()
+	if _, err := n.client.ModelInfer(cctx, slowReq("slow")); status.Code(err) != codes.Canceled {
+		t.Fatalf("cancel while running: got %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("running requests took %v to end", el)
+	}
+	d, _ := n.models.Model("slow", "")
+	waitFor(t, func() bool { return d.Status().Stats.Cancelled >= 2 })
+	close(slow.gate)
+	if _, err := n.client.ModelInfer(ctx, slowReq("slow")); err != nil {
+		t.Fatalf("after two give-ups: %v", err)
+	}
+	if st := d.Status().Stats; st.Requests != 3 || st.Cancelled != 2 || st.Failures != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
