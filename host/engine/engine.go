@@ -188,13 +188,14 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 }
 
 // Infer queues req and waits for its outputs. When nothing is queued, an
-// instance is idle and no queue delay or batch policy could make the request
-// wait for company, it runs at once on the caller's goroutine instead (the
-// same execution a worker would do, without two goroutine hand-offs). It fails at once with
-// ErrQueueFull when the queue is full, ErrClosed after Close, and
-// ErrInvalidRequest for a request the scheduler cannot take. If ctx ends
-// first, Infer returns ctx.Err() (wrapped); a request still queued at that
-// point is dropped and never reaches the model.
+// instance is idle and no queue delay or batch policy could make the
+// request wait for company, it runs at once on the caller's goroutine
+// instead (the same execution a worker would do, without two goroutine
+// hand-offs). It fails at once with ErrQueueFull when the queue is full,
+// ErrClosed after Close, and ErrInvalidRequest for a request the scheduler
+// cannot take. If ctx ends first, Infer returns ctx.Err() (wrapped); a
+// request still queued at that point is dropped and never reaches the
+// model.
 //
 // A batched request's outputs are rows of the batch's output tensors: they
 // share memory with the other callers' rows (see tensor.Split) but never
@@ -217,7 +218,7 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 	if s.inline && s.queued.Load() == 0 {
 		select {
 		case <-s.slots:
-			if outs, err, ran := s.runInline(r); ran {
+			if outs, ran, err := s.runInline(r); ran {
 				s.recycle(r)
 				return outs, err
 			}
@@ -253,12 +254,12 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 // runs it counts as one of the scheduler's goroutines, so Close waits for
 // it. A running request returns when the model does: models stop early on
 // their context (ONNX Runtime terminates the run).
-func (s *Scheduler) runInline(r *request) (outs []*tensor.Tensor, err error, ran bool) {
+func (s *Scheduler) runInline(r *request) (outs []*tensor.Tensor, ran bool, err error) {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
 		s.slots <- struct{}{}
-		return nil, nil, false
+		return nil, false, nil
 	}
 	s.live.Add(1)
 	s.mu.RUnlock()
@@ -271,12 +272,12 @@ func (s *Scheduler) runInline(r *request) (outs []*tensor.Tensor, err error, ran
 	if err != nil {
 		if ctxErr := r.ctx.Err(); ctxErr != nil {
 			s.stats.cancelled.Add(1)
-			return nil, fmt.Errorf("engine %s: %w", s.name, ctxErr), true
+			return nil, true, fmt.Errorf("engine %s: %w", s.name, ctxErr)
 		}
 		s.stats.failures.Add(1)
 		err = fmt.Errorf("engine %s: %w", s.name, err)
 	}
-	return outs, err, true
+	return outs, true, err
 }
 
 // enqueue hands r to the batcher or the workers without blocking.
