@@ -97,12 +97,7 @@ func rawOf(t *tensor.Tensor) []byte {
 	if t.DType != tensor.Bytes {
 		return t.Data
 	}
-	var b []byte
-	for _, s := range t.Strings {
-		b = append(b, byte(len(s)), byte(len(s)>>8), byte(len(s)>>16), byte(len(s)>>24))
-		b = append(b, s...)
-	}
-	return b
+	return tensor.AppendStrings(nil, t.Strings)
 }
 
 // outputTensors decodes a response's outputs (raw or typed).
@@ -116,15 +111,11 @@ func outputTensors(resp *inference.ModelInferResponse) ([]*tensor.Tensor, error)
 		t := &tensor.Tensor{Name: o.Name, DType: dt, Shape: o.Shape}
 		switch {
 		case i < len(resp.RawOutputContents) && dt == tensor.Bytes:
-			b := resp.RawOutputContents[i]
-			for len(b) >= 4 {
-				n := int(b[0]) | int(b[1])<<8 | int(b[2])<<16 | int(b[3])<<24
-				if n > len(b)-4 {
-					return nil, fmt.Errorf("output %s: malformed BYTES", o.Name)
-				}
-				t.Strings = append(t.Strings, b[4:4+n])
-				b = b[4+n:]
+			s, err := tensor.SplitStrings(resp.RawOutputContents[i], -1)
+			if err != nil {
+				return nil, fmt.Errorf("output %s: %w", o.Name, err)
 			}
+			t.Strings = s
 		case i < len(resp.RawOutputContents):
 			t.Data = resp.RawOutputContents[i]
 		case o.Contents != nil && dt == tensor.Bytes:

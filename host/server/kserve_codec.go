@@ -59,22 +59,11 @@ func fromRaw(t *tensor.Tensor, b []byte, n int64) error {
 		t.Data = b
 		return nil
 	}
-	t.Strings = make([][]byte, 0, n)
-	for len(b) > 0 {
-		if len(b) < 4 {
-			return invalid("input %q: BYTES raw content truncated in a length prefix", t.Name)
-		}
-		l := binary.LittleEndian.Uint32(b)
-		b = b[4:]
-		if uint64(l) > uint64(len(b)) {
-			return invalid("input %q: BYTES element of %d bytes runs past the end of the raw content", t.Name, l)
-		}
-		t.Strings = append(t.Strings, b[:l:l])
-		b = b[l:]
+	s, err := tensor.SplitStrings(b, n)
+	if err != nil {
+		return invalid("input %q (shape %v): %v", t.Name, t.Shape, err)
 	}
-	if int64(len(t.Strings)) != n {
-		return invalid("input %q: shape %v needs %d BYTES elements, raw content holds %d", t.Name, t.Shape, n, len(t.Strings))
-	}
+	t.Strings = s
 	return nil
 }
 
@@ -270,16 +259,7 @@ func toRaw(t *tensor.Tensor) []byte {
 	if t.DType != tensor.Bytes {
 		return t.Data
 	}
-	size := 0
-	for _, s := range t.Strings {
-		size += 4 + len(s)
-	}
-	b := make([]byte, 0, size)
-	for _, s := range t.Strings {
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
-		b = append(b, s...)
-	}
-	return b
+	return tensor.AppendStrings(make([]byte, 0, tensor.StringsSize(t.Strings)), t.Strings)
 }
 
 func toContents(t *tensor.Tensor) *inference.InferTensorContents {
