@@ -396,7 +396,6 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	if len(inst.buf) > 1<<31-1 {
 		return nil, p.errorf(op, fmt.Errorf("%w: input of %d bytes", loaders.ErrInvalidInput, len(inst.buf)))
 	}
-	sctx := ctx
 	fail := func(err error) error {
 		p.log.Warn("guest call failed", "call", op, "err", err)
 		return p.errorf(op, classify(ctx, err, p.flush(inst, op), inst.sess.Exceeded()))
@@ -407,7 +406,7 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	if uint32(len(inst.buf)) > inst.inCap || inst.inPtr == 0 {
 		size := max(uint32(len(inst.buf)), inst.inCap*2, 4096)
 		inst.stack[0] = uint64(size)
-		if err := inst.alloc.CallWithStack(sctx, inst.stack); err != nil {
+		if err := inst.alloc.CallWithStack(ctx, inst.stack); err != nil {
 			return nil, fail(err)
 		}
 		inst.inPtr, inst.inCap = api.DecodeU32(inst.stack[0]), size
@@ -422,7 +421,7 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 		return nil, p.errorf(op, fmt.Errorf("%w: %s returned %#x, outside its memory", ErrBadOutput, abi.ExportAlloc, ptr))
 	}
 	inst.stack[0], inst.stack[1] = uint64(ptr), uint64(len(inst.buf))
-	if err := inst.entries[e].CallWithStack(sctx, inst.stack); err != nil {
+	if err := inst.entries[e].CallWithStack(ctx, inst.stack); err != nil {
 		return nil, fail(err)
 	}
 	res := int64(inst.stack[0])

@@ -33,34 +33,66 @@ const (
 
 var errNotMergeable = errors.New("data section not mergeable")
 
+// section is one section of a module: its id byte is at wasm[at], its
+// contents are wasm[start:end].
+type section struct {
+	id             byte
+	at, start, end int
+}
+
+// sections lists a module's sections, checking only their headers.
+func sections(wasm []byte) ([]section, error) {
+	if len(wasm) < 8 || string(wasm[:4]) != "\x00asm" {
+		return nil, errors.New("not a WebAssembly module")
+	}
+	var out []section
+	for pos := 8; pos < len(wasm); {
+		size, n := binary.Uvarint(wasm[pos+1:])
+		if n <= 0 || size > uint64(len(wasm)-pos-1-n) {
+			return nil, errors.New("malformed section header")
+		}
+		start := pos + 1 + n
+		out = append(out, section{id: wasm[pos], at: pos, start: start, end: start + int(size)})
+		pos = start + int(size)
+	}
+	return out, nil
+}
+
+// find returns the first section with id.
+func find(secs []section, id byte) (section, bool) {
+	for _, s := range secs {
+		if s.id == id {
+			return s, true
+		}
+	}
+	return section{}, false
+}
+
+// replace returns wasm with the contents of s replaced by body.
+func replace(wasm []byte, s section, body []byte) []byte {
+	out := make([]byte, 0, len(wasm)-(s.end-s.at)+len(body)+binary.MaxVarintLen32+1)
+	out = append(out, wasm[:s.at]...)
+	out = append(out, s.id)
+	out = binary.AppendUvarint(out, uint64(len(body)))
+	out = append(out, body...)
+	return append(out, wasm[s.end:]...)
+}
+
 // mergeData returns wasm with its data segments merged, and whether it
 // changed anything.
 func mergeData(wasm []byte) ([]byte, bool) {
-	if len(wasm) < 8 || string(wasm[:4]) != "\x00asm" {
+	secs, err := sections(wasm)
+	if err != nil {
 		return wasm, false
 	}
-	pos := 8
-	dataStart, dataEnd := -1, -1 // of the data section's contents
-	sectionStart := -1           // of the data section's id byte
-	for pos < len(wasm) {
-		id := wasm[pos]
-		size, n := binary.Uvarint(wasm[pos+1:])
-		if n <= 0 || size > uint64(len(wasm)-pos-1-n) {
-			return wasm, false
-		}
-		start := pos + 1 + n
-		switch id {
-		case sectionDataCount:
-			return wasm, false
-		case sectionData:
-			sectionStart, dataStart, dataEnd = pos, start, start+int(size)
-		}
-		pos = start + int(size)
-	}
-	if dataStart < 0 {
+	if _, ok := find(secs, sectionDataCount); ok {
 		return wasm, false
 	}
-	segs, err := parseData(wasm[dataStart:dataEnd])
+	data, ok := find(secs, sectionData)
+	if !ok {
+		return wasm, false
+	}
+	segs, err := parseData(wasm[data.start:data.end])
 	if err != nil || len(segs) < 2 {
 		return wasm, false
 	}
@@ -77,13 +109,7 @@ func mergeData(wasm []byte) ([]byte, bool) {
 		body = binary.AppendUvarint(body, uint64(len(s.data)))
 		body = append(body, s.data...)
 	}
-	out := make([]byte, 0, len(wasm))
-	out = append(out, wasm[:sectionStart]...)
-	out = append(out, sectionData)
-	out = binary.AppendUvarint(out, uint64(len(body)))
-	out = append(out, body...)
-	out = append(out, wasm[dataEnd:]...)
-	return out, true
+	return replace(wasm, data, body), true
 }
 
 type segment struct {
@@ -202,58 +228,45 @@ const sectionMemory = 5
 // imports its memory, declares none, or whose initial memory is already
 // larger than pages is an error; so is anything this cannot parse.
 func limitMemory(wasm []byte, pages uint32) ([]byte, error) {
-	if len(wasm) < 8 || string(wasm[:4]) != "\x00asm" {
-		return nil, errors.New("not a WebAssembly module")
+	secs, err := sections(wasm)
+	if err != nil {
+		return nil, err
 	}
-	for pos := 8; pos < len(wasm); {
-		id := wasm[pos]
-		size, n := binary.Uvarint(wasm[pos+1:])
-		if n <= 0 || size > uint64(len(wasm)-pos-1-n) {
-			return nil, errors.New("malformed section header")
-		}
-		start, end := pos+1+n, pos+1+n+int(size)
-		if id != sectionMemory {
-			pos = end
-			continue
-		}
-		b := wasm[start:end]
-		if len(b) < 2 {
-			return nil, errors.New("malformed memory section")
-		}
-		if b[0] != 1 {
-			return nil, fmt.Errorf("the memory section declares %d memories, want 1", b[0])
-		}
-		flags := b[1]
-		if flags > 1 {
-			return nil, fmt.Errorf("memory limits flags %#x (shared or 64-bit memory) are not supported", flags)
-		}
-		lo, n := binary.Uvarint(b[2:])
-		if n <= 0 || lo > 65536 {
-			return nil, errors.New("malformed memory minimum")
-		}
-		hi, rest := uint64(65536), b[2+n:]
-		if flags == 1 {
-			var m int
-			if hi, m = binary.Uvarint(rest); m <= 0 || hi > 65536 {
-				return nil, errors.New("malformed memory maximum")
-			}
-			rest = rest[m:]
-		}
-		if len(rest) != 0 {
-			return nil, errors.New("trailing bytes in the memory section")
-		}
-		if lo > uint64(pages) {
-			return nil, fmt.Errorf("%w: the guest starts with %d pages of memory, its limit is %d", ErrMemory, lo, pages)
-		}
-		body := []byte{1, 1}
-		body = binary.AppendUvarint(body, lo)
-		body = binary.AppendUvarint(body, min(hi, uint64(pages)))
-		out := make([]byte, 0, len(wasm)+8)
-		out = append(out, wasm[:pos]...)
-		out = append(out, sectionMemory)
-		out = binary.AppendUvarint(out, uint64(len(body)))
-		out = append(out, body...)
-		return append(out, wasm[end:]...), nil
+	mem, ok := find(secs, sectionMemory)
+	if !ok {
+		return nil, errors.New("the module declares no memory of its own")
 	}
-	return nil, errors.New("the module declares no memory of its own")
+	b := wasm[mem.start:mem.end]
+	if len(b) < 2 {
+		return nil, errors.New("malformed memory section")
+	}
+	if b[0] != 1 {
+		return nil, fmt.Errorf("the memory section declares %d memories, want 1", b[0])
+	}
+	flags := b[1]
+	if flags > 1 {
+		return nil, fmt.Errorf("memory limits flags %#x (shared or 64-bit memory) are not supported", flags)
+	}
+	lo, n := binary.Uvarint(b[2:])
+	if n <= 0 || lo > 65536 {
+		return nil, errors.New("malformed memory minimum")
+	}
+	hi, rest := uint64(65536), b[2+n:]
+	if flags == 1 {
+		var m int
+		if hi, m = binary.Uvarint(rest); m <= 0 || hi > 65536 {
+			return nil, errors.New("malformed memory maximum")
+		}
+		rest = rest[m:]
+	}
+	if len(rest) != 0 {
+		return nil, errors.New("trailing bytes in the memory section")
+	}
+	if lo > uint64(pages) {
+		return nil, fmt.Errorf("%w: the guest starts with %d pages of memory, its limit is %d", ErrMemory, lo, pages)
+	}
+	body := []byte{1, 1}
+	body = binary.AppendUvarint(body, lo)
+	body = binary.AppendUvarint(body, min(hi, uint64(pages)))
+	return replace(wasm, mem, body), nil
 }

@@ -70,18 +70,15 @@ func TestMergeDataKeepsMemory(t *testing.T) {
 
 func dataSection(t *testing.T, wasm []byte) []byte {
 	t.Helper()
-	pos := 8
-	for pos < len(wasm) {
-		id := wasm[pos]
-		size, n := uvarint(wasm[pos+1:])
-		start := pos + 1 + n
-		if id == sectionData {
-			return wasm[start : start+int(size)]
-		}
-		pos = start + int(size)
+	secs, err := sections(wasm)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no data section")
-	return nil
+	data, ok := find(secs, sectionData)
+	if !ok {
+		t.Fatal("no data section")
+	}
+	return wasm[data.start:data.end]
 }
 
 func TestMergeDataLeavesOthersAlone(t *testing.T) {
@@ -184,17 +181,6 @@ func FuzzMergeData(f *testing.F) {
 type nopFunc struct{}
 
 func (nopFunc) Call(context.Context, api.Module, []uint64) {}
-
-func uvarint(b []byte) (uint64, int) {
-	var v uint64
-	for i, c := range b {
-		v |= uint64(c&0x7f) << (7 * i)
-		if c&0x80 == 0 {
-			return v, i + 1
-		}
-	}
-	return 0, -1
-}
 
 func TestLimitMemory(t *testing.T) {
 	mem := func(body ...byte) []byte {

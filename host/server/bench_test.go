@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -180,17 +179,6 @@ func BenchmarkServing(b *testing.B) {
 		defer conns[i].Close()
 	}
 	var next atomic.Uint32
-	if path := os.Getenv("BENCH_C16_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			b.Fatal(err)
-		}
-		defer pprof.StopCPUProfile()
-	}
 	c16call := func() error {
 		c := conns[int(next.Add(1))%len(conns)]
 		var resp inference.ModelInferResponse

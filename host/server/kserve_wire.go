@@ -79,7 +79,6 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // fields (usually one run: marshallers write field 7 last).
 func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 	merge := proto.UnmarshalOptions{Merge: true}
-	var raw [][]byte
 	start := 0 // of the pending run of other fields
 	for pos := 0; pos < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[pos:])
@@ -96,7 +95,8 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 					return fmt.Errorf("decode ModelInferRequest: %w", err)
 				}
 			}
-			raw = append(raw, v[:len(v):len(v)])
+			// The other runs hold no raw_input_contents: the order is kept.
+			req.RawInputContents = append(req.RawInputContents, v[:len(v):len(v)])
 			pos += n + m
 			start = pos
 			continue
@@ -112,7 +112,6 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 			return fmt.Errorf("decode ModelInferRequest: %w", err)
 		}
 	}
-	req.RawInputContents = append(req.RawInputContents, raw...)
 	return nil
 }
 

@@ -104,7 +104,7 @@ type function struct {
 
 func wrap(fn hostFunc) api.GoModuleFunc {
 	return func(ctx context.Context, m api.Module, stack []uint64) {
-		s := sessionFrom(ctx)
+		s := SessionFrom(ctx)
 		if s == nil {
 			stack[0] = api.EncodeI32(int32(abi.ENOCALL))
 			return

@@ -103,9 +103,7 @@ func WithSession(ctx context.Context, s *Session) context.Context {
 }
 
 // SessionFrom returns the session WithSession put in ctx, or nil.
-func SessionFrom(ctx context.Context) *Session { return sessionFrom(ctx) }
-
-func sessionFrom(ctx context.Context) *Session {
+func SessionFrom(ctx context.Context) *Session {
 	s, _ := ctx.Value(sessionKey{}).(*Session)
 	return s
 }
