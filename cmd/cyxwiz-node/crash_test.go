@@ -3,19 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"math"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
@@ -73,7 +69,7 @@ gpu = false
 	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv := newArtifactServer(t)
+	srv := artifacttest.New(t)
 	artifacts := filepath.Join(cacheDir, "artifacts")
 
 	// Every deployment the daemon acknowledged, with the answer it must give.
@@ -95,19 +91,19 @@ gpu = false
 	n := startDaemon(t, bin, cfg)
 
 	// (a) Right after the acknowledgement.
-	a := srv.model("a", linearModel(1))
+	a := serveModel(srv, "a", linearModel(1))
 	n.assign(t, a)
 	acked = append(acked, a)
 	n = killAndCheck(n, "right after AssignDeployment returned")
 
 	// (b) In the middle of the download: the server has sent half the file
 	// and waits; the daemon has written that half to its tmp/.
-	b := srv.model("b", linearModel(2))
-	release := srv.stall(b.path)
+	b := serveModel(srv, "b", linearModel(2))
+	release := srv.Stall(b.path)
 	n.assign(t, b)
 	acked = append(acked, b)
 	select {
-	case <-srv.stalled:
+	case <-srv.Stalled:
 	case <-time.After(crashWait):
 		t.Fatal("the download of b did not start")
 	}
@@ -120,13 +116,13 @@ gpu = false
 	if !n.logged("removed partial downloads from an earlier run") {
 		t.Error("the restarted daemon did not report removing the partial download")
 	}
-	if h := srv.hits(b.path); h != 2 {
+	if h := srv.Hits(b.path); h != 2 {
 		t.Errorf("b downloaded %d times, want 2 (the cut one and a full one)", h)
 	}
 
 	// (c) While loading: a 16 MiB model takes a while to load; kill as soon
 	// as WatchDeployments reports Loading.
-	c := srv.model("c", bigModel())
+	c := serveModel(srv, "c", bigModel())
 	n.assign(t, c)
 	acked = append(acked, c)
 	watch, stop := n.watch(t, c.id) // the snapshot comes first: no state is missed
@@ -158,7 +154,7 @@ wait:
 	n = killAndCheck(n, "while loading")
 
 	// (d) While serving.
-	d := srv.model("d", linearModel(4))
+	d := serveModel(srv, "d", linearModel(4))
 	n.assign(t, d)
 	acked = append(acked, d)
 	n.waitServing(t, d.id)
@@ -168,11 +164,11 @@ wait:
 	// c and d were in the cache when the daemon died: restarts never
 	// fetched them again. (a may have been cut mid-download.)
 	for _, m := range []crashModel{c, d} {
-		if h := srv.hits(m.path); h != 1 {
+		if h := srv.Hits(m.path); h != 1 {
 			t.Errorf("%s downloaded %d times; a verified artifact is never fetched again", m.id, h)
 		}
 	}
-	if h := srv.hits(a.path); h < 1 || h > 2 {
+	if h := srv.Hits(a.path); h < 1 || h > 2 {
 		t.Errorf("a downloaded %d times", h)
 	}
 	n.kill(t)
@@ -224,91 +220,12 @@ func bigModel() testModel {
 	return testModel{onnxtest.Linear(w, make([]float32, k)), x, want}
 }
 
-// --- artifact server ------------------------------------------------------------
-
-// artifactServer serves models by path. A stalled path sends half its body,
-// then waits for release or for the client to go away.
-type artifactServer struct {
-	*httptest.Server
-	stalled chan string
-
-	mu     sync.Mutex
-	files  map[string][]byte
-	stalls map[string]chan struct{}
-	count  map[string]int
-}
-
-func newArtifactServer(t *testing.T) *artifactServer {
-	s := &artifactServer{stalled: make(chan string, 4), files: map[string][]byte{},
-		stalls: map[string]chan struct{}{}, count: map[string]int{}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		data, ok := s.files[r.URL.Path]
-		stall := s.stalls[r.URL.Path]
-		s.count[r.URL.Path]++
-		s.mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-		w.WriteHeader(http.StatusOK)
-		if stall == nil {
-			w.Write(data)
-			return
-		}
-		w.Write(data[:len(data)/2])
-		w.(http.Flusher).Flush()
-		s.stalled <- r.URL.Path
-		select {
-		case <-stall:
-			w.Write(data[len(data)/2:])
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(s.Close)
-	t.Cleanup(s.releaseAll) // before Close, which waits for handlers
-	return s
-}
-
-// model serves tm and returns the deployment of it named name.
-func (s *artifactServer) model(name string, tm testModel) crashModel {
-	sum := sha256.Sum256(tm.data)
-	m := crashModel{testModel: tm, id: "dep-" + name, name: name, path: "/models/" + name + ".onnx",
-		sha256: hex.EncodeToString(sum[:])}
-	m.uri = s.URL + m.path
-	s.mu.Lock()
-	s.files[m.path] = tm.data
-	s.mu.Unlock()
+// serveModel serves tm on srv and returns the deployment of it named name.
+func serveModel(srv *artifacttest.Server, name string, tm testModel) crashModel {
+	m := crashModel{testModel: tm, id: "dep-" + name, name: name, path: "/models/" + name + ".onnx"}
+	a := srv.Add(m.path, tm.data)
+	m.uri, m.sha256 = a.URI, a.SHA256
 	return m
-}
-
-func (s *artifactServer) stall(path string) (release func()) {
-	ch := make(chan struct{})
-	s.mu.Lock()
-	s.stalls[path] = ch
-	s.mu.Unlock()
-	return sync.OnceFunc(func() {
-		s.mu.Lock()
-		delete(s.stalls, path)
-		s.mu.Unlock()
-		close(ch)
-	})
-}
-
-func (s *artifactServer) releaseAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for p, ch := range s.stalls {
-		close(ch)
-		delete(s.stalls, p)
-	}
-}
-
-func (s *artifactServer) hits(path string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.count[path]
 }
 
 // waitPartial waits until dir holds a partial download of at least size
@@ -366,7 +283,7 @@ func checkCache(t *testing.T, dir string, models []crashModel) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != de.Name() {
+		if artifacttest.Digest(b) != de.Name() {
 			t.Errorf("cached %s holds other content (%d bytes)", de.Name(), len(b))
 		}
 		names = append(names, de.Name())

@@ -2,17 +2,12 @@ package deploy_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,124 +26,6 @@ import (
 
 // waitTimeout bounds every wait for a deployment to settle.
 const waitTimeout = 20 * time.Second
-
-// --- artifact server ---------------------------------------------------------
-
-// modelServer serves model bytes by path over real HTTP. Unknown paths are
-// 404. A path can be stalled: the handler sends half the body, then waits
-// for the stall to be released or the client to go away. Every request is
-// counted, and so is the most downloads in flight at once.
-type modelServer struct {
-	*httptest.Server
-	delay time.Duration // added to every request, to make overlap visible
-
-	mu     sync.Mutex
-	files  map[string][]byte
-	stalls map[string]chan struct{}
-	hits   map[string]int
-
-	inflight, maxInflight atomic.Int64
-	total                 atomic.Int64
-	stalled               chan string // receives the path of each stalled request
-}
-
-func newModelServer(t *testing.T) *modelServer {
-	t.Helper()
-	s := &modelServer{files: map[string][]byte{}, stalls: map[string]chan struct{}{}, hits: map[string]int{},
-		stalled: make(chan string, 16)}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.Close)
-	t.Cleanup(s.releaseAll) // runs before Close, which waits for handlers
-	return s
-}
-
-func (s *modelServer) serve(w http.ResponseWriter, r *http.Request) {
-	s.total.Add(1)
-	n := s.inflight.Add(1)
-	defer s.inflight.Add(-1)
-	for {
-		m := s.maxInflight.Load()
-		if n <= m || s.maxInflight.CompareAndSwap(m, n) {
-			break
-		}
-	}
-	s.mu.Lock()
-	data, ok := s.files[r.URL.Path]
-	stall := s.stalls[r.URL.Path]
-	s.hits[r.URL.Path]++
-	s.mu.Unlock()
-	if s.delay > 0 {
-		select {
-		case <-time.After(s.delay):
-		case <-r.Context().Done():
-			return
-		}
-	}
-	if !ok {
-		http.NotFound(w, r)
-		return
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.WriteHeader(http.StatusOK)
-	if stall == nil {
-		w.Write(data)
-		return
-	}
-	half := len(data) / 2
-	w.Write(data[:half])
-	w.(http.Flusher).Flush()
-	select {
-	case s.stalled <- r.URL.Path:
-	default:
-	}
-	select {
-	case <-stall:
-		w.Write(data[half:])
-	case <-r.Context().Done():
-	}
-}
-
-// add serves data at path and returns the artifact that points at it.
-func (s *modelServer) add(path string, data []byte) artifact.Artifact {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.files[path] = data
-	return artifact.Artifact{URI: s.URL + path, SHA256: digest(data)}
-}
-
-// stall makes requests for path hang after half the body until release.
-func (s *modelServer) stall(path string) (release func()) {
-	ch := make(chan struct{})
-	s.mu.Lock()
-	s.stalls[path] = ch
-	s.mu.Unlock()
-	return sync.OnceFunc(func() {
-		s.mu.Lock()
-		delete(s.stalls, path)
-		s.mu.Unlock()
-		close(ch)
-	})
-}
-
-func (s *modelServer) releaseAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for p, ch := range s.stalls {
-		close(ch)
-		delete(s.stalls, p)
-	}
-}
-
-func (s *modelServer) hitsFor(path string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hits[path]
-}
-
-func digest(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
 
 // --- loaders -----------------------------------------------------------------
 

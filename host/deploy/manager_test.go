@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx"
@@ -26,10 +27,10 @@ import (
 // A deployment over HTTP, as a watcher sees it: Pending, Fetching (with
 // byte progress), Loading, Ready; then it serves the right numbers.
 func TestAssignFetchLoadServe(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{withStore: true})
 	model := linear(0.5)
-	a := srv.add("/models/linear.onnx", model)
+	a := srv.Add("/models/linear.onnx", model)
 
 	w := n.m.Watch([]string{"dep-1"}, false)
 	defer w.Close()
@@ -119,7 +120,7 @@ func TestAssignFetchLoadServe(t *testing.T) {
 	if rec.Desired != store.DesiredRunning || rec.State != deploy.Running.String() || rec.Owner != deploy.OwnerCentral {
 		t.Errorf("stored record: desired %q state %q owner %q", rec.Desired, rec.State, rec.Owner)
 	}
-	if h := srv.hitsFor("/models/linear.onnx"); h != 1 {
+	if h := srv.Hits("/models/linear.onnx"); h != 1 {
 		t.Errorf("%d downloads, want 1", h)
 	}
 	tmpEmpty(t, n.dir)
@@ -128,21 +129,21 @@ func TestAssignFetchLoadServe(t *testing.T) {
 // Every way a fetch or load can fail ends in Failed with a reason that says
 // what went wrong, and leaves a healthy deployment next to it alone.
 func TestFailuresAreIsolated(t *testing.T) {
-	srv := newModelServer(t)
-	gone := newModelServer(t)
+	srv := artifacttest.New(t)
+	gone := artifacttest.New(t)
 	gone.Close() // connection refused from here on
 	n := newNode(t, nodeOpts{withStore: true, cfg: deploy.Config{FetchTimeout: 300 * time.Millisecond}})
 
-	good := srv.add("/good.onnx", linear(1))
+	good := srv.Add("/good.onnx", linear(1))
 	served := linear(2)
-	liar := srv.add("/liar.onnx", served)
-	declared := digest([]byte("some other model"))
+	liar := srv.Add("/liar.onnx", served)
+	declared := artifacttest.Digest([]byte("some other model"))
 	liar.SHA256 = declared
 	// Distinct digests: fetches of one digest share a download.
-	missing := artifact.Artifact{URI: srv.URL + "/missing.onnx", SHA256: digest(linear(5))}
-	refused := artifact.Artifact{URI: gone.URL + "/m.onnx", SHA256: digest(linear(6))}
-	slow := srv.add("/slow.onnx", linear(3))
-	release := srv.stall("/slow.onnx")
+	missing := artifact.Artifact{URI: srv.URL + "/missing.onnx", SHA256: artifacttest.Digest(linear(5))}
+	refused := artifact.Artifact{URI: gone.URL + "/m.onnx", SHA256: artifacttest.Digest(linear(6))}
+	slow := srv.Add("/slow.onnx", linear(3))
+	release := srv.Stall("/slow.onnx")
 	defer release()
 
 	tests := []struct {
@@ -150,7 +151,7 @@ func TestFailuresAreIsolated(t *testing.T) {
 		spec   deploy.Spec
 		reason []string
 	}{
-		{"checksum", linearSpec("checksum", liar), []string{"checksum mismatch", digest(served), declared}},
+		{"checksum", linearSpec("checksum", liar), []string{"checksum mismatch", artifacttest.Digest(served), declared}},
 		{"404", linearSpec("notfound", missing), []string{"404", "/missing.onnx"}},
 		{"refused", linearSpec("refused", refused), []string{"connection refused"}},
 		{"slow", linearSpec("slow", slow), []string{"deadline", "/slow.onnx"}},
@@ -185,7 +186,7 @@ func TestFailuresAreIsolated(t *testing.T) {
 	}
 	// The healthy one still serves, and the node still takes work.
 	checkInfer(t, n.m, "good", wantLinear(1))
-	more := srv.add("/more.onnx", linear(4))
+	more := srv.Add("/more.onnx", linear(4))
 	if _, err := n.m.Assign("more", linearSpec("more", more), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
@@ -212,9 +213,9 @@ func TestFailuresAreIsolated(t *testing.T) {
 // the same id or the same model name under another id, and restarts a
 // stopped deployment.
 func TestAssignIdempotentAndConflicts(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{})
-	a := srv.add("/m.onnx", linear(1))
+	a := srv.Add("/m.onnx", linear(1))
 	spec := linearSpec("m", a)
 	first, err := n.m.Assign("dep-1", spec, deploy.OwnerCentral)
 	if err != nil {
@@ -235,7 +236,7 @@ func TestAssignIdempotentAndConflicts(t *testing.T) {
 			t.Errorf("re-assign: %v %v created %v (first %v)", st.ID, st.State, st.Created, first.Created)
 		}
 	}
-	if l, h, c := n.loader.loads.Load(), srv.total.Load(), len(n.m.List()); l != 1 || h != 1 || c != 1 {
+	if l, h, c := n.loader.loads.Load(), srv.Total.Load(), len(n.m.List()); l != 1 || h != 1 || c != 1 {
 		t.Errorf("after idempotent assigns: %d loads, %d downloads, %d deployments; want 1 each", l, h, c)
 	}
 
@@ -257,7 +258,7 @@ func TestAssignIdempotentAndConflicts(t *testing.T) {
 	}
 	waitSettled(t, n.m, "dep-1", deploy.Ready)
 	checkInfer(t, n.m, "m", wantLinear(1))
-	if l, h := n.loader.loads.Load(), srv.total.Load(); l != 2 || h != 1 {
+	if l, h := n.loader.loads.Load(), srv.Total.Load(); l != 2 || h != 1 {
 		t.Errorf("after restart: %d loads, %d downloads; want 2 and 1", l, h)
 	}
 	_, err = n.m.Assign("dep-2", spec, deploy.OwnerCentral)
@@ -268,9 +269,9 @@ func TestAssignIdempotentAndConflicts(t *testing.T) {
 // must not wedge the manager. (Assign used to wait for the failed run to end
 // while holding the manager's lock, which that run needed on its way out.)
 func TestReassignOnFailedEvent(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{quiet: true})
-	a := artifact.Artifact{URI: srv.URL + "/missing.onnx", SHA256: digest(linear(1))}
+	a := artifact.Artifact{URI: srv.URL + "/missing.onnx", SHA256: artifacttest.Digest(linear(1))}
 	for i := range 100 {
 		id := "dep-" + strconv.Itoa(i)
 		// More watchers make each publish longer, and the race likelier.
@@ -312,9 +313,9 @@ func TestReassignOnFailedEvent(t *testing.T) {
 // status, waiting for the watchers' lock, held by a Watch call waiting for
 // the manager's lock: all three stuck.
 func TestReassignWhileWatching(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{quiet: true})
-	spec := linearSpec("m", artifact.Artifact{URI: srv.URL + "/missing.onnx", SHA256: digest(linear(1))})
+	spec := linearSpec("m", artifact.Artifact{URI: srv.URL + "/missing.onnx", SHA256: artifacttest.Digest(linear(1))})
 	stop := make(chan struct{})
 	time.AfterFunc(time.Second, func() { close(stop) })
 	var assigns atomic.Int64
@@ -362,9 +363,9 @@ func TestReassignWhileWatching(t *testing.T) {
 // Invalid specs are refused with ErrInvalidSpec, naming the problem, before
 // anything is stored, fetched or loaded.
 func TestInvalidSpecs(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{withStore: true, cfg: deploy.Config{MemoryBudget: 1 << 20, GPUs: 1}})
-	good := srv.add("/m.onnx", linear(1))
+	good := srv.Add("/m.onnx", linear(1))
 	tests := []struct {
 		name string
 		id   string
@@ -398,23 +399,23 @@ func TestInvalidSpecs(t *testing.T) {
 	if err != nil || len(recs) != 0 {
 		t.Errorf("store holds %d record(s) (%v) after invalid specs", len(recs), err)
 	}
-	if len(n.m.List()) != 0 || srv.total.Load() != 0 || n.loader.loads.Load() != 0 {
-		t.Errorf("invalid specs left %d deployments, %d downloads, %d loads", len(n.m.List()), srv.total.Load(), n.loader.loads.Load())
+	if len(n.m.List()) != 0 || srv.Total.Load() != 0 || n.loader.loads.Load() != 0 {
+		t.Errorf("invalid specs left %d deployments, %d downloads, %d loads", len(n.m.List()), srv.Total.Load(), n.loader.loads.Load())
 	}
 }
 
 // MaxDeployments and MemoryBudget refuse work with ErrNoCapacity and the
 // numbers behind the refusal, and free up again when a deployment stops.
 func TestAdmission(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	t.Run("max deployments", func(t *testing.T) {
 		n := newNode(t, nodeOpts{withStore: true, cfg: deploy.Config{MaxDeployments: 2}})
 		for i, id := range []string{"a", "b"} {
-			if _, err := n.m.Assign(id, linearSpec(id, srv.add("/"+id, linear(float32(i)))), deploy.OwnerCentral); err != nil {
+			if _, err := n.m.Assign(id, linearSpec(id, srv.Add("/"+id, linear(float32(i)))), deploy.OwnerCentral); err != nil {
 				t.Fatal(err)
 			}
 		}
-		c := linearSpec("c", srv.add("/c", linear(7)))
+		c := linearSpec("c", srv.Add("/c", linear(7)))
 		_, err := n.m.Assign("c", c, deploy.OwnerCentral)
 		wantErr(t, err, deploy.ErrNoCapacity, "2 of 2 deployments", "max_deployments")
 		if _, err := n.store.Get("c"); !errors.Is(err, store.ErrNotFound) {
@@ -433,7 +434,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("memory budget", func(t *testing.T) {
 		n := newNode(t, nodeOpts{cfg: deploy.Config{MemoryBudget: 1000}})
 		spec := func(name string, mem int64) deploy.Spec {
-			s := linearSpec(name, srv.add("/"+name, linear(1)))
+			s := linearSpec(name, srv.Add("/"+name, linear(1)))
 			s.Resources.MemoryBytes = mem
 			return s
 		}
@@ -461,9 +462,9 @@ func TestAdmission(t *testing.T) {
 // Stop lets a request in flight finish, refuses new ones, unloads the model,
 // and ends Stopped; stopping again is fine, stopping nothing is ErrNotFound.
 func TestStopDrains(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{withStore: true})
-	if _, err := n.m.Assign("dep-1", linearSpec("m", srv.add("/m", linear(1))), deploy.OwnerCentral); err != nil {
+	if _, err := n.m.Assign("dep-1", linearSpec("m", srv.Add("/m", linear(1))), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	waitSettled(t, n.m, "dep-1", deploy.Ready)
@@ -545,17 +546,17 @@ func TestStopDrains(t *testing.T) {
 // Stopping a deployment in the middle of its download cancels the download,
 // leaves no partial file, and the deployment stays stopped over a restart.
 func TestStopWhileFetching(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	dir := t.TempDir()
 	n := newNode(t, nodeOpts{dir: dir, withStore: true})
-	a := srv.add("/slow", linear(1))
-	release := srv.stall("/slow")
+	a := srv.Add("/slow", linear(1))
+	release := srv.Stall("/slow")
 	defer release()
 	if _, err := n.m.Assign("dep-1", linearSpec("m", a), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-srv.stalled:
+	case <-srv.Stalled:
 	case <-time.After(waitTimeout):
 		t.Fatal("the download did not start")
 	}
@@ -576,7 +577,7 @@ func TestStopWhileFetching(t *testing.T) {
 	if d, err := n2.m.Get("dep-1"); err != nil || d.State() != deploy.Stopped {
 		t.Fatalf("after restart: %v", err)
 	}
-	if h := srv.total.Load(); h != 1 {
+	if h := srv.Total.Load(); h != 1 {
 		t.Errorf("%d downloads, want 1", h)
 	}
 }
@@ -625,12 +626,12 @@ func TestStopFreesMemory(t *testing.T) {
 	}
 	big := onnxtest.Linear(w, make([]float32, cols))
 	w, pattern = nil, nil
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{})
 
 	// Set ONNX Runtime up (library, environment, thread pools) with a tiny
 	// model first, so that its one-time cost is not counted.
-	if _, err := n.m.Assign("warm", linearSpec("warm", srv.add("/warm", linear(1))), deploy.OwnerCentral); err != nil {
+	if _, err := n.m.Assign("warm", linearSpec("warm", srv.Add("/warm", linear(1))), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	waitSettled(t, n.m, "warm", deploy.Ready)
@@ -639,7 +640,7 @@ func TestStopFreesMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a := srv.add("/big.onnx", big)
+	a := srv.Add("/big.onnx", big)
 	before := rss(t)
 	if _, err := n.m.Assign("big", linearSpec("big", a), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
@@ -691,11 +692,11 @@ func TestStopFreesMemory(t *testing.T) {
 // deployments back from the cache without touching the network, and leaves
 // the stopped ones stopped.
 func TestRestoreAfterRestart(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	dir := t.TempDir()
 	n1 := newNode(t, nodeOpts{dir: dir, withStore: true})
-	specA := linearSpec("a", srv.add("/a.onnx", linear(1)))
-	specB := linearSpec("b", srv.add("/b.onnx", linear(2)))
+	specA := linearSpec("a", srv.Add("/a.onnx", linear(1)))
+	specB := linearSpec("b", srv.Add("/b.onnx", linear(2)))
 	stA, err := n1.m.Assign("dep-a", specA, deploy.OwnerCentral)
 	if err != nil {
 		t.Fatal(err)
@@ -710,7 +711,7 @@ func TestRestoreAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	n1.close()
-	downloads := srv.total.Load()
+	downloads := srv.Total.Load()
 
 	n2 := newNode(t, nodeOpts{dir: dir, withStore: true})
 	if err := n2.m.Restore(); err != nil {
@@ -725,7 +726,7 @@ func TestRestoreAfterRestart(t *testing.T) {
 		t.Errorf("restored dep-a: created %v owner %q; was %v %q", st.Created, st.Owner, stA.Created, stA.Owner)
 	}
 	checkInfer(t, n2.m, "a", wantLinear(1))
-	if d := srv.total.Load() - downloads; d != 0 {
+	if d := srv.Total.Load() - downloads; d != 0 {
 		t.Errorf("restore downloaded %d artifact(s); want cache hits only", d)
 	}
 	if l := n2.loader.loads.Load(); l != 1 {
@@ -747,7 +748,7 @@ func TestRestoreAfterRestart(t *testing.T) {
 	}
 	waitSettled(t, n2.m, "dep-b", deploy.Ready)
 	checkInfer(t, n2.m, "b", wantLinear(2))
-	if l, d := n2.loader.loads.Load(), srv.total.Load()-downloads; l != 2 || d != 0 {
+	if l, d := n2.loader.loads.Load(), srv.Total.Load()-downloads; l != 2 || d != 0 {
 		t.Errorf("%d loads, %d downloads; want 2 and 0", l, d)
 	}
 }
@@ -757,8 +758,8 @@ func TestRestoreAfterRestart(t *testing.T) {
 // order.
 func TestConcurrentAssigns(t *testing.T) {
 	const count = 50
-	srv := newModelServer(t)
-	srv.delay = 20 * time.Millisecond
+	srv := artifacttest.New(t)
+	srv.Delay = 20 * time.Millisecond
 	n := newNode(t, nodeOpts{cfg: deploy.Config{MaxConcurrentFetches: 2, MaxConcurrentLoads: 2}})
 	n.loader.delay = 10 * time.Millisecond
 
@@ -779,7 +780,7 @@ func TestConcurrentAssigns(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range count {
 		id := fmt.Sprintf("m%02d", i)
-		a := srv.add("/"+id+".onnx", linear(float32(i)))
+		a := srv.Add("/"+id+".onnx", linear(float32(i)))
 		wg.Go(func() {
 			if _, err := n.m.Assign(id, linearSpec(id, a), deploy.OwnerCentral); err != nil {
 				t.Error(err)
@@ -792,14 +793,14 @@ func TestConcurrentAssigns(t *testing.T) {
 		waitSettled(t, n.m, id, deploy.Ready)
 		checkInfer(t, n.m, id, wantLinear(float32(i)))
 	}
-	t.Logf("most downloads at once %d, most loads at once %d", srv.maxInflight.Load(), n.loader.maxRunning.Load())
-	if m := srv.maxInflight.Load(); m > 2 || m < 2 {
+	t.Logf("most downloads at once %d, most loads at once %d", srv.MaxInflight.Load(), n.loader.maxRunning.Load())
+	if m := srv.MaxInflight.Load(); m > 2 || m < 2 {
 		t.Errorf("most downloads at once = %d, want 2 (the bound, reached)", m)
 	}
 	if m := n.loader.maxRunning.Load(); m > 2 || m < 2 {
 		t.Errorf("most loads at once = %d, want 2 (the bound, reached)", m)
 	}
-	if h, l := srv.total.Load(), n.loader.loads.Load(); h != count || l != count {
+	if h, l := srv.Total.Load(), n.loader.loads.Load(); h != count || l != count {
 		t.Errorf("%d downloads, %d loads; want %d each", h, l, count)
 	}
 
@@ -825,10 +826,10 @@ func TestConcurrentAssigns(t *testing.T) {
 // could see Pending after Loading.)
 func TestEventsInOrder(t *testing.T) {
 	const count = 60
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{withStore: true})
 	w := n.m.Watch(nil, false)
-	a := srv.add("/m", linear(1))
+	a := srv.Add("/m", linear(1))
 	for i := range count {
 		id := "d" + strconv.Itoa(i)
 		if _, err := n.m.Assign(id, linearSpec(id, a), deploy.OwnerCentral); err != nil {
@@ -860,9 +861,9 @@ func TestEventsInOrder(t *testing.T) {
 // is dropped once its buffer is full, without ever blocking the manager or
 // the other watchers.
 func TestWatch(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{})
-	spec1 := linearSpec("one", srv.add("/1", linear(1)))
+	spec1 := linearSpec("one", srv.Add("/1", linear(1)))
 	if _, err := n.m.Assign("dep-1", spec1, deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
@@ -890,7 +891,7 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("a watcher of dep-2 got %d events before dep-2 existed", len(only2.C))
 	}
 
-	if _, err := n.m.Assign("dep-2", linearSpec("two", srv.add("/2", linear(2))), deploy.OwnerCentral); err != nil {
+	if _, err := n.m.Assign("dep-2", linearSpec("two", srv.Add("/2", linear(2))), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	for _, w := range []*deploy.Watcher{all, only2} {
@@ -966,7 +967,7 @@ func TestWatch(t *testing.T) {
 
 	// The manager goes on as before.
 	checkInfer(t, n.m, "one", wantLinear(1))
-	if _, err := n.m.Assign("dep-3", linearSpec("three", srv.add("/3", linear(3))), deploy.OwnerCentral); err != nil {
+	if _, err := n.m.Assign("dep-3", linearSpec("three", srv.Add("/3", linear(3))), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	waitSettled(t, n.m, "dep-3", deploy.Ready)
@@ -975,9 +976,9 @@ func TestWatch(t *testing.T) {
 // The manager's Close leaves what is stored alone; Watch and Assign after it
 // answer at once.
 func TestCloseThenUse(t *testing.T) {
-	srv := newModelServer(t)
+	srv := artifacttest.New(t)
 	n := newNode(t, nodeOpts{withStore: true})
-	if _, err := n.m.Assign("dep-1", linearSpec("m", srv.add("/m", linear(1))), deploy.OwnerCentral); err != nil {
+	if _, err := n.m.Assign("dep-1", linearSpec("m", srv.Add("/m", linear(1))), deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	waitSettled(t, n.m, "dep-1", deploy.Ready)
@@ -991,7 +992,7 @@ func TestCloseThenUse(t *testing.T) {
 	if _, ok := <-m.Watch(nil, true).C; ok {
 		t.Error("Watch after Close delivered an event")
 	}
-	_, err := m.Assign("dep-2", linearSpec("m2", srv.add("/m2", linear(2))), deploy.OwnerCentral)
+	_, err := m.Assign("dep-2", linearSpec("m2", srv.Add("/m2", linear(2))), deploy.OwnerCentral)
 	wantErr(t, err, deploy.ErrNoCapacity, "shutting down")
 	rec, err := n.store.Get("dep-1")
 	if err != nil || rec.Desired != store.DesiredRunning {
