@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unsafe"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -389,6 +390,10 @@ func (s *Scheduler) solo(r *request) {
 type worker struct {
 	parts []*tensor.Tensor
 	sizes []int64
+	// bufs[i] is reused for input i of every batch: fresh memory costs a
+	// page fault per 4 KiB, more than the copy itself. A buffer that the
+	// model's outputs alias is given up (see runBatch).
+	bufs [][]byte
 }
 
 // workLoop is a worker with batching: it runs the batches the batcher hands
@@ -452,12 +457,18 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 		w.sizes = append(w.sizes, int64(r.rows))
 	}
 	inputs := make([]*tensor.Tensor, len(first.inputs))
+	if len(w.bufs) < len(inputs) {
+		w.bufs = append(w.bufs, make([][]byte, len(inputs)-len(w.bufs))...)
+	}
 	for i, in := range first.inputs {
 		w.parts = w.parts[:0]
 		for _, r := range reqs {
 			w.parts = append(w.parts, r.inputs[i])
 		}
-		t, err := tensor.Concat(in.Name, w.parts)
+		t, err := tensor.ConcatInto(in.Name, w.parts, w.bufs[i])
+		if err == nil && t.Data != nil {
+			w.bufs[i] = t.Data[:0]
+		}
 		if err != nil {
 			clear(w.parts)
 			s.release()
@@ -477,6 +488,15 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 		s.log.Debug("batch failed", "requests", len(reqs), "rows", rows, "err", err)
 		failAll(reqs, fmt.Errorf("engine %s: batch of %d requests, %d rows: %w", s.name, len(reqs), rows, err))
 		return
+	}
+	// The callers keep their outputs' memory: an output that shares an
+	// input buffer (a model may pass an input through) takes it away.
+	for i, buf := range w.bufs {
+		for _, o := range outs {
+			if o != nil && overlaps(buf, o.Data) {
+				w.bufs[i] = nil
+			}
+		}
 	}
 	n := len(outs)
 	per := make([]*tensor.Tensor, len(reqs)*n)
@@ -510,4 +530,15 @@ func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs 
 		}
 	}()
 	return s.model.Infer(ctx, inputs, outputs)
+}
+
+// overlaps says whether the memory of a (up to its capacity) and b share a
+// byte.
+func overlaps(a, b []byte) bool {
+	if cap(a) == 0 || len(b) == 0 {
+		return false
+	}
+	a0 := uintptr(unsafe.Pointer(unsafe.SliceData(a)))
+	b0 := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return a0 < b0+uintptr(len(b)) && b0 < a0+uintptr(cap(a))
 }

@@ -43,7 +43,10 @@ var (
 )
 
 // Model is what the engine needs from a loaded model. Infer must be safe for
-// concurrent use when Config.Instances > 1.
+// concurrent use when Config.Instances > 1. Infer must not keep its inputs
+// once it has returned, except as memory its outputs share: the engine
+// reuses a batch's input buffers for the next batch unless an output
+// overlaps them.
 type Model interface {
 	// Infer runs the model on the inputs and returns the requested outputs
 	// (all of them when outputs is empty).

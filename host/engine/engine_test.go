@@ -1217,3 +1217,51 @@ func TestCloseWaitsForInlineRun(t *testing.T) {
 		t.Fatalf("ran inline: %v", inline)
 	}
 }
+
+// passModel returns its input "x" as output "y": the same memory.
+type passModel struct{}
+
+func (passModel) Infer(_ context.Context, inputs []*tensor.Tensor, _ []string) ([]*tensor.Tensor, error) {
+	y := *inputs[0]
+	y.Name = "y"
+	return []*tensor.Tensor{&y}, nil
+}
+
+// TestBatchBufferNotReusedUnderOutputs: the worker reuses a batch's input
+// buffer for the next batch, except when the outputs that callers keep share
+// it.
+func TestBatchBufferNotReusedUnderOutputs(t *testing.T) {
+	noLeaks(t)
+	// One instance; each batch runs once 4 requests wait (or at Close).
+	s := newScheduler(t, passModel{}, Config{MaxBatchSize: 4, PreferredBatchSizes: []int{4}, MaxQueueDelay: time.Hour})
+	var kept [][]*tensor.Tensor
+	var sent []Request
+	for round := range 3 {
+		var results []<-chan result
+		for i := range 4 {
+			r := req(round*10+i, 1, 3)
+			sent = append(sent, r)
+			results = append(results, goInfer(context.Background(), s, r))
+		}
+		for _, ch := range results {
+			res := <-ch
+			if res.err != nil {
+				t.Fatal(res.err)
+			}
+			kept = append(kept, res.outs)
+		}
+	}
+	if st := s.Stats(); st.BatchSizes[4] != 3 {
+		t.Fatalf("batch sizes %v, want 3 batches of 4", st.BatchSizes)
+	}
+	// Every caller's output is still its own input, after later batches ran.
+	got := map[float32]bool{}
+	for _, outs := range kept {
+		got[tensor.View[float32](outs[0])[0]] = true
+	}
+	for _, r := range sent {
+		if v := tensor.View[float32](r.Inputs[0])[0]; !got[v] {
+			t.Errorf("no output holds request %v's rows any more (outputs overwritten by a later batch)", v)
+		}
+	}
+}

@@ -23,6 +23,14 @@ var ErrIncompatible = errors.New("incompatible tensors")
 // element is the parts' own []byte: the bytes themselves are shared, not
 // copied.
 func Concat(name string, parts []*Tensor) (*Tensor, error) {
+	return ConcatInto(name, parts, nil)
+}
+
+// ConcatInto is Concat writing fixed-width data into buf when it is large
+// enough (the result's Data then aliases buf), and into a new buffer
+// otherwise. Reusing a buffer spares the page faults of fresh memory: about
+// 2.5 µs per 4 KiB page on a VM, far more than the copy itself.
+func ConcatInto(name string, parts []*Tensor, buf []byte) (*Tensor, error) {
 	if len(parts) == 0 {
 		return nil, fmt.Errorf("tensor: concat %q: no parts: %w", name, ErrIncompatible)
 	}
@@ -75,7 +83,11 @@ func Concat(name string, parts []*Tensor) (*Tensor, error) {
 	for _, p := range parts {
 		n += len(p.Data)
 	}
-	out.Data = make([]byte, n)
+	if cap(buf) >= n {
+		out.Data = buf[:n]
+	} else {
+		out.Data = make([]byte, n)
+	}
 	off := 0
 	for _, p := range parts {
 		off += copy(out.Data[off:], p.Data)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -254,5 +255,37 @@ func BenchmarkSplit(b *testing.B) {
 		if _, err := Split(t, sizes); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestConcatInto(t *testing.T) {
+	a := New("a", FP32, 1, 2)
+	b := New("b", FP32, 2, 2)
+	copy(View[float32](a), []float32{1, 2})
+	copy(View[float32](b), []float32{3, 4, 5, 6})
+	want := []float32{1, 2, 3, 4, 5, 6}
+
+	buf := make([]byte, 0, 64)
+	out, err := ConcatInto("x", []*Tensor{a, b}, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(View[float32](out), want) || !slices.Equal(out.Shape, []int64{3, 2}) {
+		t.Fatalf("got %v %v", out.Shape, View[float32](out))
+	}
+	if &out.Data[0] != &buf[:1][0] {
+		t.Error("a buffer large enough was not used")
+	}
+
+	small := make([]byte, 0, 8)
+	out, err = ConcatInto("x", []*Tensor{a, b}, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(View[float32](out), want) {
+		t.Fatalf("got %v", View[float32](out))
+	}
+	if &out.Data[0] == &small[:1][0] {
+		t.Error("a buffer too small was written past its capacity")
 	}
 }
