@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -344,12 +345,17 @@ func TestFetchProgress(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := serveGated(t, content, tt.withLength)
-			srv.release()
 			c := newCache(t, t.TempDir(), 0)
 			var calls [][2]int64
 			start := time.Now()
+			// The server sends the second half only after the first
+			// progress call: a fast local download cannot collapse into
+			// the final call alone.
 			_, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)},
-				func(d, n int64) { calls = append(calls, [2]int64{d, n}) })
+				func(d, n int64) {
+					calls = append(calls, [2]int64{d, n})
+					srv.release()
+				})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -711,4 +717,154 @@ func TestErrorsRedactQuery(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "topsecret") {
 		t.Fatalf("err = %v, want an error without the query string", err)
 	}
+}
+
+// flakyServer serves one file with range support (http.ServeContent, with an
+// ETag), except that request i < len(cuts) is cut off: the connection closes
+// once the body has reached byte cuts[i] of the file.
+type flakyServer struct {
+	*httptest.Server
+	cuts []int
+
+	mu      sync.Mutex
+	content []byte
+	next    []byte // replaces content after the first request
+	etag    string
+	ranges  []string // each request's Range header
+	ifRange []string // and If-Range header
+	sent    atomic.Int64
+}
+
+func serveFlaky(t *testing.T, content []byte, cuts ...int) *flakyServer {
+	t.Helper()
+	s := &flakyServer{cuts: cuts, content: content, etag: `"` + digest(content)[:16] + `"`}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// changeAfterFirst makes the file (and its ETag) change once the first
+// request has been served.
+func (s *flakyServer) changeAfterFirst(content []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next = content
+}
+
+func (s *flakyServer) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	i := len(s.ranges)
+	s.ranges = append(s.ranges, r.Header.Get("Range"))
+	s.ifRange = append(s.ifRange, r.Header.Get("If-Range"))
+	content, etag := s.content, s.etag
+	if s.next != nil {
+		s.content, s.etag, s.next = s.next, `"`+digest(s.next)[:16]+`"`, nil
+	}
+	s.mu.Unlock()
+	w.Header().Set("ETag", etag)
+	if i >= len(s.cuts) {
+		cw := &countingWriter{ResponseWriter: w, n: &s.sent}
+		http.ServeContent(cw, r, "model", time.Time{}, bytes.NewReader(content))
+		return
+	}
+	start := 0
+	if rng := r.Header.Get("Range"); rng != "" {
+		if _, err := fmt.Sscanf(rng, "bytes=%d-", &start); err != nil {
+			http.Error(w, "bad range", http.StatusBadRequest)
+			return
+		}
+	}
+	conn, bw, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if start > 0 {
+		fmt.Fprintf(bw, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n", start, len(content)-1, len(content))
+	} else {
+		fmt.Fprintf(bw, "HTTP/1.1 200 OK\r\n")
+	}
+	fmt.Fprintf(bw, "Accept-Ranges: bytes\r\nETag: %s\r\nContent-Length: %d\r\n\r\n", etag, len(content)-start)
+	n, _ := bw.Write(content[start:s.cuts[i]])
+	s.sent.Add(int64(n))
+	bw.Flush()
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.n.Add(int64(n))
+	return n, err
+}
+
+func TestFetchResumesDroppedDownload(t *testing.T) {
+	content := blob(t, 256<<10)
+	srv := serveFlaky(t, content, 1000, 70_000) // two cuts, then whole
+	dir := t.TempDir()
+	c := newCache(t, dir, 0, artifact.WithResumeBackoff(time.Millisecond))
+	var last [2]int64
+	var backwards bool
+	path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, func(d, n int64) {
+		backwards = backwards || d < last[0]
+		last = [2]int64{d, n}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("cached file differs from the served one (%v)", err)
+	}
+	if want := []string{"", "bytes=1000-", "bytes=70000-"}; !slices.Equal(srv.ranges, want) {
+		t.Errorf("Range headers %q, want %q", srv.ranges, want)
+	}
+	if etag := `"` + digest(content)[:16] + `"`; srv.ifRange[1] != etag || srv.ifRange[2] != etag {
+		t.Errorf("If-Range headers %q, want the ETag %s", srv.ifRange, srv.etag)
+	}
+	if n := srv.sent.Load(); n != int64(len(content)) {
+		t.Errorf("server sent %d body bytes for a %d-byte file: resumed downloads must not start over", n, len(content))
+	}
+	if backwards || last != [2]int64{int64(len(content)), int64(len(content))} {
+		t.Errorf("progress went backwards (%v) or ended at %v", backwards, last)
+	}
+	if left := names(t, dir, "tmp"); len(left) != 0 {
+		t.Errorf("tmp/ holds %v", left)
+	}
+}
+
+func TestFetchResumeFailsWhenFileChanged(t *testing.T) {
+	content := blob(t, 64<<10)
+	srv := serveFlaky(t, content, 1000)
+	c := newCache(t, t.TempDir(), 0, artifact.WithResumeBackoff(time.Millisecond))
+	srv.changeAfterFirst(blob(t, 64<<10)) // If-Range no longer matches: a full 200 comes back
+	_, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, nil)
+	if !errors.Is(err, artifact.ErrFetch) || !strings.Contains(err.Error(), "range request") {
+		t.Fatalf("err = %v, want ErrFetch about the range request", err)
+	}
+	if len(srv.ranges) != 2 {
+		t.Errorf("%d requests, want 2 (the cut one and one resume)", len(srv.ranges))
+	}
+}
+
+func TestFetchGivesUpAfterRepeatedDrops(t *testing.T) {
+	content := blob(t, 64<<10)
+	var cuts []int
+	for i := range 20 {
+		cuts = append(cuts, 100*(i+1))
+	}
+	srv := serveFlaky(t, content, cuts...)
+	dir := t.TempDir()
+	c := newCache(t, dir, 0, artifact.WithResumeBackoff(time.Millisecond))
+	_, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, nil)
+	if !errors.Is(err, artifact.ErrFetch) {
+		t.Fatalf("err = %v, want ErrFetch", err)
+	}
+	if n := len(srv.ranges); n != 9 {
+		t.Errorf("%d requests, want 9 (the first and 8 resumes)", n)
+	}
+	assertClean(t, dir)
 }

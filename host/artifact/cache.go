@@ -54,6 +54,13 @@ func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Cache) { c.client = hc }
 }
 
+// WithResumeBackoff sets the first wait before an interrupted download is
+// resumed; each further resume of the same download waits twice as long, up
+// to 2 s. Default: 100 ms.
+func WithResumeBackoff(d time.Duration) Option {
+	return func(c *Cache) { c.backoff = d }
+}
+
 // Cache is a content-addressed artifact store on disk with a size budget.
 // It is safe for concurrent use. See the package documentation for its
 // layout and eviction rules.
@@ -62,6 +69,8 @@ type Cache struct {
 	budget int64
 	log    *slog.Logger
 	client *http.Client
+	// backoff is the wait before the first resume of a download.
+	backoff time.Duration
 
 	// ctx is the parent of every download; Close cancels it.
 	ctx    context.Context
@@ -100,6 +109,7 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 		budget:  budget,
 		log:     log.With("component", "artifact-cache", "dir", dir),
 		client:  &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		backoff: resumeBackoff,
 		entries: make(map[string]*entry),
 		refs:    make(map[string]int),
 		flights: make(map[string]*flight),

@@ -13,8 +13,15 @@
 //
 // # Restarts
 //
-// Downloads are not resumed: New deletes everything left in tmp/ by a crash
-// and a later Fetch starts over. Files in sha256/ are trusted on restart (they
+// A download whose body breaks off (a dropped connection, a reset) is resumed
+// where it stopped with a range request, when the server said it serves
+// ranges (Accept-Ranges: bytes), up to 8 times with a backoff from 100 ms
+// (WithResumeBackoff) doubling to 2 s. The request carries If-Range with
+// the first response's strong ETag or Last-Modified, so a file that changed
+// in between ends the download (the server sends it whole, which is
+// refused) instead of mixing two versions; the SHA-256 is checked over the
+// whole file in any case. Across restarts downloads are not resumed: New
+// deletes everything left in tmp/ by a crash and a later Fetch starts over. Files in sha256/ are trusted on restart (they
 // were verified before being renamed into place) and indexed by name, size and
 // modification time, which also seeds the LRU order.
 //

@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -222,11 +224,11 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 			err = fmt.Errorf("fetch %s: %w", src, err)
 		}
 	}()
-	body, total, err := c.open(ctx, src)
+	body, total, ri, err := c.open(ctx, src)
 	if err != nil {
 		return 0, err
 	}
-	defer body.Close()
+	defer func() { body.Close() }()
 	if total < 0 && a.Size > 0 {
 		total = a.Size
 	}
@@ -254,13 +256,31 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	h := sha256.New()
 	pw := &progressWriter{f: f, total: total}
 	pw.flush()
-	var r io.Reader = body
-	if limit > 0 {
-		r = io.LimitReader(body, limit+1)
-	}
-	n, err := io.Copy(io.MultiWriter(tmp, h, pw), r)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	w := io.MultiWriter(tmp, h, pw)
+	var n int64
+	for resumes := 0; ; resumes++ {
+		br := &bodyReader{r: body}
+		var r io.Reader = br
+		if limit > 0 {
+			r = io.LimitReader(br, limit+1-n)
+		}
+		m, err := io.Copy(w, r)
+		n += m
+		if err == nil {
+			break
+		}
+		// Only a broken body is worth another request: not a full disk,
+		// not a cancelled fetch.
+		if err != br.err || ctx.Err() != nil || !ri.resumable || resumes == maxResumes {
+			return 0, fmt.Errorf("%w: after %d bytes: %w", ErrFetch, n, err)
+		}
+		c.log.Warn("download interrupted; resuming", "uri", src.String(), "bytes", n, "err", err)
+		next, err := c.resume(ctx, src, ri, n, resumes)
+		if err != nil {
+			return 0, fmt.Errorf("%w: resume after %d bytes (cut by: %v): %w", ErrFetch, n, br.err, err)
+		}
+		body.Close()
+		body = next
 	}
 	if limit > 0 && n > limit {
 		return 0, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
@@ -290,50 +310,139 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	return n, nil
 }
 
-// open starts reading src and returns its length, or -1 when unknown.
-func (c *Cache) open(ctx context.Context, src source) (io.ReadCloser, int64, error) {
+// open starts reading src and returns its length, or -1 when unknown, and
+// for HTTP what a resumed request needs (see resume).
+func (c *Cache) open(ctx context.Context, src source) (io.ReadCloser, int64, resumeInfo, error) {
 	if src.file != "" {
 		fh, err := os.Open(src.file)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, 0, fmt.Errorf("%w: %w", ErrNotFound, err)
+			return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		if err != nil {
-			return nil, 0, fmt.Errorf("%w: %w", ErrFetch, err)
+			return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrFetch, err)
 		}
 		fi, err := fh.Stat()
 		if err != nil {
 			fh.Close()
-			return nil, 0, fmt.Errorf("%w: %w", ErrFetch, err)
+			return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrFetch, err)
 		}
 		if !fi.Mode().IsRegular() {
 			fh.Close()
-			return nil, 0, fmt.Errorf("%w: not a regular file", ErrInvalid)
+			return nil, 0, resumeInfo{}, fmt.Errorf("%w: not a regular file", ErrInvalid)
 		}
-		return ctxReader{ctx, fh}, fi.Size(), nil
+		return ctxReader{ctx, fh}, fi.Size(), resumeInfo{}, nil
 	}
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	resp, err := c.client.Do(req)
+	resp, err := c.do(req)
 	if err != nil {
-		// *url.Error repeats the full URL, query string included; drop it.
-		if ue := (*url.Error)(nil); errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, 0, fmt.Errorf("%w: %w", ErrFetch, err)
+		return nil, 0, resumeInfo{}, err
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		return resp.Body, resp.ContentLength, nil
+		return resp.Body, resp.ContentLength, resumeInfoOf(resp), nil
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
 		resp.Body.Close()
-		return nil, 0, fmt.Errorf("%w: HTTP %s", ErrNotFound, resp.Status)
+		return nil, 0, resumeInfo{}, fmt.Errorf("%w: HTTP %s", ErrNotFound, resp.Status)
 	default:
 		resp.Body.Close()
-		return nil, 0, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
+		return nil, 0, resumeInfo{}, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
 	}
+}
+
+// maxResumes bounds how many times one download is resumed after its body
+// broke off; resumeBackoff is the first wait before resuming (doubled each
+// time, up to 2 s).
+const (
+	maxResumes    = 8
+	resumeBackoff = 100 * time.Millisecond
+)
+
+// resumeInfo is what the first HTTP response said about resuming: whether
+// the server takes byte ranges, and the validator (a strong ETag, or
+// Last-Modified) that makes a range request fail over to the whole,
+// changed file instead of mixing two versions.
+type resumeInfo struct {
+	resumable bool
+	validator string
+}
+
+func resumeInfoOf(resp *http.Response) resumeInfo {
+	ri := resumeInfo{resumable: resp.Header.Get("Accept-Ranges") == "bytes" && resp.ContentLength > 0}
+	if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
+		ri.validator = et
+	} else {
+		ri.validator = resp.Header.Get("Last-Modified")
+	}
+	return ri
+}
+
+// resume asks src for the bytes from offset on, after waiting a backoff.
+// It accepts only a 206 whose range starts at offset: a server that sends
+// the whole file again (it changed, or ignores ranges) ends the download.
+// The digest is checked over the whole file in any case.
+func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset int64, attempt int) (io.ReadCloser, error) {
+	wait := min(c.backoff<<attempt, 2*time.Second)
+	t := time.NewTimer(wait)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return nil, ctx.Err()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	if ri.validator != "" {
+		req.Header.Set("If-Range", ri.validator)
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		resp.Body.Close()
+		return nil, fmt.Errorf("server answered HTTP %s to a range request (the file changed or ranges are not served)", resp.Status)
+	}
+	var first int64
+	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &first); err != nil || first != offset {
+		resp.Body.Close()
+		return nil, fmt.Errorf("range response starts at %q, want byte %d", resp.Header.Get("Content-Range"), offset)
+	}
+	return resp.Body, nil
+}
+
+// do sends req without the URL in its error: *url.Error repeats the full
+// URL, query string included.
+func (c *Cache) do(req *http.Request) (*http.Response, error) {
+	resp, err := c.client.Do(req)
+	if err != nil {
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	return resp, nil
+}
+
+// bodyReader remembers the error its reader returned, so that a failed copy
+// can tell a broken body from a failed write.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
 }
 
 // source is a parsed, validated Artifact.URI.
