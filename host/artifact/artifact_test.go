@@ -721,7 +721,8 @@ func TestErrorsRedactQuery(t *testing.T) {
 
 // flakyServer serves one file with range support (http.ServeContent, with an
 // ETag), except that request i < len(cuts) is cut off: the connection closes
-// once the body has reached byte cuts[i] of the file.
+// once the body has reached byte cuts[i] of the file; a negative cut answers
+// 503 instead.
 type flakyServer struct {
 	*httptest.Server
 	cuts []int
@@ -762,6 +763,10 @@ func (s *flakyServer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	w.Header().Set("ETag", etag)
+	if i < len(s.cuts) && s.cuts[i] < 0 {
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+		return
+	}
 	if i >= len(s.cuts) {
 		cw := &countingWriter{ResponseWriter: w, n: &s.sent}
 		http.ServeContent(cw, r, "model", time.Time{}, bytes.NewReader(content))
@@ -803,7 +808,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 
 func TestFetchResumesDroppedDownload(t *testing.T) {
 	content := blob(t, 256<<10)
-	srv := serveFlaky(t, content, 1000, 70_000) // two cuts, then whole
+	srv := serveFlaky(t, content, 1000, -1, 70_000) // a cut, a 503, a cut, then whole
 	dir := t.TempDir()
 	c := newCache(t, dir, 0, artifact.WithResumeBackoff(time.Millisecond))
 	var last [2]int64
@@ -819,11 +824,14 @@ func TestFetchResumesDroppedDownload(t *testing.T) {
 	if err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("cached file differs from the served one (%v)", err)
 	}
-	if want := []string{"", "bytes=1000-", "bytes=70000-"}; !slices.Equal(srv.ranges, want) {
+	if want := []string{"", "bytes=1000-", "bytes=1000-", "bytes=70000-"}; !slices.Equal(srv.ranges, want) {
 		t.Errorf("Range headers %q, want %q", srv.ranges, want)
 	}
-	if etag := `"` + digest(content)[:16] + `"`; srv.ifRange[1] != etag || srv.ifRange[2] != etag {
-		t.Errorf("If-Range headers %q, want the ETag %s", srv.ifRange, srv.etag)
+	etag := `"` + digest(content)[:16] + `"`
+	for i, ir := range srv.ifRange[1:] {
+		if ir != etag {
+			t.Errorf("request %d: If-Range %q, want the ETag %s", i+1, ir, etag)
+		}
 	}
 	if n := srv.sent.Load(); n != int64(len(content)) {
 		t.Errorf("server sent %d body bytes for a %d-byte file: resumed downloads must not start over", n, len(content))

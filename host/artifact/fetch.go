@@ -256,9 +256,10 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	h := sha256.New()
 	pw := &progressWriter{f: f, total: total}
 	pw.flush()
-	w := io.MultiWriter(tmp, h, pw)
+	w := &writeErr{w: io.MultiWriter(tmp, h, pw)}
 	var n int64
-	for resumes := 0; ; resumes++ {
+	resumes := 0
+	for {
 		br := &bodyReader{r: body}
 		var r io.Reader = br
 		if limit > 0 {
@@ -269,15 +270,17 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		if err == nil {
 			break
 		}
-		// Only a broken body is worth another request: not a full disk,
-		// not a cancelled fetch.
-		if err != br.err || ctx.Err() != nil || !ri.resumable || resumes == maxResumes {
+		// Only a broken body is worth another request: not a failed
+		// write (a full disk), not a cancelled fetch.
+		if w.err != nil || br.err == nil || ctx.Err() != nil || !ri.resumable {
 			return 0, fmt.Errorf("%w: after %d bytes: %w", ErrFetch, n, err)
 		}
-		c.log.Warn("download interrupted; resuming", "uri", src.String(), "bytes", n, "err", err)
-		next, err := c.resume(ctx, src, ri, n, resumes)
+		if n >= total {
+			break // every byte came before the cut: the digest decides
+		}
+		next, err := c.reopen(ctx, src, ri, n, total, &resumes, br.err)
 		if err != nil {
-			return 0, fmt.Errorf("%w: resume after %d bytes (cut by: %v): %w", ErrFetch, n, br.err, err)
+			return 0, err
 		}
 		body.Close()
 		body = next
@@ -380,12 +383,40 @@ func resumeInfoOf(resp *http.Response) resumeInfo {
 	return ri
 }
 
-// resume asks src for the bytes from offset on, after waiting a backoff.
-// It accepts only a 206 whose range starts at offset: a server that sends
-// the whole file again (it changed, or ignores ranges) ends the download.
-// The digest is checked over the whole file in any case.
-func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset int64, attempt int) (io.ReadCloser, error) {
-	wait := min(c.backoff<<attempt, 2*time.Second)
+// errRangeRefused: the server did not answer a range request with the
+// range asked for; resuming cannot work.
+var errRangeRefused = errors.New("range request refused")
+
+// reopen resumes a download cut off at offset by cut, retrying a resume
+// request that fails on the way (a refused connection, a 503) until the
+// download has used maxResumes. A server that refuses the range ends it.
+func (c *Cache) reopen(ctx context.Context, src source, ri resumeInfo, offset, total int64, resumes *int, cut error) (io.ReadCloser, error) {
+	for {
+		if *resumes == maxResumes {
+			return nil, fmt.Errorf("%w: gave up after %d resumes at byte %d of %d: %v", ErrFetch, maxResumes, offset, total, cut)
+		}
+		c.log.Warn("download interrupted; resuming", "uri", src.String(), "bytes", offset, "total", total,
+			"resume", *resumes+1, "err", cut)
+		body, err := c.resume(ctx, src, ri, offset, total, *resumes)
+		*resumes++
+		switch {
+		case err == nil:
+			return body, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case errors.Is(err, errRangeRefused):
+			return nil, fmt.Errorf("%w: resume at byte %d: %w", ErrFetch, offset, err)
+		}
+		cut = err
+	}
+}
+
+// resume asks src for bytes offset to total-1, after a backoff that doubles
+// with each attempt. It accepts only a 206 with exactly that range: a
+// server that sends the whole file again (it changed, or ignores ranges)
+// gives errRangeRefused. The digest is checked over the whole file anyway.
+func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, total int64, attempt int) (io.ReadCloser, error) {
+	wait := min(c.backoff<<attempt, max(2*time.Second, c.backoff))
 	t := time.NewTimer(wait)
 	select {
 	case <-t.C:
@@ -407,12 +438,16 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset in
 	}
 	if resp.StatusCode != http.StatusPartialContent {
 		resp.Body.Close()
-		return nil, fmt.Errorf("server answered HTTP %s to a range request (the file changed or ranges are not served)", resp.Status)
+		if resp.StatusCode == http.StatusOK {
+			return nil, fmt.Errorf("%w: the server sent the whole file (HTTP 200): it changed, or ranges are not served", errRangeRefused)
+		}
+		return nil, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
 	}
-	var first int64
-	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &first); err != nil || first != offset {
+	var first, last, size int64
+	cr := resp.Header.Get("Content-Range")
+	if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil || first != offset || last != total-1 || size != total {
 		resp.Body.Close()
-		return nil, fmt.Errorf("range response starts at %q, want byte %d", resp.Header.Get("Content-Range"), offset)
+		return nil, fmt.Errorf("%w: Content-Range %q, want bytes %d-%d/%d", errRangeRefused, cr, offset, total-1, total)
 	}
 	return resp.Body, nil
 }
@@ -428,6 +463,20 @@ func (c *Cache) do(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
 	return resp, nil
+}
+
+// writeErr remembers the error its writer returned.
+type writeErr struct {
+	w   io.Writer
+	err error
+}
+
+func (w *writeErr) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }
 
 // bodyReader remembers the error its reader returned, so that a failed copy

@@ -390,9 +390,8 @@ func (s *Scheduler) solo(r *request) {
 type worker struct {
 	parts []*tensor.Tensor
 	sizes []int64
-	// bufs[i] is reused for input i of every batch: fresh memory costs a
-	// page fault per 4 KiB, more than the copy itself. A buffer that the
-	// model's outputs alias is given up (see runBatch).
+	// bufs[i] is reused for input i of every batch when the model is an
+	// InputReleaser; a buffer that the outputs share is given up.
 	bufs [][]byte
 }
 
@@ -465,9 +464,13 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 		for _, r := range reqs {
 			w.parts = append(w.parts, r.inputs[i])
 		}
-		t, err := tensor.ConcatInto(in.Name, w.parts, w.bufs[i])
-		if err == nil && t.Data != nil {
-			w.bufs[i] = t.Data[:0]
+		var buf []byte
+		if s.reuse {
+			buf = w.bufs[i]
+		}
+		t, err := tensor.ConcatInto(in.Name, w.parts, buf)
+		if s.reuse && err == nil && cap(t.Data) > cap(buf) {
+			w.bufs[i] = t.Data[:0] // a larger batch than before: keep its buffer
 		}
 		if err != nil {
 			clear(w.parts)
@@ -493,7 +496,7 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 	// input buffer (a model may pass an input through) takes it away.
 	for i, buf := range w.bufs {
 		for _, o := range outs {
-			if o != nil && overlaps(buf, o.Data) {
+			if o != nil && sharesMemory(buf, o) {
 				w.bufs[i] = nil
 			}
 		}
@@ -530,6 +533,23 @@ func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs 
 		}
 	}()
 	return s.model.Infer(ctx, inputs, outputs)
+}
+
+// sharesMemory says whether any of t's bytes (its Data or a BYTES element)
+// lie in buf's memory, up to its capacity.
+func sharesMemory(buf []byte, t *tensor.Tensor) bool {
+	if cap(buf) == 0 {
+		return false
+	}
+	if overlaps(buf, t.Data) {
+		return true
+	}
+	for _, e := range t.Strings {
+		if overlaps(buf, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // overlaps says whether the memory of a (up to its capacity) and b share a

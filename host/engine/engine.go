@@ -43,14 +43,22 @@ var (
 )
 
 // Model is what the engine needs from a loaded model. Infer must be safe for
-// concurrent use when Config.Instances > 1. Infer must not keep its inputs
-// once it has returned, except as memory its outputs share: the engine
-// reuses a batch's input buffers for the next batch unless an output
-// overlaps them.
+// concurrent use when Config.Instances > 1.
 type Model interface {
 	// Infer runs the model on the inputs and returns the requested outputs
 	// (all of them when outputs is empty).
 	Infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) ([]*tensor.Tensor, error)
+}
+
+// InputReleaser is a Model that keeps no reference to its inputs' memory
+// once Infer has returned, except as memory its outputs share. For such a
+// model each batching worker reuses its batch buffers from one batch to the
+// next (fresh memory costs a page fault per 4 KiB, more than the copy into
+// it); an output that shares a buffer takes it away from the worker. Any
+// other model gets new buffers for every batch.
+type InputReleaser interface {
+	Model
+	ReleasesInputs() bool
 }
 
 // Request is one call's inputs and wanted outputs.
@@ -113,6 +121,8 @@ type Scheduler struct {
 	// slots holds one token per idle instance: a worker (or the batcher on
 	// its behalf) or an inline caller takes one to run and puts it back.
 	slots chan struct{}
+	// reuse: batching workers reuse their input buffers (InputReleaser).
+	reuse bool
 	// inline: a request that finds nothing queued and an instance idle runs
 	// on its caller's goroutine (no delay or policy could have batched it).
 	inline bool
@@ -170,6 +180,9 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		s.slots <- struct{}{}
 	}
 	s.inline = cfg.MaxQueueDelay == 0 && cfg.Policy == nil
+	if r, ok := m.(InputReleaser); ok {
+		s.reuse = r.ReleasesInputs()
+	}
 
 	if cfg.batching() {
 		s.workCh = make(chan *batch, cfg.Instances)

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -1218,25 +1219,43 @@ func TestCloseWaitsForInlineRun(t *testing.T) {
 	}
 }
 
-// passModel returns its input "x" as output "y": the same memory.
-type passModel struct{}
+// bufModel records each call's input "x" (the batch tensor), with a copy
+// of its bytes at the time, and returns it as output "y": as the same memory
+// when pass is set, else as a copy.
+type bufModel struct {
+	pass bool
 
-func (passModel) Infer(_ context.Context, inputs []*tensor.Tensor, _ []string) ([]*tensor.Tensor, error) {
-	y := *inputs[0]
-	y.Name = "y"
-	return []*tensor.Tensor{&y}, nil
+	mu     sync.Mutex
+	inputs []*tensor.Tensor
+	copies [][]byte
 }
 
-// TestBatchBufferNotReusedUnderOutputs: the worker reuses a batch's input
-// buffer for the next batch, except when the outputs that callers keep share
-// it.
-func TestBatchBufferNotReusedUnderOutputs(t *testing.T) {
-	noLeaks(t)
-	// One instance; each batch runs once 4 requests wait (or at Close).
-	s := newScheduler(t, passModel{}, Config{MaxBatchSize: 4, PreferredBatchSizes: []int{4}, MaxQueueDelay: time.Hour})
-	var kept [][]*tensor.Tensor
+func (m *bufModel) Infer(_ context.Context, inputs []*tensor.Tensor, _ []string) ([]*tensor.Tensor, error) {
+	m.mu.Lock()
+	m.inputs = append(m.inputs, inputs[0])
+	m.copies = append(m.copies, slices.Clone(inputs[0].Data))
+	m.mu.Unlock()
+	y := inputs[0].Clone()
+	if m.pass {
+		y = inputs[0]
+	}
+	out := *y
+	out.Name = "y"
+	return []*tensor.Tensor{&out}, nil
+}
+
+// releaser is a bufModel that declares it keeps no inputs (InputReleaser).
+type releaser struct{ *bufModel }
+
+func (releaser) ReleasesInputs() bool { return true }
+
+// runBatchesOf4 sends rounds × 4 one-row requests to s, 4 at a time (s must
+// use batchOf4), and returns the outputs and the requests, in order.
+func runBatchesOf4(t *testing.T, s *Scheduler, rounds int) ([][]*tensor.Tensor, []Request) {
+	t.Helper()
+	var outs [][]*tensor.Tensor
 	var sent []Request
-	for round := range 3 {
+	for round := range rounds {
 		var results []<-chan result
 		for i := range 4 {
 			r := req(round*10+i, 1, 3)
@@ -1248,20 +1267,49 @@ func TestBatchBufferNotReusedUnderOutputs(t *testing.T) {
 			if res.err != nil {
 				t.Fatal(res.err)
 			}
-			kept = append(kept, res.outs)
+			outs = append(outs, res.outs)
 		}
 	}
-	if st := s.Stats(); st.BatchSizes[4] != 3 {
-		t.Fatalf("batch sizes %v, want 3 batches of 4", st.BatchSizes)
+	if st := s.Stats(); st.BatchSizes[4] != uint64(rounds) {
+		t.Fatalf("batch sizes %v, want %d batches of 4", st.BatchSizes, rounds)
 	}
-	// Every caller's output is still its own input, after later batches ran.
-	got := map[float32]bool{}
-	for _, outs := range kept {
-		got[tensor.View[float32](outs[0])[0]] = true
+	return outs, sent
+}
+
+// batchOf4: one instance whose batches run once 4 requests wait.
+var batchOf4 = Config{MaxBatchSize: 4, PreferredBatchSizes: []int{4}, MaxQueueDelay: time.Hour}
+
+func TestBatchBuffersReusedForInputReleaser(t *testing.T) {
+	noLeaks(t)
+	m := &bufModel{}
+	runBatchesOf4(t, newScheduler(t, releaser{m}, batchOf4), 3)
+	for i, in := range m.inputs[1:] {
+		if &in.Data[0] != &m.inputs[0].Data[0] {
+			t.Errorf("batch %d got a new input buffer: want the worker's reused one", i+1)
+		}
 	}
-	for _, r := range sent {
-		if v := tensor.View[float32](r.Inputs[0])[0]; !got[v] {
-			t.Errorf("no output holds request %v's rows any more (outputs overwritten by a later batch)", v)
+}
+
+func TestBatchBuffersFreshForOtherModels(t *testing.T) {
+	noLeaks(t)
+	m := &bufModel{} // may keep its inputs (as a guest that pins a tensor)
+	runBatchesOf4(t, newScheduler(t, m, batchOf4), 3)
+	for i, in := range m.inputs {
+		if !bytes.Equal(in.Data, m.copies[i]) {
+			t.Errorf("batch %d's input changed after the model returned", i)
+		}
+	}
+}
+
+// TestBatchBufferNotReusedUnderOutputs: an InputReleaser's outputs that share
+// the worker's buffer keep it: later batches get another.
+func TestBatchBufferNotReusedUnderOutputs(t *testing.T) {
+	noLeaks(t)
+	m := &bufModel{pass: true}
+	outs, sent := runBatchesOf4(t, newScheduler(t, releaser{m}, batchOf4), 3)
+	for i, r := range sent {
+		if got, want := tensor.View[float32](outs[i][0]), tensor.View[float32](r.Inputs[0]); !slices.Equal(got, want) {
+			t.Errorf("request %d's output is %v, want its input %v (overwritten by a later batch)", i, got, want)
 		}
 	}
 }

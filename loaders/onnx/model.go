@@ -133,6 +133,11 @@ func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor, names []stri
 	return res, nil
 }
 
+// ReleasesInputs reports that Infer keeps no reference to its inputs once it
+// has returned (ORT values over their memory are destroyed after each run),
+// so the engine may reuse batch buffers (engine.InputReleaser).
+func (m *Model) ReleasesInputs() bool { return true }
+
 // run runs the session, with a RunOptions that ctx can terminate when ctx
 // can be cancelled at all. RunOptions are reused from a small free list
 // (creating one costs about a microsecond); not a sync.Pool, which would

@@ -83,8 +83,8 @@ func ConcatInto(name string, parts []*Tensor, buf []byte) (*Tensor, error) {
 	for _, p := range parts {
 		n += len(p.Data)
 	}
-	if cap(buf) >= n {
-		out.Data = buf[:n]
+	if n > 0 && cap(buf) >= n {
+		out.Data = buf[:n:n]
 	} else {
 		out.Data = make([]byte, n)
 	}
