@@ -128,6 +128,10 @@ func ocrSpec(n *guestNode, t *testing.T, labels string) deploy.Spec {
 // The PP-OCR pipeline through a deployment: image bytes in, label and score
 // out; then the postprocess guest's config is swapped on the live
 // deployment without reloading the model.
+// ONNX models let the engine reuse batch buffers; guest format models (which
+// may pin their inputs) do not.
+var _ engine.InputReleaser = (*onnx.Model)(nil)
+
 func TestGuestPipelineAndLiveSwap(t *testing.T) {
 	n := newGuestNode(t)
 	st := n.deploy(t, "ocr", ocrSpec(n, t, "0,180"))
