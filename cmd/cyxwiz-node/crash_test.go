@@ -99,7 +99,7 @@ gpu = false
 	// (b) In the middle of the download: the server has sent half the file
 	// and waits; the daemon has written that half to its tmp/.
 	b := serveModel(srv, "b", linearModel(2))
-	release := srv.Stall(b.path)
+	srv.Stall(b.path) // released by Unstall below, for the next node
 	n.assign(t, b)
 	acked = append(acked, b)
 	select {
@@ -107,17 +107,19 @@ gpu = false
 	case <-time.After(crashWait):
 		t.Fatal("the download of b did not start")
 	}
-	part := waitPartial(t, filepath.Join(artifacts, "tmp"), int64(len(b.data)/2))
-	release() // the next node gets the whole file
+	half := len(b.data) / 2
+	part := waitPartial(t, filepath.Join(artifacts, "tmp"), int64(half))
+	srv.Unstall(b.path) // the next node is served; this request waits for the kill
 	n = killAndCheck(n, "mid-download")
 	if _, err := os.Stat(part); !os.IsNotExist(err) {
 		t.Errorf("partial download %s still there after the restart: %v", part, err)
 	}
-	if !n.logged("removed partial downloads from an earlier run") {
-		t.Error("the restarted daemon did not report removing the partial download")
+	if !n.logged("kept_to_resume=1") {
+		t.Error("the restarted daemon did not report keeping the partial download")
 	}
-	if h := srv.Hits(b.path); h != 2 {
-		t.Errorf("b downloaded %d times, want 2 (the cut one and a full one)", h)
+	// The restarted node asked for the second half only.
+	if got, want := srv.Ranges(b.path), []string{"", fmt.Sprintf("bytes=%d-", half)}; !slices.Equal(got, want) {
+		t.Errorf("b's requests had Range headers %q, want %q (the cut one, then a resume)", got, want)
 	}
 
 	// (c) While loading: a 16 MiB model takes a while to load; kill as soon

@@ -795,14 +795,24 @@ func (s *flakyServer) serve(w http.ResponseWriter, r *http.Request) {
 	bw.Flush()
 }
 
+// countingWriter counts the bytes of file content it sends: the body of a
+// 200 or 206 answer.
 type countingWriter struct {
 	http.ResponseWriter
-	n *atomic.Int64
+	n      *atomic.Int64
+	status int
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *countingWriter) Write(p []byte) (int, error) {
 	n, err := w.ResponseWriter.Write(p)
-	w.n.Add(int64(n))
+	if w.status == 0 || w.status == http.StatusOK || w.status == http.StatusPartialContent {
+		w.n.Add(int64(n))
+	}
 	return n, err
 }
 
@@ -875,4 +885,105 @@ func TestFetchGivesUpAfterRepeatedDrops(t *testing.T) {
 		t.Errorf("%d requests, want 9 (the first and 8 resumes)", n)
 	}
 	assertClean(t, dir)
+}
+
+// leavePartial writes what a crashed run left: dir/tmp/<digest>.part.
+func leavePartial(t *testing.T, dir, d string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tmp", d+".part"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFetchResumesPartialFromEarlierRun(t *testing.T) {
+	content := blob(t, 100_000)
+	d := digest(content)
+	tests := []struct {
+		name       string
+		partial    []byte
+		wantRanges []string
+		wantSent   int
+	}{
+		{"prefix", content[:1000], []string{"bytes=1000-"}, len(content) - 1000},
+		// Range not satisfiable: what is on disk cannot be a prefix.
+		{"longer than the file", append(slices.Clone(content), 1, 2, 3), []string{"bytes=100003-", ""}, len(content)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			leavePartial(t, dir, d, tt.partial)
+			leavePartial(t, dir, "junk", []byte("x")) // not a digest: removed
+			c := newCache(t, dir, 0)
+			if got := names(t, dir, "tmp"); !slices.Equal(got, []string{d + ".part"}) {
+				t.Fatalf("tmp/ after New = %v, want only the partial download", got)
+			}
+			srv := serveFlaky(t, content)
+			var first [2]int64
+			path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, func(n, total int64) {
+				if first == [2]int64{} {
+					first = [2]int64{n, total}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+				t.Fatal("cached file differs from the served one")
+			}
+			if !slices.Equal(srv.ranges, tt.wantRanges) {
+				t.Errorf("Range headers %q, want %q", srv.ranges, tt.wantRanges)
+			}
+			if n := srv.sent.Load(); n != int64(tt.wantSent) {
+				t.Errorf("server sent %d body bytes, want %d", n, tt.wantSent)
+			}
+			if left := names(t, dir, "tmp"); len(left) != 0 {
+				t.Errorf("tmp/ holds %v", left)
+			}
+		})
+	}
+}
+
+func TestFetchPartialWhenServerIgnoresRanges(t *testing.T) {
+	content := blob(t, 10_000)
+	d := digest(content)
+	dir := t.TempDir()
+	leavePartial(t, dir, d, content[:1000])
+	c := newCache(t, dir, 0)
+	srv := serveBlob(t, content) // always 200, whole file
+	path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs from the served one: the partial was not dropped")
+	}
+}
+
+func TestFetchCorruptPartialIsDropped(t *testing.T) {
+	content := blob(t, 10_000)
+	d := digest(content)
+	dir := t.TempDir()
+	leavePartial(t, dir, d, blob(t, 1000)) // not a prefix of the file
+	c := newCache(t, dir, 0)
+	srv := serveFlaky(t, content)
+	a := artifact.Artifact{URI: srv.URL + "/m", SHA256: d}
+	if _, err := c.Fetch(t.Context(), a, nil); !errors.Is(err, artifact.ErrChecksum) {
+		t.Fatalf("err = %v, want ErrChecksum", err)
+	}
+	if left := names(t, dir, "tmp"); len(left) != 0 {
+		t.Fatalf("tmp/ holds %v after a checksum failure", left)
+	}
+	path, err := c.Fetch(t.Context(), a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs from the served one")
+	}
+	if want := []string{"bytes=1000-", ""}; !slices.Equal(srv.ranges, want) {
+		t.Errorf("Range headers %q, want %q", srv.ranges, want)
+	}
 }

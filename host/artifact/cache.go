@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -95,7 +96,9 @@ type entry struct {
 
 // New opens (creating it if needed) the cache directory dir. budget is the
 // number of bytes the cache tries to stay under; budget <= 0 means no limit.
-// Partial downloads left in dir/tmp by an earlier crash are deleted. A nil log
+// Partial downloads that an earlier run left in dir/tmp are kept to be
+// resumed (see the package documentation); anything else there is deleted.
+// A nil log
 // discards log output.
 func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, error) {
 	if dir == "" {
@@ -129,21 +132,31 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 	return c, nil
 }
 
-// cleanTmp removes every leftover partial download and recreates dir/tmp.
+// cleanTmp keeps the partial downloads an earlier run left in dir/tmp
+// (<digest>.part, resumed by the next Fetch of that digest) and deletes
+// everything else there.
 func (c *Cache) cleanTmp() error {
 	tmp := filepath.Join(c.dir, tmpDir)
-	left, err := os.ReadDir(tmp)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("artifact cache: read %s: %w", tmp, err)
-	}
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("artifact cache: clean %s: %w", tmp, err)
-	}
-	if len(left) > 0 {
-		c.log.Info("removed partial downloads from an earlier run", "count", len(left))
-	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return fmt.Errorf("artifact cache: %w", err)
+	}
+	left, err := os.ReadDir(tmp)
+	if err != nil {
+		return fmt.Errorf("artifact cache: read %s: %w", tmp, err)
+	}
+	kept, removed := 0, 0
+	for _, de := range left {
+		if d, ok := strings.CutSuffix(de.Name(), partSuffix); ok && de.Type().IsRegular() && validDigest(d) == nil && d == normDigest(d) {
+			kept++
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(tmp, de.Name())); err != nil {
+			return fmt.Errorf("artifact cache: clean %s: %w", tmp, err)
+		}
+		removed++
+	}
+	if kept+removed > 0 {
+		c.log.Info("partial downloads from an earlier run", "kept_to_resume", kept, "removed", removed)
 	}
 	return nil
 }

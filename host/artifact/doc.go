@@ -6,7 +6,7 @@
 // A Cache owns one directory:
 //
 //	<dir>/sha256/<hex>   verified artifacts, named by their lowercase SHA-256
-//	<dir>/tmp/           partial downloads; renamed into sha256/ only after
+//	<dir>/tmp/<hex>.part partial downloads; renamed into sha256/ only after
 //	                     the digest matched, so a partial file is never returned
 //
 // Only one Cache (in one process) may use a directory at a time.
@@ -16,14 +16,25 @@
 // A download whose body breaks off (a dropped connection, a reset) is resumed
 // where it stopped with a range request, when the server said it serves
 // ranges (Accept-Ranges: bytes), up to 8 times with a backoff from 100 ms
-// (WithResumeBackoff) doubling to 2 s. The request carries If-Range with
-// the first response's strong ETag or Last-Modified, so a file that changed
-// in between ends the download (the server sends it whole, which is
-// refused) instead of mixing two versions; the SHA-256 is checked over the
-// whole file in any case. Across restarts downloads are not resumed: New
-// deletes everything left in tmp/ by a crash and a later Fetch starts over. Files in sha256/ are trusted on restart (they
-// were verified before being renamed into place) and indexed by name, size and
-// modification time, which also seeds the LRU order.
+// (WithResumeBackoff) doubling to 2 s; a resume request that fails on the
+// way (a refused connection, a 503) is retried within those 8. The request
+// carries If-Range with the first response's strong ETag or Last-Modified,
+// so a file that changed in between ends the download (the server sends it
+// whole, which is refused) instead of mixing two versions.
+//
+// A download that fails or is cancelled is deleted. One cut short by a crash
+// or a kill of the process stays in tmp/: New keeps every <hex>.part there
+// (and deletes anything else), and the next Fetch of that digest hashes what
+// it holds and asks only for the rest (Range, without If-Range: the first
+// response's validator is not kept). A server that sends the whole file
+// instead, or finds the range unsatisfiable, starts it over. In every case
+// the SHA-256 is checked over the whole file: a partial file that was not a
+// prefix of it fails that Fetch with ErrChecksum and is deleted, so the next
+// one starts over.
+//
+// Files in sha256/ are trusted on restart (they were verified before being
+// renamed into place) and indexed by name, size and modification time, which
+// also seeds the LRU order.
 //
 // # Sources
 //

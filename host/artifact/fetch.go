@@ -224,20 +224,11 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 			err = fmt.Errorf("fetch %s: %w", src, err)
 		}
 	}()
-	body, total, ri, err := c.open(ctx, src)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { body.Close() }()
-	if total < 0 && a.Size > 0 {
-		total = a.Size
-	}
-	limit := limitOf(a)
-	if limit > 0 && total > limit {
-		return 0, fmt.Errorf("%w: length %d exceeds limit %d", ErrTooLarge, total, limit)
-	}
-
-	tmp, err := os.CreateTemp(filepath.Join(c.dir, tmpDir), d[:16]+"-*.part")
+	// The partial file is named by digest, so that one left by a crash (or
+	// a kill) is found again: what it holds is hashed, and only the rest is
+	// asked for.
+	tmpPath := filepath.Join(c.dir, tmpDir, d+partSuffix)
+	tmp, err := os.OpenFile(tmpPath, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
@@ -247,17 +238,45 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 			tmp.Close()
 		}
 		if err != nil {
-			if rerr := os.Remove(tmp.Name()); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-				c.log.Warn("remove partial download", "file", tmp.Name(), "err", rerr)
+			if rerr := os.Remove(tmpPath); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				c.log.Warn("remove partial download", "file", tmpPath, "err", rerr)
 			}
 		}
 	}()
-
 	h := sha256.New()
-	pw := &progressWriter{f: f, total: total}
+	have, err := io.Copy(h, tmp)
+	if err != nil {
+		return 0, fmt.Errorf("%w: read partial download: %w", ErrFetch, err)
+	}
+
+	body, total, from, ri, err := c.open(ctx, src, have)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { body.Close() }()
+	if from != have { // starting over
+		if err := tmp.Truncate(0); err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+		}
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+		}
+		h.Reset()
+	} else if have > 0 {
+		c.log.Info("resuming a download left by an earlier run", "uri", src.String(), "bytes", have, "total", total)
+	}
+	if total < 0 && a.Size > 0 {
+		total = a.Size
+	}
+	limit := limitOf(a)
+	if limit > 0 && total > limit {
+		return 0, fmt.Errorf("%w: length %d exceeds limit %d", ErrTooLarge, total, limit)
+	}
+
+	pw := &progressWriter{f: f, total: total, n: from}
 	pw.flush()
 	w := &writeErr{w: io.MultiWriter(tmp, h, pw)}
-	var n int64
+	n := from
 	resumes := 0
 	for {
 		br := &bodyReader{r: body}
@@ -306,55 +325,79 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	if err := tmp.Close(); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
-	if err := os.Rename(tmp.Name(), c.path(d)); err != nil {
+	if err := os.Rename(tmpPath, c.path(d)); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
 	syncDir(filepath.Join(c.dir, objectsDir))
 	return n, nil
 }
 
-// open starts reading src and returns its length, or -1 when unknown, and
-// for HTTP what a resumed request needs (see resume).
-func (c *Cache) open(ctx context.Context, src source) (io.ReadCloser, int64, resumeInfo, error) {
+// open starts reading src and returns its length (-1 when unknown), the
+// byte the body starts at, and for HTTP what a resumed request needs (see
+// resume). With offset > 0 it asks an HTTP server for the bytes from offset
+// on; the body then starts at offset (206) or at 0 (the server sent the
+// whole file). A local file is always read whole.
+func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.ReadCloser, total, from int64, ri resumeInfo, err error) {
 	if src.file != "" {
 		fh, err := os.Open(src.file)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrNotFound, err)
+			return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		if err != nil {
-			return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrFetch, err)
+			return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrFetch, err)
 		}
 		fi, err := fh.Stat()
 		if err != nil {
 			fh.Close()
-			return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrFetch, err)
+			return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrFetch, err)
 		}
 		if !fi.Mode().IsRegular() {
 			fh.Close()
-			return nil, 0, resumeInfo{}, fmt.Errorf("%w: not a regular file", ErrInvalid)
+			return nil, 0, 0, ri, fmt.Errorf("%w: not a regular file", ErrInvalid)
 		}
-		return ctxReader{ctx, fh}, fi.Size(), resumeInfo{}, nil
+		return ctxReader{ctx, fh}, fi.Size(), 0, ri, nil
 	}
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
 	if err != nil {
-		return nil, 0, resumeInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
 	resp, err := c.do(req)
 	if err != nil {
-		return nil, 0, resumeInfo{}, err
+		return nil, 0, 0, ri, err
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		return resp.Body, resp.ContentLength, resumeInfoOf(resp), nil
+		return resp.Body, resp.ContentLength, 0, resumeInfoOf(resp), nil
+	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+		var first, last, size int64
+		cr := resp.Header.Get("Content-Range")
+		if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil || first != offset || last != size-1 {
+			resp.Body.Close()
+			return nil, 0, 0, ri, fmt.Errorf("%w: Content-Range %q does not answer a request for bytes %d-", ErrFetch, cr, offset)
+		}
+		ri = resumeInfoOf(resp)
+		ri.resumable = true
+		return resp.Body, size, offset, ri, nil
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0:
+		// What is on disk is as long as the file or longer: start over.
+		resp.Body.Close()
+		return c.open(ctx, src, 0)
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
 		resp.Body.Close()
-		return nil, 0, resumeInfo{}, fmt.Errorf("%w: HTTP %s", ErrNotFound, resp.Status)
+		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrNotFound, resp.Status)
 	default:
 		resp.Body.Close()
-		return nil, 0, resumeInfo{}, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
+		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
 	}
 }
+
+// partSuffix ends the name of a partial download in dir/tmp:
+// <digest>.part.
+const partSuffix = ".part"
 
 // maxResumes bounds how many times one download is resumed after its body
 // broke off; resumeBackoff is the first wait before resuming (doubled each

@@ -5,8 +5,10 @@ package artifacttest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,10 +18,12 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 )
 
-// Server serves files by path. Unknown paths are 404. A path can be
-// stalled: the handler sends half the body, then waits for the stall to be
-// released or the client to go away. Every request is counted, and so is
-// the most downloads in flight at once.
+// Server serves files by path. Unknown paths are 404. A request for
+// "Range: bytes=N-" (0 < N < size) of a path that is not stalled gets a 206
+// with the rest. A path can be stalled: the handler sends half the body,
+// then waits for the stall to be released or the client to go away. Every
+// request is counted, with its Range header, and so is the most downloads
+// in flight at once.
 type Server struct {
 	*httptest.Server
 	// Delay is added to every request, to make overlap visible. Set it
@@ -36,13 +40,15 @@ type Server struct {
 	files    map[string][]byte
 	stalls   map[string]chan struct{}
 	hits     map[string]int
+	ranges   map[string][]string
+	pending  []chan struct{} // stalls taken off by Unstall, released at the end
 }
 
 // New starts a server that stops when the test ends.
 func New(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{files: map[string][]byte{}, stalls: map[string]chan struct{}{}, hits: map[string]int{},
-		Stalled: make(chan string, 16)}
+		ranges: map[string][]string{}, Stalled: make(chan string, 16)}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	t.Cleanup(s.releaseAll) // runs before Close, which waits for handlers
@@ -63,6 +69,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	data, ok := s.files[r.URL.Path]
 	stall := s.stalls[r.URL.Path]
 	s.hits[r.URL.Path]++
+	s.ranges[r.URL.Path] = append(s.ranges[r.URL.Path], r.Header.Get("Range"))
 	s.mu.Unlock()
 	if s.Delay > 0 {
 		select {
@@ -75,6 +82,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	var from int
+	if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err == nil && stall == nil && from > 0 && from < len(data) {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(data)-1, len(data)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)-from))
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(data[from:])
+		return
+	}
+	w.Header().Set("Accept-Ranges", "bytes")
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(http.StatusOK)
 	if stall == nil {
@@ -117,6 +133,17 @@ func (s *Server) Stall(path string) (release func()) {
 	})
 }
 
+// Unstall serves later requests for path whole again; a request already
+// stalled keeps waiting for its release or for its client to go away.
+func (s *Server) Unstall(path string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch, ok := s.stalls[path]; ok {
+		delete(s.stalls, path)
+		s.pending = append(s.pending, ch)
+	}
+}
+
 func (s *Server) releaseAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -124,6 +151,10 @@ func (s *Server) releaseAll() {
 		close(ch)
 		delete(s.stalls, p)
 	}
+	for _, ch := range s.pending {
+		close(ch)
+	}
+	s.pending = nil
 }
 
 // Hits is the number of requests for path.
@@ -131,6 +162,13 @@ func (s *Server) Hits(path string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.hits[path]
+}
+
+// Ranges lists the Range header of each request for path ("" for none).
+func (s *Server) Ranges(path string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.ranges[path])
 }
 
 // Digest is the hex SHA-256 of b, as artifacts carry it.
