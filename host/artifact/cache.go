@@ -98,8 +98,7 @@ type entry struct {
 // number of bytes the cache tries to stay under; budget <= 0 means no limit.
 // Partial downloads that an earlier run left in dir/tmp are kept to be
 // resumed (see the package documentation); anything else there is deleted.
-// A nil log
-// discards log output.
+// A nil log discards log output.
 func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("artifact cache: empty directory: %w", ErrInvalid)
