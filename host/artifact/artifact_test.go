@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 )
 
 // --- helpers ---------------------------------------------------------------
@@ -461,7 +462,70 @@ func TestCloseCancelsDownloads(t *testing.T) {
 	if _, err := c.Fetch(t.Context(), a, nil); !errors.Is(err, artifact.ErrClosed) {
 		t.Fatalf("fetch after Close: err = %v, want ErrClosed", err)
 	}
-	assertClean(t, dir)
+	// The partial download stays for the next run (a node that stops and
+	// starts again), which resumes it.
+	part := filepath.Join(dir, "tmp", digest(content)+".part")
+	fi, err := os.Stat(part)
+	if err != nil || fi.Size() == 0 {
+		t.Fatalf("partial download after Close: %v, %v", fi, err)
+	}
+	ranged := serveFlaky(t, content)
+	c2 := newCache(t, dir, 0)
+	path, err := c2.Fetch(t.Context(), artifact.Artifact{URI: ranged.URL + "/m", SHA256: digest(content)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs from the served one")
+	}
+	if want := []string{fmt.Sprintf("bytes=%d-", fi.Size())}; !slices.Equal(ranged.ranges, want) {
+		t.Errorf("Range headers %q, want %q", ranged.ranges, want)
+	}
+}
+
+// TestRefetchWhileCancelledDownloadStops: a Fetch that comes while the
+// download its digest had is still stopping (its last waiter left) waits for
+// it instead of sharing its partial file, which the stopping one removes.
+func TestRefetchWhileCancelledDownloadStops(t *testing.T) {
+	srv := artifacttest.New(t)
+	content := blob(t, 64<<10)
+	a := srv.Add("/m", content)
+	srv.Stall("/m")
+	c := newCache(t, t.TempDir(), 0)
+
+	// The first download, stopping, waits before removing its partial file
+	// for the second Fetch to reach the server (at most 300 ms).
+	stopping := make(chan struct{}, 1)
+	restore := artifact.SetHookBeforeRemovePartial(func() {
+		stopping <- struct{}{}
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for srv.Total.Load() < 2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	})
+	defer restore()
+	ctx, cancel := context.WithCancel(t.Context())
+	first := make(chan error, 1)
+	go func() { _, err := c.Fetch(ctx, a, nil); first <- err }()
+	select {
+	case <-srv.Stalled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("first download did not start")
+	}
+	srv.Unstall("/m") // the second request is served whole, 50 ms late
+	srv.Delay = 50 * time.Millisecond
+	cancel()
+	receive(t, stopping, "the first download to stop")
+	path, err := c.Fetch(t.Context(), a, nil)
+	if err != nil {
+		t.Fatalf("second fetch: %v", err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs from the served one")
+	}
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first fetch: %v, want context.Canceled", err)
+	}
 }
 
 // writeBlobs writes each content to a file and returns file:// artifacts.
@@ -985,5 +1049,80 @@ func TestFetchCorruptPartialIsDropped(t *testing.T) {
 	}
 	if want := []string{"bytes=1000-", ""}; !slices.Equal(srv.ranges, want) {
 		t.Errorf("Range headers %q, want %q", srv.ranges, want)
+	}
+}
+
+func TestNewDropsOldPartials(t *testing.T) {
+	content := blob(t, 1000)
+	d := digest(content)
+	dir := t.TempDir()
+	leavePartial(t, dir, d, content[:10])
+	old := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(filepath.Join(dir, "tmp", d+".part"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	newCache(t, dir, 0)
+	if left := names(t, dir, "tmp"); len(left) != 0 {
+		t.Errorf("tmp/ = %v, want a 2-day-old partial removed", left)
+	}
+}
+
+func TestFetchCompletePartialNeedsNoRequest(t *testing.T) {
+	content := blob(t, 1000)
+	d := digest(content)
+	dir := t.TempDir()
+	leavePartial(t, dir, d, content) // a crash came between the last write and the rename
+	c := newCache(t, dir, 0)
+	srv := serveBlob(t, content)
+	path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs")
+	}
+	if h := srv.hits.Load(); h != 0 {
+		t.Errorf("HTTP requests = %d, want 0", h)
+	}
+}
+
+// TestFetchReplacesOddPartial: whatever sits at tmp/<digest>.part when a
+// download starts (a directory, a symlink) is replaced, never followed.
+func TestFetchReplacesOddPartial(t *testing.T) {
+	content := blob(t, 1000)
+	d := digest(content)
+	for _, kind := range []string{"directory", "symlink"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			c := newCache(t, dir, 0)
+			part := filepath.Join(dir, "tmp", d+".part")
+			target := filepath.Join(t.TempDir(), "target")
+			if err := os.WriteFile(target, []byte("keep me"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if kind == "directory" {
+				err = os.MkdirAll(filepath.Join(part, "sub"), 0o755)
+			} else {
+				err = os.Symlink(target, part)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := serveBlob(t, content)
+			path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+				t.Fatal("cached file differs")
+			}
+			if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("cached artifact is not a regular file: %v %v", fi, err)
+			}
+			if got, _ := os.ReadFile(target); string(got) != "keep me" {
+				t.Errorf("the symlink's target was written: %q", got)
+			}
+		})
 	}
 }

@@ -82,7 +82,8 @@ type Cache struct {
 	closed  bool
 	entries map[string]*entry  // cached artifacts by digest
 	refs    map[string]int     // pins by digest, cached or not
-	flights map[string]*flight // downloads in progress by digest
+	flights map[string]*flight // downloads in progress by digest, joinable
+	running map[string]*flight // downloads not yet stopped by digest (see startLocked)
 	total   int64              // sum of entries' sizes
 	seq     uint64             // LRU clock
 }
@@ -115,6 +116,7 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 		entries: make(map[string]*entry),
 		refs:    make(map[string]int),
 		flights: make(map[string]*flight),
+		running: make(map[string]*flight),
 	}
 	for _, o := range opts {
 		o(c)
@@ -131,9 +133,13 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 	return c, nil
 }
 
+// partialMaxAge is how long a partial download left by an earlier run is
+// kept for a Fetch to resume: one untouched for longer is deleted by New.
+const partialMaxAge = 24 * time.Hour
+
 // cleanTmp keeps the partial downloads an earlier run left in dir/tmp
-// (<digest>.part, resumed by the next Fetch of that digest) and deletes
-// everything else there.
+// (<digest>.part written to in the last partialMaxAge, resumed by the next
+// Fetch of that digest) and deletes everything else there.
 func (c *Cache) cleanTmp() error {
 	tmp := filepath.Join(c.dir, tmpDir)
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
@@ -146,8 +152,10 @@ func (c *Cache) cleanTmp() error {
 	kept, removed := 0, 0
 	for _, de := range left {
 		if d, ok := strings.CutSuffix(de.Name(), partSuffix); ok && de.Type().IsRegular() && validDigest(d) == nil && d == normDigest(d) {
-			kept++
-			continue
+			if fi, err := de.Info(); err == nil && time.Since(fi.ModTime()) < partialMaxAge {
+				kept++
+				continue
+			}
 		}
 		if err := os.RemoveAll(filepath.Join(tmp, de.Name())); err != nil {
 			return fmt.Errorf("artifact cache: clean %s: %w", tmp, err)

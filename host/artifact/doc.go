@@ -22,10 +22,11 @@
 // so a file that changed in between ends the download (the server sends it
 // whole, which is refused) instead of mixing two versions.
 //
-// A download that fails or is cancelled is deleted. One cut short by a crash
-// or a kill of the process stays in tmp/: New keeps every <hex>.part there
-// (and deletes anything else), and the next Fetch of that digest hashes what
-// it holds and asks only for the rest (Range, without If-Range: the first
+// A download that fails or is cancelled is deleted. One cut short by Close
+// (the node stopping), a crash or a kill stays in tmp/: New keeps every
+// <hex>.part there written to in the last 24 hours (and deletes anything
+// else), and the next Fetch of that digest hashes what it holds and, unless
+// it is complete already, asks only for the rest (Range, without If-Range: the first
 // response's validator is not kept). A server that sends the whole file
 // instead, or finds the range unsatisfiable, starts it over. In every case
 // the SHA-256 is checked over the whole file: a partial file that was not a

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -144,16 +145,30 @@ func (f *flight) progress() (ok bool, n, total int64, changed <-chan struct{}) {
 
 // startLocked starts the download of digest d in a goroutine owned by c.
 // Its context is cancelled by Close or when its last waiter leaves.
+//
+// Downloads of one digest never overlap, since they share the partial file
+// tmp/<d>.part: one whose last waiter left is out of c.flights (no new
+// waiter joins it) but still in c.running until it has stopped and removed
+// its file; the next one waits for it, and finds the artifact cached if it
+// finished after all.
 func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 	ctx, cancel := context.WithCancelCause(c.ctx)
 	f := &flight{digest: d, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
 	c.flights[d] = f
+	prev := c.running[d]
+	c.running[d] = f
 	c.wg.Go(func() {
 		defer cancel(nil)
-		size, err := c.download(ctx, f, d, a, src)
+		size, err := c.afterPrevious(ctx, prev, d)
+		if size < 0 && err == nil {
+			size, err = c.download(ctx, f, d, a, src)
+		}
 		c.mu.Lock()
 		if c.flights[d] == f {
 			delete(c.flights, d)
+		}
+		if c.running[d] == f {
+			delete(c.running, d)
 		}
 		if err == nil {
 			c.addLocked(d, size)
@@ -166,6 +181,25 @@ func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 		close(f.done)
 	})
 	return f
+}
+
+// afterPrevious waits for prev, the download of d before this one, to stop.
+// It returns d's size if d is now cached, or -1 when it must be downloaded.
+func (c *Cache) afterPrevious(ctx context.Context, prev *flight, d string) (int64, error) {
+	if prev == nil {
+		return -1, nil
+	}
+	select {
+	case <-prev.done:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("fetch %s: %w", d, context.Cause(ctx))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[d]; ok {
+		return e.size, nil
+	}
+	return -1, nil
 }
 
 // wait follows f until it finishes or ctx ends, relaying progress.
@@ -228,7 +262,7 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	// a kill) is found again: what it holds is hashed, and only the rest is
 	// asked for.
 	tmpPath := filepath.Join(c.dir, tmpDir, d+partSuffix)
-	tmp, err := os.OpenFile(tmpPath, os.O_RDWR|os.O_CREATE, 0o644)
+	tmp, err := openPartial(tmpPath)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
@@ -237,16 +271,25 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		if !closed {
 			tmp.Close()
 		}
-		if err != nil {
+		// Kept for the next run when the cache is closing (the node is
+		// stopping): that run resumes it.
+		if err != nil && !errors.Is(context.Cause(ctx), ErrClosed) {
+			if testHookBeforeRemovePartial != nil {
+				testHookBeforeRemovePartial()
+			}
 			if rerr := os.Remove(tmpPath); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 				c.log.Warn("remove partial download", "file", tmpPath, "err", rerr)
 			}
 		}
 	}()
 	h := sha256.New()
-	have, err := io.Copy(h, tmp)
+	have, err := io.Copy(h, ctxReader{ctx, tmp})
 	if err != nil {
 		return 0, fmt.Errorf("%w: read partial download: %w", ErrFetch, err)
+	}
+	if have > 0 && hex.EncodeToString(h.Sum(nil)) == d {
+		// Complete already (a crash came before the rename).
+		return c.finish(tmp, &closed, tmpPath, d, have, a)
 	}
 
 	body, total, from, ri, err := c.open(ctx, src, have)
@@ -310,18 +353,28 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	if got := hex.EncodeToString(h.Sum(nil)); got != d {
 		return 0, fmt.Errorf("%w: got sha256 %s, want %s", ErrChecksum, got, d)
 	}
+	pw.flush()
+	return c.finish(tmp, &closed, tmpPath, d, n, a)
+}
+
+// finish checks the size of a verified download of n bytes, makes it
+// durable and read-only, and moves it into sha256/.
+func (c *Cache) finish(tmp *os.File, closed *bool, tmpPath, d string, n int64, a Artifact) (int64, error) {
 	if a.Size > 0 && n != a.Size {
 		return 0, fmt.Errorf("%w: got %d bytes, declared size %d", ErrChecksum, n, a.Size)
 	}
-	pw.flush()
-
-	if err := tmp.Chmod(0o444); err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	if limit := limitOf(a); limit > 0 && n > limit {
+		return 0, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, n, limit)
 	}
+	// Sync before Chmod: a crash in between leaves a writable partial file
+	// that the next run can open again.
 	if err := tmp.Sync(); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
-	closed = true
+	if err := tmp.Chmod(0o444); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	*closed = true
 	if err := tmp.Close(); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
@@ -330,6 +383,23 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	}
 	syncDir(filepath.Join(c.dir, objectsDir))
 	return n, nil
+}
+
+// openPartial opens (creating it) the partial download at path, which must
+// be a regular file: anything else there (a directory, a symlink, a file it
+// cannot open for writing) is removed and the file created anew.
+func openPartial(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
+	if err == nil {
+		if fi, serr := f.Stat(); serr == nil && fi.Mode().IsRegular() {
+			return f, nil
+		}
+		f.Close()
+	}
+	if err := os.RemoveAll(path); err != nil {
+		return nil, fmt.Errorf("replace %s: %w", path, err)
+	}
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
 }
 
 // open starts reading src and returns its length (-1 when unknown), the
@@ -394,6 +464,10 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
 	}
 }
+
+// testHookBeforeRemovePartial, when set by a test, runs before a failed
+// download removes its partial file.
+var testHookBeforeRemovePartial func()
 
 // partSuffix ends the name of a partial download in dir/tmp:
 // <digest>.part.
