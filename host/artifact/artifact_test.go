@@ -471,13 +471,7 @@ func TestCloseCancelsDownloads(t *testing.T) {
 	}
 	ranged := serveFlaky(t, content)
 	c2 := newCache(t, dir, 0)
-	path, err := c2.Fetch(t.Context(), artifact.Artifact{URI: ranged.URL + "/m", SHA256: digest(content)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
-		t.Fatal("cached file differs from the served one")
-	}
+	fetchOK(t, c2, artifact.Artifact{URI: ranged.URL + "/m", SHA256: digest(content)}, content)
 	if want := []string{fmt.Sprintf("bytes=%d-", fi.Size())}; !slices.Equal(ranged.ranges, want) {
 		t.Errorf("Range headers %q, want %q", ranged.ranges, want)
 	}
@@ -516,13 +510,7 @@ func TestRefetchWhileCancelledDownloadStops(t *testing.T) {
 	srv.Delay = 50 * time.Millisecond
 	cancel()
 	receive(t, stopping, "the first download to stop")
-	path, err := c.Fetch(t.Context(), a, nil)
-	if err != nil {
-		t.Fatalf("second fetch: %v", err)
-	}
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
-		t.Fatal("cached file differs from the served one")
-	}
+	fetchOK(t, c, a, content)
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("first fetch: %v, want context.Canceled", err)
 	}
@@ -951,6 +939,20 @@ func TestFetchGivesUpAfterRepeatedDrops(t *testing.T) {
 	assertClean(t, dir)
 }
 
+// fetchOK fetches a and fails the test unless that works and the cached
+// file holds content. It returns the cached file's path.
+func fetchOK(t *testing.T, c *artifact.Cache, a artifact.Artifact, content []byte) string {
+	t.Helper()
+	path, err := c.Fetch(t.Context(), a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs from the served one")
+	}
+	return path
+}
+
 // leavePartial writes what a crashed run left: dir/tmp/<digest>.part.
 func leavePartial(t *testing.T, dir, d string, data []byte) {
 	t.Helper()
@@ -1017,13 +1019,7 @@ func TestFetchPartialWhenServerIgnoresRanges(t *testing.T) {
 	leavePartial(t, dir, d, content[:1000])
 	c := newCache(t, dir, 0)
 	srv := serveBlob(t, content) // always 200, whole file
-	path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
-		t.Fatal("cached file differs from the served one: the partial was not dropped")
-	}
+	fetchOK(t, c, artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, content)
 }
 
 func TestFetchCorruptPartialIsDropped(t *testing.T) {
@@ -1040,13 +1036,7 @@ func TestFetchCorruptPartialIsDropped(t *testing.T) {
 	if left := names(t, dir, "tmp"); len(left) != 0 {
 		t.Fatalf("tmp/ holds %v after a checksum failure", left)
 	}
-	path, err := c.Fetch(t.Context(), a, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
-		t.Fatal("cached file differs from the served one")
-	}
+	fetchOK(t, c, a, content)
 	if want := []string{"bytes=1000-", ""}; !slices.Equal(srv.ranges, want) {
 		t.Errorf("Range headers %q, want %q", srv.ranges, want)
 	}
@@ -1074,13 +1064,7 @@ func TestFetchCompletePartialNeedsNoRequest(t *testing.T) {
 	leavePartial(t, dir, d, content) // a crash came between the last write and the rename
 	c := newCache(t, dir, 0)
 	srv := serveBlob(t, content)
-	path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
-		t.Fatal("cached file differs")
-	}
+	fetchOK(t, c, artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, content)
 	if h := srv.hits.Load(); h != 0 {
 		t.Errorf("HTTP requests = %d, want 0", h)
 	}
@@ -1110,13 +1094,7 @@ func TestFetchReplacesOddPartial(t *testing.T) {
 				t.Fatal(err)
 			}
 			srv := serveBlob(t, content)
-			path, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
-				t.Fatal("cached file differs")
-			}
+			path := fetchOK(t, c, artifact.Artifact{URI: srv.URL + "/m", SHA256: d}, content)
 			if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() {
 				t.Errorf("cached artifact is not a regular file: %v %v", fi, err)
 			}

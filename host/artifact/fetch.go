@@ -266,11 +266,8 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
-	closed := false
 	defer func() {
-		if !closed {
-			tmp.Close()
-		}
+		tmp.Close() // a no-op error once finish has closed it
 		// Kept for the next run when the cache is closing (the node is
 		// stopping): that run resumes it.
 		if err != nil && !errors.Is(context.Cause(ctx), ErrClosed) {
@@ -289,7 +286,7 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	}
 	if have > 0 && hex.EncodeToString(h.Sum(nil)) == d {
 		// Complete already (a crash came before the rename).
-		return c.finish(tmp, &closed, tmpPath, d, have, a)
+		return c.finish(tmp, tmpPath, d, have, a)
 	}
 
 	body, total, from, ri, err := c.open(ctx, src, have)
@@ -322,10 +319,9 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	n := from
 	resumes := 0
 	for {
-		br := &bodyReader{r: body}
-		var r io.Reader = br
+		var r io.Reader = body
 		if limit > 0 {
-			r = io.LimitReader(br, limit+1-n)
+			r = io.LimitReader(body, limit+1-n)
 		}
 		m, err := io.Copy(w, r)
 		n += m
@@ -333,14 +329,15 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 			break
 		}
 		// Only a broken body is worth another request: not a failed
-		// write (a full disk), not a cancelled fetch.
-		if w.err != nil || br.err == nil || ctx.Err() != nil || !ri.resumable {
+		// write (a full disk), not a cancelled fetch. An error that is not
+		// the writer's came from reading the body.
+		if w.err != nil || ctx.Err() != nil || !ri.resumable {
 			return 0, fmt.Errorf("%w: after %d bytes: %w", ErrFetch, n, err)
 		}
 		if n >= total {
 			break // every byte came before the cut: the digest decides
 		}
-		next, err := c.reopen(ctx, src, ri, n, total, &resumes, br.err)
+		next, err := c.reopen(ctx, src, ri, n, total, &resumes, err)
 		if err != nil {
 			return 0, err
 		}
@@ -354,12 +351,12 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		return 0, fmt.Errorf("%w: got sha256 %s, want %s", ErrChecksum, got, d)
 	}
 	pw.flush()
-	return c.finish(tmp, &closed, tmpPath, d, n, a)
+	return c.finish(tmp, tmpPath, d, n, a)
 }
 
 // finish checks the size of a verified download of n bytes, makes it
 // durable and read-only, and moves it into sha256/.
-func (c *Cache) finish(tmp *os.File, closed *bool, tmpPath, d string, n int64, a Artifact) (int64, error) {
+func (c *Cache) finish(tmp *os.File, tmpPath, d string, n int64, a Artifact) (int64, error) {
 	if a.Size > 0 && n != a.Size {
 		return 0, fmt.Errorf("%w: got %d bytes, declared size %d", ErrChecksum, n, a.Size)
 	}
@@ -374,7 +371,6 @@ func (c *Cache) finish(tmp *os.File, closed *bool, tmpPath, d string, n int64, a
 	if err := tmp.Chmod(0o444); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
-	*closed = true
 	if err := tmp.Close(); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
@@ -428,14 +424,7 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 		return ctxReader{ctx, fh}, fi.Size(), 0, ri, nil
 	}
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
-	if err != nil {
-		return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	}
-	resp, err := c.do(req)
+	resp, err := c.get(ctx, src, offset, "")
 	if err != nil {
 		return nil, 0, 0, ri, err
 	}
@@ -443,11 +432,10 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 	case resp.StatusCode == http.StatusOK:
 		return resp.Body, resp.ContentLength, 0, resumeInfoOf(resp), nil
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
-		var first, last, size int64
-		cr := resp.Header.Get("Content-Range")
-		if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil || first != offset || last != size-1 {
+		size, ok := restFrom(resp, offset)
+		if !ok {
 			resp.Body.Close()
-			return nil, 0, 0, ri, fmt.Errorf("%w: Content-Range %q does not answer a request for bytes %d-", ErrFetch, cr, offset)
+			return nil, 0, 0, ri, fmt.Errorf("%w: Content-Range %q does not answer a request for bytes %d-", ErrFetch, resp.Header.Get("Content-Range"), offset)
 		}
 		ri = resumeInfoOf(resp)
 		ri.resumable = true
@@ -541,15 +529,7 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 		t.Stop()
 		return nil, ctx.Err()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	if ri.validator != "" {
-		req.Header.Set("If-Range", ri.validator)
-	}
-	resp, err := c.do(req)
+	resp, err := c.get(ctx, src, offset, ri.validator)
 	if err != nil {
 		return nil, err
 	}
@@ -560,13 +540,35 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 		}
 		return nil, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
 	}
-	var first, last, size int64
-	cr := resp.Header.Get("Content-Range")
-	if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil || first != offset || last != total-1 || size != total {
+	if size, ok := restFrom(resp, offset); !ok || size != total {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: Content-Range %q, want bytes %d-%d/%d", errRangeRefused, cr, offset, total-1, total)
+		return nil, fmt.Errorf("%w: Content-Range %q, want bytes %d-%d/%d", errRangeRefused, resp.Header.Get("Content-Range"), offset, total-1, total)
 	}
 	return resp.Body, nil
+}
+
+// get sends a GET for src: for the bytes from offset on when offset > 0,
+// with If-Range: validator when that is set.
+func (c *Cache) get(ctx context.Context, src source, offset int64, validator string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if offset > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+		if validator != "" {
+			req.Header.Set("If-Range", validator)
+		}
+	}
+	return c.do(req)
+}
+
+// restFrom reads a 206's Content-Range and says whether it holds the rest
+// of the file from offset on, and the file's size.
+func restFrom(resp *http.Response, offset int64) (size int64, ok bool) {
+	var first, last int64
+	_, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &size)
+	return size, err == nil && first == offset && last == size-1
 }
 
 // do sends req without the URL in its error: *url.Error repeats the full
@@ -582,7 +584,8 @@ func (c *Cache) do(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// writeErr remembers the error its writer returned.
+// writeErr remembers the error its writer returned, so that a failed copy
+// can tell a failed write from a broken body.
 type writeErr struct {
 	w   io.Writer
 	err error
@@ -592,21 +595,6 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	n, err := w.w.Write(p)
 	if err != nil {
 		w.err = err
-	}
-	return n, err
-}
-
-// bodyReader remembers the error its reader returned, so that a failed copy
-// can tell a broken body from a failed write.
-type bodyReader struct {
-	r   io.Reader
-	err error
-}
-
-func (b *bodyReader) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if err != nil && err != io.EOF {
-		b.err = err
 	}
 	return n, err
 }

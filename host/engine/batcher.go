@@ -538,9 +538,6 @@ func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs 
 // sharesMemory says whether any of t's bytes (its Data or a BYTES element)
 // lie in buf's memory, up to its capacity.
 func sharesMemory(buf []byte, t *tensor.Tensor) bool {
-	if cap(buf) == 0 {
-		return false
-	}
 	if overlaps(buf, t.Data) {
 		return true
 	}
