@@ -33,6 +33,8 @@ import (
 //	A  in-process Run at batch 1 from one goroutine (latency and rate)
 //	B  the best in-process rate over batch sizes × goroutines (the machine's limit)
 //	   ModelInfer over loopback gRPC at concurrency 1 (latency added to A)
+//	   the same request to a null model that computes nothing: the round
+//	   trip's floor on this machine, which added latency cannot go below
 //	   ModelInfer at concurrency 16 with dynamic batching (rate, vs B)
 //
 // and prints one summary line. Run it with -benchtime 1x: each phase sizes
@@ -88,7 +90,7 @@ func BenchmarkServing(b *testing.B) {
 	fmt.Printf("B  sweep best: %.0f img/s (%s)\n", best, bestAt)
 
 	// The node: the same model through deployment, engine and KServe gRPC.
-	reg := loaders.NewRegistry(loader)
+	reg := loaders.NewRegistry(loader, nullLoader{})
 	models := deploy.NewManager(deploy.Config{Load: loaders.Options{IntraOpThreads: 1, InterOpThreads: 1}}, reg, nil, nil, quietLog())
 	defer models.Close(ctx)
 	if _, err := models.Assign("ppocr-cls", deploy.Spec{Name: "ppocr-cls", Format: "onnx", Model: artifact.Artifact{URI: "file://" + path},
@@ -96,8 +98,14 @@ func BenchmarkServing(b *testing.B) {
 			MaxQueueDelay: time.Duration(envInt("BENCH_DELAY_US", 0)) * time.Microsecond}}, deploy.OwnerOperator); err != nil {
 		b.Fatal(err)
 	}
-	if st, err := models.WaitFor(ctx, "ppocr-cls", deploy.Settled); err != nil || !st.State.Serving() {
-		b.Fatalf("deploy: %v %v", st.Message, err)
+	if _, err := models.Assign("null", deploy.Spec{Name: "null", Format: "null", Model: artifact.Artifact{URI: "file://" + path},
+		Batching: engine.Config{MaxBatchSize: 16, Instances: 2, QueueCapacity: 256}}, deploy.OwnerOperator); err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"ppocr-cls", "null"} {
+		if st, err := models.WaitFor(ctx, name, deploy.Settled); err != nil || !st.State.Serving() {
+			b.Fatalf("deploy %s: %v %v", name, st.Message, err)
+		}
 	}
 	cfg := testConfig(&testing.T{})
 	srv, err := New(cfg, Services{Inference: NewInference(models)}, quietLog())
@@ -130,10 +138,22 @@ func BenchmarkServing(b *testing.B) {
 		var resp inference.ModelInferResponse
 		return conn.Invoke(ctx, inference.GRPCInferenceService_ModelInfer_FullMethodName, &wire, &resp, pre)
 	}
-	for range 20 { // warm the connection and the engine
+	req.ModelName = "null"
+	nullWire, err := proto.Marshal(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	inferNull := func() {
+		var resp inference.ModelInferResponse
+		if err := conn.Invoke(ctx, inference.GRPCInferenceService_ModelInfer_FullMethodName, &nullWire, &resp, pre); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range 20 { // warm the connection and the engines
 		if err := infer(); err != nil {
 			b.Fatal(err)
 		}
+		inferNull()
 	}
 
 	// The machine's speed drifts by tens of percent over seconds (it is a
@@ -142,7 +162,7 @@ func BenchmarkServing(b *testing.B) {
 	rounds := envInt("BENCH_ROUNDS", 6)
 	slice := phase / time.Duration(rounds) * 2
 	d, _ := models.Model("ppocr-cls", "")
-	var aLat, gLat []time.Duration
+	var aLat, gLat, nLat []time.Duration
 	var engineQueue, engineCompute time.Duration
 	var engineN uint64
 	for range rounds {
@@ -157,6 +177,7 @@ func BenchmarkServing(b *testing.B) {
 		engineQueue += st1.QueueTime - st0.QueueTime
 		engineCompute += st1.ComputeTime - st0.ComputeTime
 		engineN += st1.Executions - st0.Executions
+		nLat = append(nLat, timeLoop(slice/4, inferNull)...)
 	}
 	aP50, aP99 := pct(aLat, 50), pct(aLat, 99)
 	aRate := float64(len(aLat)) / sum(aLat).Seconds()
@@ -166,6 +187,8 @@ func BenchmarkServing(b *testing.B) {
 	n1 := time.Duration(max(engineN, 1))
 	fmt.Printf("   gRPC ModelInfer c=1: p50 %v  p99 %v  added p50 %v  (engine: queue %v + compute %v per request)\n", gP50, gP99, added,
 		engineQueue/n1, engineCompute/n1)
+	nP50, nP99 := pct(nLat, 50), pct(nLat, 99)
+	fmt.Printf("   gRPC ModelInfer c=1, null model (same request, no compute): p50 %v  p99 %v  = the round trip's floor\n", nP50, nP99)
 
 	// c=16 over a few connections, as a client pool would: one HTTP/2
 	// connection serialises every 110 KB request through one reader.
@@ -211,9 +234,35 @@ func BenchmarkServing(b *testing.B) {
 	b.ReportMetric(float64(added.Microseconds()), "added_p50_us")
 	b.ReportMetric(ratio, "c16_vs_limit")
 	b.ReportMetric(e16/best, "engine_c16_vs_limit")
-	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f engine_c16_vs_limit=%.2f a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f\n",
-		added.Microseconds(), ratio, e16/best, aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16)
+	b.ReportMetric(float64(nP50.Microseconds()), "floor_p50_us")
+	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f engine_c16_vs_limit=%.2f floor_p50_us=%d a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f\n",
+		added.Microseconds(), ratio, e16/best, nP50.Microseconds(), aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16)
 }
+
+// nullLoader loads models that take the classifier's input and compute
+// nothing: their round trip is the transport's and the serving path's cost
+// alone.
+type nullLoader struct{}
+
+func (nullLoader) Format() string   { return "null" }
+func (nullLoader) Available() error { return nil }
+func (nullLoader) Load(context.Context, string, loaders.Options) (loaders.Model, error) {
+	return nullModel{}, nil
+}
+
+type nullModel struct{}
+
+func (nullModel) Info() loaders.Info {
+	return loaders.Info{Format: "null", Platform: "null",
+		Inputs:  []loaders.TensorSpec{{Name: "x", DType: tensor.FP32, Shape: []int64{-1, 3, 48, 192}}},
+		Outputs: []loaders.TensorSpec{{Name: "softmax_0.tmp_0", DType: tensor.FP32, Shape: []int64{-1, 2}}}}
+}
+
+func (nullModel) Infer(_ context.Context, in []*tensor.Tensor, _ []string) ([]*tensor.Tensor, error) {
+	return []*tensor.Tensor{tensor.New("softmax_0.tmp_0", tensor.FP32, in[0].Shape[0], 2)}, nil
+}
+
+func (nullModel) Close() error { return nil }
 
 // batchCount sums executions and the batch-size histogram over phases.
 type batchCount struct {
