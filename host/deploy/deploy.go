@@ -32,6 +32,8 @@ var (
 	ErrInvalidSpec = errors.New("invalid deployment spec")
 	// ErrNoCapacity: the node is full (deployments or memory budget).
 	ErrNoCapacity = errors.New("node has no capacity")
+	// ErrClosed: the node is shutting down and takes no new work.
+	ErrClosed = errors.New("node is shutting down")
 )
 
 // State is a step of a deployment's life.
@@ -127,6 +129,11 @@ type Deployment struct {
 	sched    *engine.Scheduler
 	pins     []string // artifact digests pinned in the cache
 	pipe     atomic.Pointer[pipeline]
+	// swapCancel cancels a guest swap in progress (nil when none): Stop
+	// calls it so as not to wait for the swap's downloads. stopping is set
+	// by Stop first, so that a swap starting after it gives up at once.
+	swapCancel context.CancelFunc
+	stopping   bool
 
 	// notify persists and publishes a change; set by the Manager.
 	notify func(*Deployment)

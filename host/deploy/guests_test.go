@@ -48,15 +48,22 @@ func newGuestNode(t *testing.T) *guestNode {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A real artifact cache, as the daemon has: swaps fetch through it.
+	dir := t.TempDir()
+	cache, err := artifact.New(filepath.Join(dir, "artifacts"), 0, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	m := deploy.NewManager(deploy.Config{Guests: rt, GuestInstances: 2},
-		loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), nil, nil, log)
+		loaders.NewRegistry(onnx.New(onnx.Config{LibraryPath: lib})), cache, nil, log)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		m.Close(ctx)
 		rt.Close(ctx)
+		cache.Close()
 	})
-	return &guestNode{m: m, dir: t.TempDir()}
+	return &guestNode{m: m, dir: dir}
 }
 
 // file writes b under the node's dir and returns its file:// artifact.

@@ -61,6 +61,10 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// ops serialises the control operations on one id (Assign, Stop), so
+	// that each sees the other's result; ids proceed in parallel.
+	ops idLocks
+
 	mu     sync.Mutex
 	byID   map[string]*Deployment
 	byName map[string]*Deployment // serving or on its way (Active)
@@ -109,6 +113,7 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 	if err := spec.validate(m.reg.Known, m.cfg); err != nil {
 		return Status{}, err
 	}
+	defer m.ops.lock(id)()
 	m.mu.Lock()
 	cur, ok := m.byID[id]
 	m.mu.Unlock()
@@ -140,7 +145,7 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, nil, fmt.Errorf("deploy %s: %w: node is shutting down", id, ErrNoCapacity)
+		return nil, nil, fmt.Errorf("deploy %s: %w", id, ErrClosed)
 	}
 	if d, ok := m.byID[id]; ok {
 		if have := d.Status().Spec; !have.Equal(spec) {
@@ -205,6 +210,25 @@ func (m *Manager) admitLocked(spec Spec) error {
 	if m.cfg.MemoryBudget > 0 && used+need > m.cfg.MemoryBudget {
 		return fmt.Errorf("%w: memory budget: needs %d bytes, %d of %d in use, %d free (limits.memory_budget)",
 			ErrNoCapacity, need, used, m.cfg.MemoryBudget, m.cfg.MemoryBudget-used)
+	}
+	return nil
+}
+
+// fitsLocked checks that d, charged charge bytes, fits the memory budget
+// next to every other active deployment.
+func (m *Manager) fitsLocked(d *Deployment, charge int64) error {
+	if m.cfg.MemoryBudget <= 0 {
+		return nil
+	}
+	var used int64
+	for _, o := range m.byID {
+		if o != d && o.State().Active() {
+			used += o.Status().MemoryBytes
+		}
+	}
+	if used+charge > m.cfg.MemoryBudget {
+		return fmt.Errorf("%w: memory budget: the loaded model holds %d bytes, %d of %d in use, %d free (limits.memory_budget)",
+			ErrNoCapacity, charge, used, m.cfg.MemoryBudget, max(m.cfg.MemoryBudget-used, 0))
 	}
 	return nil
 }
@@ -300,7 +324,13 @@ func (m *Manager) fetchAll(ctx context.Context, d *Deployment) (map[string]strin
 		if m.cfg.MaxArtifactSize > 0 {
 			a.MaxSize = m.cfg.MaxArtifactSize
 		}
-		path, err := m.fetch(ctx, d, a, phase)
+		var last time.Time
+		path, err := m.fetch(ctx, d, a, func(done, total int64) {
+			if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || done == total {
+				last = now
+				m.setProgress(d, Fetching, phase, Progress{Phase: phase, Done: done, Total: total})
+			}
+		})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", phase, err)
 		}
@@ -309,7 +339,9 @@ func (m *Manager) fetchAll(ctx context.Context, d *Deployment) (map[string]strin
 	return paths, nil
 }
 
-func (m *Manager) fetch(ctx context.Context, d *Deployment, a artifact.Artifact, phase string) (string, error) {
+// fetch fetches one of d's artifacts and pins it in the cache for d's life.
+// progress (may be nil) is the cache's progress callback.
+func (m *Manager) fetch(ctx context.Context, d *Deployment, a artifact.Artifact, progress func(done, total int64)) (string, error) {
 	if m.cache == nil {
 		if a.SHA256 != "" {
 			return "", errors.New("this node has no artifact cache")
@@ -329,13 +361,7 @@ func (m *Manager) fetch(ctx context.Context, d *Deployment, a artifact.Artifact,
 		ctx, cancel = context.WithTimeout(ctx, m.cfg.FetchTimeout)
 		defer cancel()
 	}
-	var last time.Time
-	return m.cache.Fetch(ctx, a, func(done, total int64) {
-		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || done == total {
-			last = now
-			m.setProgress(d, Fetching, phase, Progress{Phase: phase, Done: done, Total: total})
-		}
-	})
+	return m.cache.Fetch(ctx, a, progress)
 }
 
 // load compiles the guests, loads the model and starts its engine.
@@ -365,10 +391,26 @@ func (m *Manager) load(ctx context.Context, d *Deployment, paths map[string]stri
 		model.Close()
 		return err
 	}
-	d.mu.Lock()
-	d.model, d.info, d.sched = model, info, sched
-	d.charge = max(estimate(d.spec), info.MemoryBytes)
-	d.mu.Unlock()
+	// Admission charged what the spec declared; the loaded model may hold
+	// more (an artifact without a declared size is charged nothing). Check
+	// the budget again with what it holds, under m.mu so that two loads
+	// finishing together each see the other's charge.
+	charge := max(estimate(d.spec), info.MemoryBytes)
+	m.mu.Lock()
+	err = m.fitsLocked(d, charge)
+	if err == nil {
+		d.mu.Lock()
+		d.model, d.info, d.sched, d.charge = model, info, sched, charge
+		d.mu.Unlock()
+	}
+	m.mu.Unlock()
+	if err != nil {
+		if cerr := sched.Close(ctx); cerr != nil {
+			d.log.Warn("drain", "err", cerr)
+		}
+		model.Close()
+		return err
+	}
 	if ctx.Err() != nil {
 		return ctx.Err() // stopped while loading: Stop unloads
 	}
@@ -433,7 +475,10 @@ func (m *Manager) changed(d *Deployment) {
 	d.pub.Lock()
 	defer d.pub.Unlock()
 	st := d.Status()
-	if m.store != nil && d.owner != OwnerOperator {
+	m.mu.Lock()
+	current := m.byID[d.id] == d // a replaced run no longer speaks for the id
+	m.mu.Unlock()
+	if m.store != nil && d.owner != OwnerOperator && current {
 		err := m.store.Update(d.id, func(r *store.Record) error {
 			if r.State == st.State.String() && r.Message == st.Message {
 				return errUnchanged
@@ -453,6 +498,17 @@ var errUnchanged = errors.New("unchanged")
 // Stop drains a deployment's in-flight requests, unloads its model and
 // records that it should stay stopped. Stopping a stopped deployment is fine.
 func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
+	m.mu.Lock()
+	if d, ok := m.byID[id]; ok {
+		d.mu.Lock()
+		d.stopping = true
+		if d.swapCancel != nil {
+			d.swapCancel() // a guest swap holds the id: end it rather than wait
+		}
+		d.mu.Unlock()
+	}
+	m.mu.Unlock()
+	defer m.ops.lock(id)()
 	m.mu.Lock()
 	d, ok := m.byID[id]
 	m.mu.Unlock()
@@ -572,6 +628,11 @@ func (m *Manager) List() []*Deployment {
 
 // Restore starts every stored deployment whose desired state is running, and
 // lists the stopped ones as Stopped. Call it once, before serving.
+//
+// Admission applies as it did to Assign. Two stored deployments may want to
+// serve one model name (one failed, and another id took the name): the one
+// that served last wins, then the most recently updated, and the others come
+// back Failed, saying which deployment has the name.
 func (m *Manager) Restore() error {
 	if m.store == nil {
 		return nil
@@ -580,24 +641,46 @@ func (m *Manager) Restore() error {
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	for _, r := range recs {
-		var spec Spec
-		if err := json.Unmarshal(r.Spec, &spec); err != nil {
+	specs := make([]Spec, len(recs))
+	winner := map[string]int{} // model name → index in recs
+	for i, r := range recs {
+		if err := json.Unmarshal(r.Spec, &specs[i]); err != nil {
 			m.log.Error("restore: unreadable spec; skipped", "deployment", r.ID, "err", err)
+			recs[i].Spec = nil
 			continue
 		}
 		if r.Desired != store.DesiredRunning {
-			d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
+			continue
+		}
+		if w, ok := winner[specs[i].Name]; !ok || restoreBefore(r, recs[w]) {
+			winner[specs[i].Name] = i
+		}
+	}
+	for i, r := range recs {
+		if r.Spec == nil {
+			continue
+		}
+		spec := specs[i]
+		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
+		if r.Desired != store.DesiredRunning {
 			d.state, d.message = Stopped, "stopped"
-			close(d.done)
-			d.cancel = func() {}
-			m.mu.Lock()
-			m.byID[r.ID] = d
-			m.mu.Unlock()
+			m.restoreIdle(d)
+			continue
+		}
+		if w := winner[spec.Name]; w != i {
+			d.state, d.message = Failed, fmt.Sprintf("not restored: model name %q is served by deployment %q", spec.Name, recs[w].ID)
+			m.restoreIdle(d)
+			m.changed(d)
 			continue
 		}
 		m.mu.Lock()
-		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
+		if err := m.admitLocked(spec); err != nil {
+			m.mu.Unlock()
+			d.state, d.message = Failed, "not restored: "+err.Error()
+			m.restoreIdle(d)
+			m.changed(d)
+			continue
+		}
 		d.message = "restored after restart"
 		m.startLocked(d)
 		m.mu.Unlock()
@@ -605,6 +688,30 @@ func (m *Manager) Restore() error {
 		m.log.Info("restored deployment", "deployment", r.ID, "model", spec.Name)
 	}
 	return nil
+}
+
+// restoreBefore reports whether a should serve a model name rather than b:
+// the one whose last state was serving, then the more recently updated.
+func restoreBefore(a, b store.Record) bool {
+	as, _ := ParseState(a.State)
+	bs, _ := ParseState(b.State)
+	if as.Serving() != bs.Serving() {
+		return as.Serving()
+	}
+	return a.Updated.After(b.Updated)
+}
+
+// restoreIdle lists a restored deployment that does not run (Stopped or
+// Failed) without starting anything.
+func (m *Manager) restoreIdle(d *Deployment) {
+	if d.state == Failed {
+		d.log.Error("deployment failed", "reason", d.message)
+	}
+	close(d.done)
+	d.cancel = func() {}
+	m.mu.Lock()
+	m.byID[d.id] = d
+	m.mu.Unlock()
 }
 
 // Close stops every deployment without changing what is stored, so that a
@@ -627,4 +734,40 @@ func (m *Manager) Close(ctx context.Context) error {
 	m.wg.Wait()
 	m.watch.close()
 	return ctx.Err()
+}
+
+// idLocks is a mutex per deployment id, kept only while someone holds or
+// waits for it.
+type idLocks struct {
+	mu    sync.Mutex
+	locks map[string]*idLock
+}
+
+type idLock struct {
+	sync.Mutex
+	refs int // holders and waiters
+}
+
+// lock locks id's mutex and returns its unlock.
+func (l *idLocks) lock(id string) (unlock func()) {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*idLock{}
+	}
+	k := l.locks[id]
+	if k == nil {
+		k = &idLock{}
+		l.locks[id] = k
+	}
+	k.refs++
+	l.mu.Unlock()
+	k.Lock()
+	return func() {
+		k.Unlock()
+		l.mu.Lock()
+		if k.refs--; k.refs == 0 {
+			delete(l.locks, id)
+		}
+		l.mu.Unlock()
+	}
 }

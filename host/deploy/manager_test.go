@@ -993,7 +993,7 @@ func TestCloseThenUse(t *testing.T) {
 		t.Error("Watch after Close delivered an event")
 	}
 	_, err := m.Assign("dep-2", linearSpec("m2", srv.Add("/m2", linear(2))), deploy.OwnerCentral)
-	wantErr(t, err, deploy.ErrNoCapacity, "shutting down")
+	wantErr(t, err, deploy.ErrClosed, "shutting down")
 	rec, err := n.store.Get("dep-1")
 	if err != nil || rec.Desired != store.DesiredRunning {
 		t.Errorf("stored after Close: %+v, %v", rec, err)

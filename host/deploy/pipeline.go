@@ -227,20 +227,62 @@ func swappable(cur, next Spec) bool {
 // swapGuests fetches and starts next's guests, then makes them serve new
 // requests; requests in flight finish on the old guests, which close after
 // the last of them.
+//
+// The caller holds d's id lock: a Stop cancels the swap, then waits for it.
+// The deployment keeps serving, in its state, while the new guests are
+// fetched and compiled; if the node shuts down meanwhile, the new guests are
+// closed, not installed.
 func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.fetchTimeout())
-	defer cancel()
-	paths := map[string]string{}
-	for _, g := range next.Guests {
-		path, err := m.fetch(ctx, d, g.Artifact, "fetch guest "+g.Name)
-		if err != nil {
-			return Status{}, fmt.Errorf("swap guests of %s: guest %s: %w", d.id, g.Name, err)
-		}
-		paths[g.Name] = path
+	d.mu.Lock()
+	if d.stopping {
+		d.mu.Unlock()
+		cancel()
+		return Status{}, fmt.Errorf("swap guests of %s: %w: it is being stopped", d.id, ErrNotReady)
+	}
+	d.swapCancel = cancel
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.swapCancel = nil
+		d.mu.Unlock()
+		cancel()
+	}()
+	paths, err := m.fetchGuests(ctx, d, next)
+	if err != nil {
+		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
 	}
 	pipe, err := m.buildPipeline(ctx, d, next, paths)
 	if err != nil {
 		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+	}
+	// Install under m.mu: Close sets m.closed under it and unloads after,
+	// so it either sees the new pipeline or this sees closed.
+	old, err := m.installGuests(d, next, pipe)
+	if err != nil {
+		pipe.close(context.Background())
+		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+	}
+	go func() { // counted in m.wg by installGuests
+		defer m.wg.Done()
+		old.close(context.Background()) // waits for the requests still on it
+	}()
+	d.log.Info("guests swapped", "guests", len(next.Guests))
+	m.changed(d)
+	return d.Status(), nil
+}
+
+// installGuests makes pipe d's pipeline and stores next as d's spec, unless
+// the node is closing or d no longer serves. It returns the pipeline it
+// replaced, whose closing it has counted in m.wg (before Close can wait).
+func (m *Manager) installGuests(d *Deployment, next Spec, pipe *pipeline) (*pipeline, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if st := d.State(); m.byID[d.id] != d || !st.Serving() {
+		return nil, fmt.Errorf("%w: deployment is %v", ErrNotReady, st)
 	}
 	if m.store != nil && d.owner != OwnerOperator {
 		raw, err := json.Marshal(next)
@@ -248,22 +290,36 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 			err = m.store.Update(d.id, func(r *store.Record) error { r.Spec = raw; return nil })
 		}
 		if err != nil {
-			pipe.close(context.Background())
-			return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+			return nil, err
 		}
 	}
 	d.mu.Lock()
 	d.spec.Guests, d.spec.Config = next.Guests, next.Config // the rest is equal (swappable)
 	d.mu.Unlock()
-	old := d.pipe.Swap(pipe)
 	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		old.close(context.Background()) // waits for the requests still on it
-	}()
-	d.log.Info("guests swapped", "guests", len(next.Guests))
-	m.changed(d)
-	return d.Status(), nil
+	return d.pipe.Swap(pipe), nil
+}
+
+// fetchGuests fetches next's guests for a swap, within the node's limit on
+// concurrent fetches. The deployment's state does not change: it serves on.
+func (m *Manager) fetchGuests(ctx context.Context, d *Deployment, next Spec) (map[string]string, error) {
+	if err := acquire(ctx, m.fetchSem); err != nil {
+		return nil, err
+	}
+	defer release(m.fetchSem)
+	paths := map[string]string{}
+	for _, g := range next.Guests {
+		a := g.Artifact
+		if m.cfg.MaxArtifactSize > 0 {
+			a.MaxSize = m.cfg.MaxArtifactSize
+		}
+		path, err := m.fetch(ctx, d, a, nil)
+		if err != nil {
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+		paths[g.Name] = path
+	}
+	return paths, nil
 }
 
 func (m *Manager) fetchTimeout() time.Duration {

@@ -22,6 +22,15 @@ import (
 func init() {
 	registerCode(deploy.ErrInvalidSpec, codes.InvalidArgument)
 	registerCode(deploy.ErrNoCapacity, codes.ResourceExhausted)
+	registerCode(deploy.ErrClosed, codes.Unavailable)
+	// A guest swap fetches while the caller waits: its artifact's errors
+	// reach the client (a deployment's own fetch errors end in its state).
+	registerCode(artifact.ErrInvalid, codes.InvalidArgument)
+	registerCode(artifact.ErrNotFound, codes.FailedPrecondition)
+	registerCode(artifact.ErrChecksum, codes.FailedPrecondition)
+	registerCode(artifact.ErrTooLarge, codes.ResourceExhausted)
+	registerCode(artifact.ErrFetch, codes.Unavailable)
+	registerCode(artifact.ErrClosed, codes.Unavailable)
 	registerCode(guest.ErrDeadline, codes.DeadlineExceeded)
 	registerCode(guest.ErrMemory, codes.ResourceExhausted)
 	registerCode(guest.ErrGuest, codes.InvalidArgument)

@@ -18,7 +18,9 @@ import (
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
 )
@@ -196,6 +198,10 @@ func TestErrorsMapToCodes(t *testing.T) {
 		{fmt.Errorf("x: %w", context.Canceled), codes.Canceled},
 		{fmt.Errorf("load m.onnx: %w", loaders.ErrInvalidModel), codes.FailedPrecondition},
 		{fmt.Errorf("%w: gguf", loaders.ErrUnavailable), codes.FailedPrecondition},
+		{fmt.Errorf("deploy d: %w", deploy.ErrClosed), codes.Unavailable},
+		{fmt.Errorf("swap guests of d: guest post: %w", artifact.ErrChecksum), codes.FailedPrecondition},
+		{fmt.Errorf("swap guests of d: guest post: %w", artifact.ErrFetch), codes.Unavailable},
+		{fmt.Errorf("swap guests of d: guest post: %w", artifact.ErrTooLarge), codes.ResourceExhausted},
 		{status.Error(codes.NotFound, "kept"), codes.NotFound},
 		{errors.New("boom"), codes.Internal},
 	} {

@@ -1,0 +1,220 @@
+package deploy_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/guesttest"
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/store"
+	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
+)
+
+// A Stop that comes while a guest swap is downloading cancels the swap: the
+// deployment ends Stopped, and the swap installs nothing on it.
+func TestStopCancelsGuestSwap(t *testing.T) {
+	n := newGuestNode(t)
+	srv := artifacttest.New(t)
+	spec := func(labels string, post artifact.Artifact) deploy.Spec {
+		return deploy.Spec{Name: "m", Format: "onnx", Model: n.file(t, "m.onnx", linear(1)),
+			Config: map[string]string{"labels": labels},
+			Guests: []deploy.Guest{{Name: "post", Roles: []string{"postprocess"}, Artifact: post}}}
+	}
+	post := guesttest.Build(t, "guests/examples/cls-post")
+	if st := n.deploy(t, "dep", spec("a,b", srv.Add("/post1.wasm", post))); !st.State.Serving() {
+		t.Fatalf("deploy: %v %s", st.State, st.Message)
+	}
+	// The same guest with a custom section appended: another digest, so
+	// the cache has to download it.
+	other := append(append([]byte{}, post...), 0, 5, 4, 's', 'w', 'a', 'p')
+	next := srv.Add("/post2.wasm", other)
+	release := srv.Stall("/post2.wasm")
+	defer release()
+	swapped := make(chan error, 1)
+	go func() {
+		_, err := n.m.Assign("dep", spec("x,y", next), deploy.OwnerCentral)
+		swapped <- err
+	}()
+	deadline := time.Now().Add(waitTimeout)
+	for srv.Hits("/post2.wasm") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the swap never asked for its guest")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		if _, err := n.m.Stop(context.Background(), "dep"); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(waitTimeout):
+		t.Fatal("Stop waited for the stalled swap")
+	}
+	if err := <-swapped; err == nil {
+		t.Error("the swap succeeded on a stopped deployment")
+	}
+	d, _ := n.m.Get("dep")
+	if st := d.Status(); st.State != deploy.Stopped || st.Spec.Config["labels"] != "a,b" {
+		t.Errorf("after stop and swap: %v, labels %q", st.State, st.Spec.Config["labels"])
+	}
+}
+
+// Two stored deployments that want one model name (one failed, then another
+// id took the name): after a restart the one that served wins, whatever
+// their ids' order, and the other comes back Failed saying why.
+func TestRestoreGivesNameToServingDeployment(t *testing.T) {
+	srv := artifacttest.New(t)
+	for _, ids := range [][2]string{{"dep-z", "dep-a"}, {"dep-a", "dep-z"}} {
+		failing, healthy := ids[0], ids[1]
+		t.Run(failing+" failed", func(t *testing.T) {
+			dir := t.TempDir()
+			n1 := newNode(t, nodeOpts{dir: dir, withStore: true})
+			missing := artifact.Artifact{URI: "file://" + dir + "/missing.onnx"}
+			if _, err := n1.m.Assign(failing, linearSpec("m", missing), deploy.OwnerCentral); err != nil {
+				t.Fatal(err)
+			}
+			waitSettled(t, n1.m, failing, deploy.Failed)
+			if _, err := n1.m.Assign(healthy, linearSpec("m", srv.Add("/"+healthy, linear(1))), deploy.OwnerCentral); err != nil {
+				t.Fatal(err)
+			}
+			waitSettled(t, n1.m, healthy, deploy.Ready)
+			n1.close()
+
+			n2 := newNode(t, nodeOpts{dir: dir, withStore: true})
+			if err := n2.m.Restore(); err != nil {
+				t.Fatal(err)
+			}
+			waitSettled(t, n2.m, healthy, deploy.Ready)
+			st := waitSettled(t, n2.m, failing, deploy.Failed)
+			if !strings.Contains(st.Message, healthy) {
+				t.Errorf("%s: message %q does not name %s", failing, st.Message, healthy)
+			}
+			d, err := n2.m.Model("m", "")
+			if err != nil || d.ID() != healthy {
+				t.Fatalf("model m: served by %v, %v", d.ID(), err)
+			}
+			checkInfer(t, n2.m, "m", wantLinear(1))
+		})
+	}
+}
+
+// Restore admits deployments as Assign does: past max_deployments, the rest
+// come back Failed.
+func TestRestoreAppliesAdmission(t *testing.T) {
+	srv := artifacttest.New(t)
+	dir := t.TempDir()
+	n1 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := n1.m.Assign(id, linearSpec(id, srv.Add("/"+id, linear(1))), deploy.OwnerCentral); err != nil {
+			t.Fatal(err)
+		}
+		waitSettled(t, n1.m, id, deploy.Ready)
+	}
+	n1.close()
+	n2 := newNode(t, nodeOpts{dir: dir, withStore: true, cfg: deploy.Config{MaxDeployments: 2}})
+	if err := n2.m.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	var ready, failed int
+	for _, id := range []string{"a", "b", "c"} {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		st, err := n2.m.WaitFor(ctx, id, deploy.Settled)
+		cancel()
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case st.State.Serving():
+			ready++
+		case st.State == deploy.Failed && strings.Contains(st.Message, "max_deployments"):
+			failed++
+		default:
+			t.Errorf("%s: %v %s", id, st.State, st.Message)
+		}
+	}
+	if ready != 2 || failed != 1 {
+		t.Errorf("restored %d ready, %d failed; want 2 and 1", ready, failed)
+	}
+}
+
+// The memory budget holds against what models hold once loaded, also when
+// their artifacts declare no size (admission then charges nothing).
+func TestMemoryBudgetCountsLoadedModels(t *testing.T) {
+	srv := artifacttest.New(t)
+	w := make([][]float32, 64)
+	for i := range w {
+		w[i] = make([]float32, 64)
+	}
+	big := onnxtest.Linear(w, make([]float32, 64)) // ~16.8 kB
+	n := newNode(t, nodeOpts{cfg: deploy.Config{MemoryBudget: 20000}})
+	ids := []string{"a", "b", "c"}
+	for _, id := range ids {
+		if _, err := n.m.Assign(id, linearSpec(id, srv.Add("/"+id, big)), deploy.OwnerCentral); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var used int64
+	var refused int
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		st, err := n.m.WaitFor(ctx, id, deploy.Settled)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		used += st.MemoryBytes
+		if st.State == deploy.Failed {
+			if !strings.Contains(st.Message, "memory budget") {
+				t.Errorf("%s failed for another reason: %s", id, st.Message)
+			}
+			refused++
+		}
+	}
+	if used > 20000 || refused < 2 {
+		t.Errorf("charged %d bytes of a 20000 budget, %d refused", used, refused)
+	}
+}
+
+// Stop and Assign of one id at once end in an order one of them could have
+// had alone: what runs in memory is what the store will restore.
+func TestStopAndAssignAgreeWithStore(t *testing.T) {
+	srv := artifacttest.New(t)
+	n := newNode(t, nodeOpts{withStore: true, quiet: true})
+	for i := range 100 {
+		id := fmt.Sprint("dep-", i)
+		spec := linearSpec(id, srv.Add("/"+id, linear(1)))
+		if _, err := n.m.Assign(id, spec, deploy.OwnerCentral); err != nil {
+			t.Fatal(err)
+		}
+		waitSettled(t, n.m, id, deploy.Ready)
+		if _, err := n.m.Stop(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); n.m.Stop(context.Background(), id) }()
+		go func() { defer wg.Done(); n.m.Assign(id, spec, deploy.OwnerCentral) }()
+		wg.Wait()
+		d, err := n.m.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := n.store.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if running := rec.Desired == store.DesiredRunning; d.State().Active() != running {
+			t.Fatalf("round %d: in memory %v, stored desired %v", i, d.State(), rec.Desired)
+		}
+		n.m.Stop(context.Background(), id) // frees the slot for the next round
+	}
+}
