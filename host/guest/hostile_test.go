@@ -56,6 +56,7 @@ func TestHostile(t *testing.T) {
 		{"nilderef", guest.ErrTrap, "nil pointer dereference"},
 		{"exit", guest.ErrTrap, "exit_code(3)"},
 		{"fail", guest.ErrGuest, "invalid argument"},
+		{"dupout", guest.ErrBadOutput, "the limit is"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mode, func(t *testing.T) {

@@ -456,11 +456,19 @@ func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, e
 		return nil, p.errorf(op, fmt.Errorf("%w: %w", ErrBadOutput, err))
 	}
 	out := make([]*tensor.Tensor, len(list))
+	// Host tensors named by handle count against the limit too: each
+	// mention is a copy in the response (the same handle listed 20,000
+	// times would otherwise be 20,000 copies).
+	total := int64(n)
 	for i, e := range list {
 		if e.Handle != 0 {
 			t, ok := inst.sess.Get(e.Handle)
 			if !ok {
 				return nil, p.errorf(op, fmt.Errorf("%w: output %q names unknown handle %d", ErrBadOutput, e.Name, e.Handle))
+			}
+			if total += t.ByteSize(); total > int64(p.rt.cfg.MaxOutputBytes) {
+				return nil, p.errorf(op, fmt.Errorf("%w: outputs of more than %d bytes, the limit is %d (guest.max_output_size)",
+					ErrBadOutput, total, p.rt.cfg.MaxOutputBytes))
 			}
 			c := *t // tensors are immutable: share the elements, rename the copy
 			c.Name = e.Name

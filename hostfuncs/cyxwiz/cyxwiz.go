@@ -109,7 +109,9 @@ func wrap(fn hostFunc) api.GoModuleFunc {
 			stack[0] = api.EncodeI32(int32(abi.ENOCALL))
 			return
 		}
+		s.ctx = ctx
 		stack[0] = api.EncodeI32(fn(ctx, s, m.Memory(), stack))
+		s.ctx = nil
 	}
 }
 
@@ -158,10 +160,15 @@ func (s *Session) read(mem api.Memory, ptr, n uint32, what string) ([]byte, int3
 	return b, 0
 }
 
+// tensor returns the tensor behind h, if its shape is one the operations
+// may loop over (an input from a request is checked here, on first use).
 func (s *Session) tensor(h uint32) (*tensor.Tensor, int32) {
 	t, ok := s.Get(h)
 	if !ok {
 		return nil, s.fail(abi.EBADF, "no tensor handle %d", h)
+	}
+	if err := s.checkShape(t.Shape); err != nil {
+		return nil, s.errno(err)
 	}
 	return t, 0
 }
@@ -293,13 +300,19 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	if e != 0 {
 		return e
 	}
-	if err := s.charge(int64(len(data))); err != nil {
+	if err := s.checkShape(shape); err != nil {
+		return s.errno(err)
+	}
+	// The name is host memory too: charged with the data.
+	bytes := int64(len(data)) + int64(len(name))
+	if err := s.charge(bytes); err != nil {
 		return s.errno(err)
 	}
 	t := &tensor.Tensor{Name: string(name), DType: dt, Shape: shape}
 	if dt == tensor.Bytes {
 		strs, err := abi.DecodeStrings(data, tensor.NumElements(shape))
 		if err != nil {
+			s.used -= bytes
 			return s.fail(abi.EINVAL, "tensor %q: %v", name, err)
 		}
 		t.Strings = make([][]byte, len(strs))
@@ -310,10 +323,12 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 		t.Data = append([]byte(nil), data...)
 	}
 	if err := t.Validate(); err != nil {
+		s.used -= bytes
 		return s.fail(abi.EINVAL, "%v", err)
 	}
-	h, err := s.store(t, int64(len(data)))
+	h, err := s.store(t, bytes)
 	if err != nil {
+		s.used -= bytes
 		return s.errno(err)
 	}
 	return int32(h)
@@ -364,11 +379,16 @@ func hostTensorName(_ context.Context, s *Session, mem api.Memory, st []uint64) 
 	if e != 0 {
 		return e
 	}
+	if err := s.charge(int64(len(name))); err != nil {
+		return s.errno(err)
+	}
 	// Tensors are shared (inputs, reshape results): rename a copy of the
 	// header, never the tensor itself.
 	c := *t
 	c.Name = string(name)
-	s.tab[u32(st, 0)].t = &c
+	sl := s.tab[u32(st, 0)]
+	sl.t = &c
+	sl.bytes += int64(len(name))
 	return 0
 }
 
@@ -386,6 +406,14 @@ func hostTensorPin(_ context.Context, s *Session, _ api.Memory, st []uint64) int
 	sl, ok := s.tab[u32(st, 0)]
 	if !ok {
 		return s.fail(abi.EBADF, "no tensor handle %d", u32(st, 0))
+	}
+	// A pinned tensor stays on the host after the call: all of it counts,
+	// also a call input (not charged while the caller holds it).
+	if more := sl.t.ByteSize() + int64(len(sl.t.Name)) - sl.bytes; !sl.pinned && more > 0 {
+		if err := s.charge(more); err != nil {
+			return s.errno(err)
+		}
+		sl.bytes += more
 	}
 	sl.pinned = true
 	return 0
@@ -524,8 +552,17 @@ func hostReshape(_ context.Context, s *Session, mem api.Memory, st []uint64) int
 	if err != nil {
 		return s.errno(err)
 	}
-	h, err := s.store(y, 0) // shares x's data
+	if err := s.checkShape(y.Shape); err != nil {
+		return s.errno(err)
+	}
+	// y shares x's data, but outlives a free of x: it is charged in full,
+	// so that freeing x cannot refund memory y still holds.
+	if err := s.charge(y.ByteSize()); err != nil {
+		return s.errno(err)
+	}
+	h, err := s.store(y, y.ByteSize())
 	if err != nil {
+		s.used -= y.ByteSize()
 		return s.errno(err)
 	}
 	return int32(h)
@@ -557,6 +594,9 @@ func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int
 		return e
 	}
 	outCap := u32(st, 5)
+	if outCap > uint32(s.lim.MaxHandles) {
+		return s.fail(abi.EINVAL, "infer: room for %d outputs, at most %d handles", outCap, s.lim.MaxHandles)
+	}
 	if _, e := s.read(mem, u32(st, 4), outCap*4, "infer out"); e != 0 {
 		return e
 	}
@@ -581,6 +621,8 @@ func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int
 		}
 		binary.LittleEndian.PutUint32(buf[4*i:], h)
 	}
-	mem.Write(u32(st, 4), buf)
+	if !mem.Write(u32(st, 4), buf) {
+		return s.fail(abi.EFAULT, "infer out: %d bytes at %#x outside guest memory", len(buf), u32(st, 4))
+	}
 	return int32(len(out))
 }

@@ -111,6 +111,9 @@ func (s *Session) normalize(x *tensor.Tensor, scale float32, mean, std []float32
 	}
 	i := 0
 	for range outer {
+		if err := s.stopped(); err != nil {
+			return nil, err
+		}
 		for c := range n {
 			m, r := mean[c], inv[c]
 			for _, v := range in[i : i+inner] {
@@ -138,6 +141,9 @@ func (s *Session) softmax(x *tensor.Tensor, axis int) (*tensor.Tensor, error) {
 	}
 	out := tensor.View[float32](y)
 	for o := range outer {
+		if err := s.stopped(); err != nil {
+			return nil, err
+		}
 		for k := range inner {
 			base := o*n*inner + k
 			m := float32(math.Inf(-1))
@@ -180,9 +186,20 @@ func (s *Session) topk(x *tensor.Tensor, k int) (vals, idx *tensor.Tensor, err e
 	if idx, err = s.alloc(x.Name+":indices", tensor.Int64, shape...); err != nil {
 		return nil, nil, err
 	}
+	if len(in) == 0 {
+		return vals, idx, nil
+	}
 	vo, io := tensor.View[float32](vals), tensor.View[int64](idx)
+	refund, err := s.scratch(int64(n) * 8)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer refund()
 	order := make([]int, n)
 	for r := 0; r*n < len(in); r++ {
+		if err := s.stopped(); err != nil {
+			return nil, nil, err
+		}
 		row := in[r*n : (r+1)*n]
 		for i := range order {
 			order[i] = i
@@ -246,12 +263,23 @@ func (s *Session) resize(x *tensor.Tensor, oh, ow int, layout int) (*tensor.Tens
 		return nil, err
 	}
 	out := tensor.View[float32](y)
+	if len(out) == 0 {
+		return y, nil
+	}
+	refund, err := s.scratch(20 * (int64(oh) + int64(ow))) // axisWeights: two ints and a float32 each
+	if err != nil {
+		return nil, err
+	}
+	defer refund()
 	x0, x1, wx := axisWeights(w, ow)
 	y0, y1, wy := axisWeights(h, oh)
 	o := 0
 	for p := range planes {
 		src := in[p*h*w*ch : (p+1)*h*w*ch]
 		for oy := range oh {
+			if err := s.stopped(); err != nil {
+				return nil, err
+			}
 			r0, r1, fy := src[y0[oy]*w*ch:], src[y1[oy]*w*ch:], wy[oy]
 			for ox := range ow {
 				a, b, fx := x0[ox]*ch, x1[ox]*ch, wx[ox]
@@ -313,6 +341,9 @@ func (s *Session) matmul(a, b *tensor.Tensor) (*tensor.Tensor, error) {
 		return y, nil
 	}
 	for r := 0; r*k < len(av); r++ {
+		if err := s.stopped(); err != nil {
+			return nil, err
+		}
 		orow := out[r*n : (r+1)*n]
 		for j, v := range av[r*k : (r+1)*k] {
 			for c, w := range bv[j*n : (j+1)*n] {

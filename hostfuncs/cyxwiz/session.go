@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -78,6 +79,9 @@ type Session struct {
 	used   int64 // bytes of guest-created tensors
 	hit    bool  // a limit was reached during this call
 	errMsg string
+	// ctx is the context of the host function running (nil between host
+	// calls): long operations stop when the guest call's deadline passes.
+	ctx context.Context
 }
 
 type slot struct {
@@ -185,12 +189,64 @@ func (s *Session) charge(n int64) error {
 	return nil
 }
 
+// scratch charges n bytes of an operation's working memory and returns
+// their refund, for when the operation is over.
+func (s *Session) scratch(n int64) (refund func(), err error) {
+	if err := s.charge(n); err != nil {
+		return nil, err
+	}
+	return func() { s.used -= n }, nil
+}
+
+// stopped returns an error once the guest call's deadline has passed or its
+// caller went away: loops that may run long check it every row.
+func (s *Session) stopped() error {
+	if s.ctx == nil {
+		return nil
+	}
+	if err := s.ctx.Err(); err != nil {
+		return fmt.Errorf("host operation stopped: %w", err)
+	}
+	return nil
+}
+
+// span is the product of a shape's non-zero dimensions, saturating. It
+// bounds every loop over a tensor's rows and columns, also when the tensor
+// is empty: [2^62, 0] holds nothing but has 2^62 rows.
+func span(shape []int64) int64 {
+	p := int64(1)
+	for _, d := range shape {
+		if d <= 0 {
+			continue
+		}
+		if p > math.MaxInt64/d {
+			return math.MaxInt64
+		}
+		p *= d
+	}
+	return p
+}
+
+// checkShape refuses a shape whose rows and columns could outnumber
+// MaxBytes elements (see span): for a tensor with elements, that is already
+// its size; for an empty one, it keeps loops over its dimensions bounded.
+func (s *Session) checkShape(shape []int64) error {
+	if sp := span(shape); sp > s.lim.MaxBytes && sp > tensor.NumElements(shape) {
+		s.hit = true
+		return fmt.Errorf("shape %v spans %d rows and columns, more than %d: %w", shape, sp, s.lim.MaxBytes, ErrLimit)
+	}
+	return nil
+}
+
 // alloc returns a zeroed tensor charged against the byte limit.
 func (s *Session) alloc(name string, dt tensor.DType, shape ...int64) (*tensor.Tensor, error) {
 	n := tensor.NumElements(shape)
 	if n < 0 || (dt.Size() > 0 && n > s.lim.MaxBytes/int64(dt.Size())) {
 		s.hit = true
 		return nil, fmt.Errorf("shape %v of %v: %w", shape, dt, ErrLimit)
+	}
+	if err := s.checkShape(shape); err != nil {
+		return nil, err
 	}
 	if err := s.charge(n * int64(dt.Size())); err != nil {
 		return nil, err

@@ -59,6 +59,16 @@ func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 				return nil, err
 			}
 		}
+	case "dupout": // one 1 MiB host tensor, listed 100 times
+		y, err := sdk.Affine(sdk.Float32s("x", []int64{1 << 18}, make([]float32, 1<<18)), 1, 0)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]*sdk.Tensor, 100)
+		for i := range out {
+			out[i] = y
+		}
+		return out, nil
 	case "spam":
 		line := strings.Repeat("s", 1023) + "\n"
 		for range 1024 {
