@@ -41,7 +41,9 @@ func CheckTensor(spec TensorSpec, t *tensor.Tensor) error {
 	if t.DType != spec.DType {
 		return fmt.Errorf("%w: input %q: datatype %v, model wants %v", ErrInvalidInput, t.Name, t.DType, spec.DType)
 	}
-	if len(t.Shape) != len(spec.Shape) {
+	// A nil spec shape is an input the model declares no shape for: any
+	// rank (an empty, non-nil shape is a scalar).
+	if spec.Shape != nil && len(t.Shape) != len(spec.Shape) {
 		return fmt.Errorf("%w: input %q: shape %v has rank %d, model wants rank %d %v", ErrInvalidInput, t.Name, t.Shape, len(t.Shape), len(spec.Shape), spec.Shape)
 	}
 	for k, d := range spec.Shape {

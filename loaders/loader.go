@@ -52,7 +52,9 @@ func (o Options) Log() *slog.Logger {
 	return slog.Default()
 }
 
-// TensorSpec describes one model input or output. -1 marks a dynamic dimension.
+// TensorSpec describes one model input or output. -1 marks a dynamic
+// dimension; a nil Shape, one the model does not declare (any rank), and an
+// empty one a scalar.
 type TensorSpec struct {
 	Name  string
 	DType tensor.DType

@@ -123,7 +123,8 @@ func TestPlan(t *testing.T) {
 		{"fp32 dynamic", loaders.TensorSpec{Name: "out", DType: tensor.FP32, Shape: []int64{-1, 2}}, false, nil, ""},
 		{"fp32 scalar", loaders.TensorSpec{Name: "out", DType: tensor.FP32, Shape: []int64{}}, true, nil, ""},
 		{"bytes scalar", loaders.TensorSpec{Name: "out", DType: tensor.Bytes, Shape: []int64{}}, false, nil, ""},
-		{"fp32 unknown", loaders.TensorSpec{Name: "out", DType: tensor.FP32}, false, nil, ""},
+		{"fp32 unknown", loaders.TensorSpec{Name: "out", DType: tensor.FP32}, false, nil, "no declared shape"},
+		{"bytes unknown", loaders.TensorSpec{Name: "out", DType: tensor.Bytes}, false, nil, ""},
 		{"fp16 fixed", loaders.TensorSpec{Name: "out", DType: tensor.FP16, Shape: []int64{2, 3}}, true, []dimSource{{2, -1, 0}, {3, -1, 0}}, ""},
 		{"fp16 named", loaders.TensorSpec{Name: "out", DType: tensor.FP16, Shape: []int64{-1, 7, -1}}, true, []dimSource{{-1, 0, 0}, {7, -1, 0}, {-1, 1, 3}}, ""},
 		{"bf16 anonymous", loaders.TensorSpec{Name: "out", DType: tensor.BF16, Shape: []int64{-1, 7, -1, -1}}, false, nil, "dynamic dimension 3"},
@@ -160,6 +161,20 @@ func TestAboutInput(t *testing.T) {
 	} {
 		if got := aboutInput(errors.New(msg)); got != want {
 			t.Errorf("aboutInput(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
+
+// An output allocated before the run is sized from the request's
+// dimensions, which an empty input may set to anything: past a bound the
+// request is refused before anything is allocated.
+func TestPreallocBound(t *testing.T) {
+	o := outputSpec{TensorSpec: loaders.TensorSpec{Name: "y", DType: tensor.FP16, Shape: []int64{-1}},
+		prealloc: true, dims: []dimSource{{size: -1, input: 0, axis: 0}}}
+	for _, rows := range []int64{1 << 40, 1 << 62} {
+		x := &tensor.Tensor{Name: "x", DType: tensor.FP32, Shape: []int64{rows, 0}}
+		if _, err := o.alloc([]*tensor.Tensor{x}); !errors.Is(err, loaders.ErrInvalidInput) {
+			t.Errorf("%d rows: %v, want ErrInvalidInput", rows, err)
 		}
 	}
 }

@@ -327,6 +327,10 @@ func newStrings(t *tensor.Tensor) (ort.Value, error) {
 	return v, nil
 }
 
+// maxPreallocBytes bounds one output allocated before a run from the
+// request's dimensions (FP16/BF16 and scalars; see plan).
+const maxPreallocBytes = 1 << 30
+
 // alloc makes the output's value for a run on inputs (see plan).
 func (o *outputSpec) alloc(inputs []*tensor.Tensor) (ort.Value, error) {
 	if len(o.dims) == 0 {
@@ -347,6 +351,11 @@ func (o *outputSpec) alloc(inputs []*tensor.Tensor) (ort.Value, error) {
 	n := tensor.NumElements(shape)
 	if n <= 0 {
 		return nil, fmt.Errorf("shape %v: empty %v tensors are not supported by onnxruntime_go v1.27.0", shape, o.DType)
+	}
+	// The dimensions come from the request (an empty input can carry any):
+	// refuse what no sane request needs before allocating it.
+	if n > maxPreallocBytes/int64(o.DType.Size()) {
+		return nil, fmt.Errorf("%w: shape %v of %v, from the inputs' dimensions, would take more than %d bytes", loaders.ErrInvalidInput, shape, o.DType, int64(maxPreallocBytes))
 	}
 	v, err := ort.NewCustomDataTensor(shape, make([]byte, n*int64(o.DType.Size())), o.ortType)
 	if err != nil {

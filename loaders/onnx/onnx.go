@@ -310,13 +310,16 @@ func (m *Model) describe(path string, ins, outs []ort.InputOutputInfo) error {
 // plan decides whether the output must be allocated before each run and, if
 // so, where each of its dimensions comes from. onnxruntime_go v1.27.0 cannot
 // hand back ORT-allocated FP16/BF16 tensors (it copies one byte per element)
-// or rank-0 tensors (it refuses their shape).
+// or rank-0 tensors (it refuses their shape, and then leaks the run's other
+// ORT-allocated outputs): a numeric output must declare its rank.
 func (o *outputSpec) plan(inputs []inputSpec, graph func() (map[string]graphValue, error)) error {
 	half := o.DType == tensor.FP16 || o.DType == tensor.BF16
 	switch {
 	case o.Shape == nil && half:
 		return fmt.Errorf("output %q: %v with no declared shape: onnxruntime_go v1.27.0 cannot return ORT-allocated %v tensors, and the shape is needed to allocate it", o.Name, o.DType, o.DType)
-	case o.Shape == nil, !half && len(o.Shape) > 0, o.DType == tensor.Bytes:
+	case o.Shape == nil && o.DType != tensor.Bytes:
+		return fmt.Errorf("output %q: %v with no declared shape: onnxruntime_go v1.27.0 fails on an ORT-allocated output that turns out a scalar (and leaks that run's outputs); declare the output's shape in the model", o.Name, o.DType)
+	case !half && len(o.Shape) > 0, o.DType == tensor.Bytes:
 		return nil // ORT allocates it
 	case len(o.Shape) == 0:
 		if half {

@@ -134,10 +134,10 @@ func Split(t *Tensor, sizes []int64) ([]*Tensor, error) {
 		if n < 0 {
 			return nil, fmt.Errorf("tensor: split %q: size %d is negative (%d): %w", t.Name, i, n, ErrIncompatible)
 		}
-		sum += n
-		if sum > t.Shape[0] {
-			break
+		if n > t.Shape[0]-sum { // sum ≤ dim 0 here: no overflow
+			return nil, fmt.Errorf("tensor: split %q: sizes %v add up to more than dim 0 = %d: %w", t.Name, sizes, t.Shape[0], ErrIncompatible)
 		}
+		sum += n
 	}
 	if sum != t.Shape[0] {
 		return nil, fmt.Errorf("tensor: split %q: sizes %v do not add up to dim 0 = %d: %w", t.Name, sizes, t.Shape[0], ErrIncompatible)

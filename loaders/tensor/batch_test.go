@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"testing"
@@ -123,6 +124,8 @@ func TestSplit(t *testing.T) {
 		{name: "too few", in: src, sizes: []int64{1, 2}, wantErr: true},
 		{name: "too many", in: src, sizes: []int64{3, 2}, wantErr: true},
 		{name: "negative", in: src, sizes: []int64{5, -1}, wantErr: true},
+		// Sizes whose int64 sum wraps around to dim 0.
+		{name: "wrapping", in: src, sizes: []int64{1, math.MaxInt64, math.MaxInt64, 5}, wantErr: true},
 		{name: "scalar", in: FromSlice("x", Int32, nil, []int32{1}), sizes: []int64{1}, wantErr: true},
 		{name: "nil", in: nil, sizes: []int64{1}, wantErr: true},
 	}

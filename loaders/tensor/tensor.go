@@ -146,7 +146,11 @@ func (t *Tensor) Validate() error {
 		}
 		return nil
 	}
-	want := n * int64(t.DType.Size())
+	size := int64(t.DType.Size())
+	if n > math.MaxInt64/size {
+		return fmt.Errorf("tensor %q: shape %v of %v: more bytes than an int64 counts: %w", t.Name, t.Shape, t.DType, ErrShape)
+	}
+	want := n * size
 	if int64(len(t.Data)) != want {
 		return fmt.Errorf("tensor %q: shape %v of %v needs %d bytes, got %d: %w", t.Name, t.Shape, t.DType, want, len(t.Data), ErrShape)
 	}
@@ -157,8 +161,8 @@ func (t *Tensor) Validate() error {
 func New(name string, dt DType, shape ...int64) *Tensor {
 	t := &Tensor{Name: name, DType: dt, Shape: append([]int64(nil), shape...)}
 	n := NumElements(shape)
-	if n < 0 {
-		n = 0
+	if n < 0 || (dt.Size() > 0 && n > math.MaxInt64/int64(dt.Size())) {
+		n = 0 // an impossible shape: the tensor is left empty, and Validate refuses it
 	}
 	if dt == Bytes {
 		t.Strings = make([][]byte, n)

@@ -39,6 +39,10 @@ func TestValidate(t *testing.T) {
 		"bytes count":    {Name: "x", DType: Bytes, Shape: []int64{3}, Strings: [][]byte{{1}}},
 		"invalid dtype":  {Name: "x", DType: Invalid, Shape: []int64{1}},
 		"overflow shape": {Name: "x", DType: Uint8, Shape: []int64{1 << 40, 1 << 40}},
+		// Elements fit an int64, bytes do not: 2^62 × 4 wraps to 0 bytes.
+		"overflow bytes":  {Name: "x", DType: FP32, Shape: []int64{1 << 62}},
+		"overflow bytes2": {Name: "x", DType: FP64, Shape: []int64{1<<61 + 1}, Data: make([]byte, 8)},
+		"new overflow":    New("x", FP64, 1<<61+1),
 	} {
 		if err := bad.Validate(); err == nil {
 			t.Errorf("%s: no error", name)
