@@ -137,8 +137,7 @@ func (s *Scheduler) batchLoop() {
 // starts a new batch. A batch that a compatible request does not fit in is
 // sealed: it will not grow any more, so it is due at once.
 func (s *Scheduler) add(pending *[]*batch, r *request) {
-	if r.state.Load() != stateQueued { // cancelled while in reqCh
-		s.queued.Add(-1)
+	if r.state.Load() != stateQueued { // abandoned in reqCh (its caller uncounted it)
 		return
 	}
 	p := *pending
@@ -194,8 +193,7 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool) *batch
 			b.reqs = slices.Delete(b.reqs, 0, n)
 			b.rows -= out.rows
 		}
-		s.queued.Add(-int64(len(out.reqs)))
-		return out
+		return out // its requests leave the count when a worker claims them
 	}
 	return nil
 }
@@ -283,9 +281,10 @@ func (s *Scheduler) prune(b *batch) {
 	kept := b.reqs[:0]
 	for _, r := range b.reqs {
 		if r.state.Load() != stateQueued || r.ctx.Err() != nil {
-			r.state.CompareAndSwap(stateQueued, stateCancelled)
+			if r.state.CompareAndSwap(stateQueued, stateCancelled) {
+				s.queued.Add(-1)
+			}
 			b.rows -= r.rows
-			s.queued.Add(-1)
 			continue
 		}
 		kept = append(kept, r)
@@ -310,8 +309,8 @@ func (s *Scheduler) abort(pending []*batch) {
 
 // fail takes r out of the queue with err, unless its caller has gone.
 func (s *Scheduler) fail(r *request, err error) {
-	s.queued.Add(-1)
 	if r.state.CompareAndSwap(stateQueued, stateRunning) {
+		s.queued.Add(-1)
 		deliver(r, nil, err)
 	}
 }
@@ -330,12 +329,15 @@ func (s *Scheduler) claim(reqs []*request, now time.Time) []*request {
 	kept := reqs[:0]
 	for _, r := range reqs {
 		if r.ctx.Err() != nil {
-			r.state.CompareAndSwap(stateQueued, stateCancelled)
+			if r.state.CompareAndSwap(stateQueued, stateCancelled) {
+				s.queued.Add(-1)
+			}
 			continue
 		}
 		if !r.state.CompareAndSwap(stateQueued, stateRunning) {
 			continue
 		}
+		s.queued.Add(-1)
 		s.stats.queueNs.Add(int64(now.Sub(r.enqueued)))
 		kept = append(kept, r)
 	}
@@ -354,7 +356,6 @@ func (s *Scheduler) soloLoop() {
 			s.fail(r, s.closedErr())
 			continue
 		}
-		s.queued.Add(-1)
 		s.solo(r)
 	}
 }
@@ -362,9 +363,10 @@ func (s *Scheduler) soloLoop() {
 // solo runs r holding an instance slot, and puts the slot back.
 func (s *Scheduler) solo(r *request) {
 	if !r.state.CompareAndSwap(stateQueued, stateRunning) {
-		s.release()
+		s.release() // abandoned: its caller uncounted it
 		return
 	}
+	s.queued.Add(-1)
 	if r.ctx.Err() != nil {
 		r.state.Store(stateCancelled) // its caller returns ctx.Err() on its own
 		s.release()
@@ -487,6 +489,11 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 	outs, err := s.infer(s.runCtx, inputs, first.outputs)
 	s.release()
 	s.stats.record(rows, time.Since(start))
+	if err != nil && s.runCtx.Err() != nil {
+		// Close gave up on the batch: its callers cancelled nothing.
+		failAll(reqs, s.closedErr())
+		return
+	}
 	if err != nil {
 		s.log.Debug("batch failed", "requests", len(reqs), "rows", rows, "err", err)
 		failAll(reqs, fmt.Errorf("engine %s: batch of %d requests, %d rows: %w", s.name, len(reqs), rows, err))

@@ -88,13 +88,22 @@ func (c Config) withDefaults() Config {
 
 // Validate returns every problem with c at once, each naming its field, joined
 // and wrapping ErrInvalidConfig; nil when c is usable.
+// Upper bounds of the configuration: the scheduler allocates by them (a
+// queue channel, a histogram, a goroutine per instance), and a spec from the
+// network must not make it allocate gigabytes.
+const (
+	MaxBatchSizeLimit  = 1 << 16
+	QueueCapacityLimit = 1 << 20
+	InstancesLimit     = 1024
+)
+
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalidConfig))
 	}
-	if c.MaxBatchSize < 0 {
-		bad("max_batch_size", "must be >= 0, got %d", c.MaxBatchSize)
+	if c.MaxBatchSize < 0 || c.MaxBatchSize > MaxBatchSizeLimit {
+		bad("max_batch_size", "must be in [0, %d], got %d", MaxBatchSizeLimit, c.MaxBatchSize)
 	}
 	if len(c.PreferredBatchSizes) > 0 && !c.batching() {
 		bad("preferred_batch_sizes", "need max_batch_size > 1")
@@ -108,11 +117,11 @@ func (c Config) Validate() error {
 	if c.MaxQueueDelay < 0 {
 		bad("max_queue_delay", "must be >= 0, got %v", c.MaxQueueDelay)
 	}
-	if c.QueueCapacity < 0 {
-		bad("queue_capacity", "must be >= 0, got %d", c.QueueCapacity)
+	if c.QueueCapacity < 0 || c.QueueCapacity > QueueCapacityLimit {
+		bad("queue_capacity", "must be in [0, %d], got %d", QueueCapacityLimit, c.QueueCapacity)
 	}
-	if c.Instances < 0 {
-		bad("instances", "must be >= 0, got %d", c.Instances)
+	if c.Instances < 0 || c.Instances > InstancesLimit {
+		bad("instances", "must be in [0, %d], got %d", InstancesLimit, c.Instances)
 	}
 	return errors.Join(errs...)
 }

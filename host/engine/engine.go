@@ -158,7 +158,9 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		model:   m,
 		cfg:     cfg,
 		log:     log.With("deployment", name),
-		reqCh:   make(chan *request, cfg.QueueCapacity),
+		// Room beyond the capacity: requests whose callers gave up stay in
+		// the channel, uncounted, until the batcher or a worker drops them.
+		reqCh:   make(chan *request, 2*cfg.QueueCapacity),
 		stopped: make(chan struct{}),
 	}
 	s.reqPool.New = func() any { return &request{done: make(chan struct{}, 1)} }
@@ -258,7 +260,11 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 		// Either this stops the request before a worker claims it, or it is
 		// running already and its result will be dropped. The request is not
 		// recycled: a worker or the batcher may still hold it.
-		r.state.CompareAndSwap(stateQueued, stateCancelled)
+		// Whoever moves a request out of stateQueued uncounts it: a queue
+		// of abandoned requests must not turn live ones away.
+		if r.state.CompareAndSwap(stateQueued, stateCancelled) {
+			s.queued.Add(-1)
+		}
 		s.stats.cancelled.Add(1)
 		return nil, fmt.Errorf("engine %s: %w", s.name, ctx.Err())
 	}
@@ -308,10 +314,17 @@ func (s *Scheduler) enqueue(r *request) error {
 		s.stats.queueFull.Add(1)
 		return fmt.Errorf("engine %s: %d requests waiting: %w", s.name, s.cfg.QueueCapacity, ErrQueueFull)
 	}
-	// Every request in reqCh is counted in queued, which is at most the
-	// channel's capacity: this send never blocks.
-	s.reqCh <- r
-	return nil
+	// The channel holds the counted requests (at most QueueCapacity) and
+	// abandoned ones not yet dropped; when those fill the rest, the queue
+	// is full as well. The send never blocks.
+	select {
+	case s.reqCh <- r:
+		return nil
+	default:
+		s.queued.Add(-1)
+		s.stats.queueFull.Add(1)
+		return fmt.Errorf("engine %s: %d requests waiting or abandoned: %w", s.name, cap(s.reqCh), ErrQueueFull)
+	}
 }
 
 // recycle returns a request whose result was read (or that never left Infer)
