@@ -154,10 +154,10 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Scheduler{
-		name:    name,
-		model:   m,
-		cfg:     cfg,
-		log:     log.With("deployment", name),
+		name:  name,
+		model: m,
+		cfg:   cfg,
+		log:   log.With("deployment", name),
 		// Room beyond the capacity: requests whose callers gave up stay in
 		// the channel, uncounted, until the batcher or a worker drops them.
 		reqCh:   make(chan *request, 2*cfg.QueueCapacity),
