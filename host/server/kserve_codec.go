@@ -38,7 +38,7 @@ func decodeInputs(req *inference.ModelInferRequest) ([]*tensor.Tensor, error) {
 		// No tensor with data that a gRPC message can carry has more
 		// elements than this; an empty one ([2^40, 0]) must not claim more
 		// rows or columns either: models and guests size work by them.
-		if rowsAndCols(in.Shape) > maxElements {
+		if tensor.Span(in.Shape) > maxElements {
 			return nil, invalid("input %q: shape %v spans more than %d elements", in.Name, in.Shape, maxElements)
 		}
 		t := &tensor.Tensor{Name: in.Name, DType: dt, Shape: in.Shape}
@@ -61,21 +61,6 @@ func decodeInputs(req *inference.ModelInferRequest) ([]*tensor.Tensor, error) {
 // the non-zero dimensions) of one request tensor: gRPC messages are under
 // 2 GiB, so no tensor with data can have more.
 const maxElements = math.MaxInt32
-
-// rowsAndCols is the product of shape's non-zero dimensions, saturating.
-func rowsAndCols(shape []int64) int64 {
-	p := int64(1)
-	for _, d := range shape {
-		if d <= 0 {
-			continue
-		}
-		if p > math.MaxInt64/d {
-			return math.MaxInt64
-		}
-		p *= d
-	}
-	return p
-}
 
 func fromRaw(t *tensor.Tensor, b []byte, n int64) error {
 	if t.DType != tensor.Bytes {

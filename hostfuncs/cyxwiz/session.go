@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -210,28 +209,12 @@ func (s *Session) stopped() error {
 	return nil
 }
 
-// span is the product of a shape's non-zero dimensions, saturating. It
-// bounds every loop over a tensor's rows and columns, also when the tensor
-// is empty: [2^62, 0] holds nothing but has 2^62 rows.
-func span(shape []int64) int64 {
-	p := int64(1)
-	for _, d := range shape {
-		if d <= 0 {
-			continue
-		}
-		if p > math.MaxInt64/d {
-			return math.MaxInt64
-		}
-		p *= d
-	}
-	return p
-}
-
 // checkShape refuses a shape whose rows and columns could outnumber
-// MaxBytes elements (see span): for a tensor with elements, that is already
-// its size; for an empty one, it keeps loops over its dimensions bounded.
+// MaxBytes elements (tensor.Span): for a tensor with elements, that is
+// already its size; for an empty one, it keeps loops over its dimensions
+// bounded.
 func (s *Session) checkShape(shape []int64) error {
-	if sp := span(shape); sp > s.lim.MaxBytes && sp > tensor.NumElements(shape) {
+	if sp := tensor.Span(shape); sp > s.lim.MaxBytes && sp > tensor.NumElements(shape) {
 		s.hit = true
 		return fmt.Errorf("shape %v spans %d rows and columns, more than %d: %w", shape, sp, s.lim.MaxBytes, ErrLimit)
 	}

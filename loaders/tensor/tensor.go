@@ -127,6 +127,24 @@ func NumElements(shape []int64) int64 {
 	return n
 }
 
+// Span is the product of shape's non-zero dimensions, saturating at
+// MaxInt64: the number of rows and columns a loop over the tensor visits,
+// also when it is empty ([2^62, 0] holds nothing but has 2^62 rows). For a
+// tensor with elements it is their number.
+func Span(shape []int64) int64 {
+	p := int64(1)
+	for _, d := range shape {
+		if d <= 0 {
+			continue
+		}
+		if p > math.MaxInt64/d {
+			return math.MaxInt64
+		}
+		p *= d
+	}
+	return p
+}
+
 // Len is the number of elements the shape describes.
 func (t *Tensor) Len() int64 { return NumElements(t.Shape) }
 

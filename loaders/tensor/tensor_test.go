@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"errors"
+	"math"
 	"testing"
 )
 
@@ -48,6 +49,23 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		} else if name != "invalid dtype" && !errors.Is(err, ErrShape) {
 			t.Errorf("%s: %v does not wrap ErrShape", name, err)
+		}
+	}
+}
+
+func TestSpan(t *testing.T) {
+	for _, tc := range []struct {
+		shape []int64
+		want  int64
+	}{
+		{nil, 1},
+		{[]int64{2, 3}, 6},
+		{[]int64{2, 0, 3}, 6},
+		{[]int64{1 << 62, 0}, 1 << 62},
+		{[]int64{1 << 62, 4}, math.MaxInt64},
+	} {
+		if got := Span(tc.shape); got != tc.want {
+			t.Errorf("Span(%v) = %d, want %d", tc.shape, got, tc.want)
 		}
 	}
 }
