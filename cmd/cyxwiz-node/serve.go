@@ -87,6 +87,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}, reg, cache, st, log)
 	deployStatic(cfg, models, log)
 	if err := models.Restore(); err != nil {
+		models.Close(context.Background()) // the static models are loading
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 
@@ -94,6 +95,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Deployments: server.NewDeployments(models),
 		Inference:   server.NewInference(models),
 		Ready:       func() bool { return server.Ready(models) },
+		Draining:    models.StopWatches,
 	}, log)
 	if err != nil {
 		models.Close(context.Background())

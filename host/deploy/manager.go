@@ -629,16 +629,21 @@ func (m *Manager) List() []*Deployment {
 // Restore starts every stored deployment whose desired state is running, and
 // lists the stopped ones as Stopped. Call it once, before serving.
 //
-// Admission applies as it did to Assign. Two stored deployments may want to
-// serve one model name (one failed, and another id took the name): the one
-// that served last wins, then the most recently updated, and the others come
-// back Failed, saying which deployment has the name.
+// Admission applies as it did to Assign. A model name the operator's static
+// models (assigned before) already serve stays theirs. Two stored
+// deployments may want to serve one model name (one failed, and another id
+// took the name): the one that served last wins, then the most recently
+// updated. The others come back Failed, saying which deployment has the
+// name. A record whose id a static model has is skipped.
 func (m *Manager) Restore() error {
 	if m.store == nil {
 		return nil
 	}
 	recs, err := m.store.List()
-	if err != nil {
+	if errors.Is(err, store.ErrCorrupt) {
+		// The others restore; the damaged ones stay in the store as they are.
+		m.log.Error("restore: unreadable deployment records skipped", "err", err)
+	} else if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	specs := make([]Spec, len(recs))
@@ -660,6 +665,13 @@ func (m *Manager) Restore() error {
 		if r.Spec == nil {
 			continue
 		}
+		m.mu.Lock()
+		_, taken := m.byID[r.ID]
+		m.mu.Unlock()
+		if taken {
+			m.log.Error("restore: the id is a static model's; stored deployment skipped", "deployment", r.ID)
+			continue
+		}
 		spec := specs[i]
 		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
 		if r.Desired != store.DesiredRunning {
@@ -674,7 +686,11 @@ func (m *Manager) Restore() error {
 			continue
 		}
 		m.mu.Lock()
-		if err := m.admitLocked(spec); err != nil {
+		err := m.admitLocked(spec)
+		if other, ok := m.byName[spec.Name]; ok {
+			err = fmt.Errorf("%w: model name %q is served by deployment %q", ErrExists, spec.Name, other.id)
+		}
+		if err != nil {
 			m.mu.Unlock()
 			d.state, d.message = Failed, "not restored: "+err.Error()
 			m.restoreIdle(d)

@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // A Stop that comes while a guest swap is downloading cancels the swap: the
@@ -217,4 +219,59 @@ func TestStopAndAssignAgreeWithStore(t *testing.T) {
 		}
 		n.m.Stop(context.Background(), id) // frees the slot for the next round
 	}
+}
+
+// The operator's static models (assigned before Restore) keep their names:
+// a stored deployment that wants one comes back Failed.
+func TestRestoreLeavesStaticNamesAlone(t *testing.T) {
+	srv := artifacttest.New(t)
+	dir := t.TempDir()
+	n1 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	if _, err := n1.m.Assign("dep", linearSpec("m", srv.Add("/dep", linear(1))), deploy.OwnerCentral); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n1.m, "dep", deploy.Ready)
+	n1.close()
+
+	n2 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	if _, err := n2.m.Assign("m", linearSpec("m", srv.Add("/static", linear(2))), deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.m.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n2.m, "m", deploy.Ready)
+	if st := waitSettled(t, n2.m, "dep", deploy.Failed); !strings.Contains(st.Message, `"m"`) {
+		t.Errorf("dep: %s", st.Message)
+	}
+	checkInfer(t, n2.m, "m", wantLinear(2))
+}
+
+// A stored record that cannot be read does not keep the others from coming
+// back.
+func TestRestoreSkipsCorruptRecords(t *testing.T) {
+	srv := artifacttest.New(t)
+	dir := t.TempDir()
+	n1 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	if _, err := n1.m.Assign("dep", linearSpec("m", srv.Add("/dep", linear(1))), deploy.OwnerCentral); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n1.m, "dep", deploy.Ready)
+	n1.close()
+	db, err := bolt.Open(filepath.Join(dir, "deployments.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error { // a record in a format this node does not know
+		return tx.Bucket([]byte("deployments")).Put([]byte("from-the-future"), []byte{99, '{', '}'})
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	if err := n2.m.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n2.m, "dep", deploy.Ready)
 }

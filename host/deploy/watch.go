@@ -81,6 +81,11 @@ func (b *broker) close() {
 	}
 }
 
+// StopWatches ends every watch, present and future, as Close does: their
+// channels close. A node calls it when it starts shutting down, so that
+// watch streams do not hold the drain of its calls.
+func (m *Manager) StopWatches() { m.watch.close() }
+
 // Watch subscribes to deployment changes (of ids, or all when empty). With
 // snapshot, the current status of each watched deployment comes first.
 func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {

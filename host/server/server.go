@@ -51,6 +51,10 @@ type Services struct {
 	// Ready reports whether the node is ready to serve (for /readyz and the
 	// health service). nil means always ready once serving.
 	Ready func() bool
+	// Draining, if not nil, is called when the server starts to drain, to
+	// end calls that would otherwise last until the drain times out (watch
+	// streams).
+	Draining func()
 }
 
 // Server is the node's gRPC and HTTP servers.
@@ -63,6 +67,7 @@ type Server struct {
 	grpcLis  net.Listener
 	httpLis  net.Listener
 	ready    func() bool
+	draining func()
 	shutdown time.Duration
 }
 
@@ -73,6 +78,7 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	if s.ready == nil {
 		s.ready = func() bool { return true }
 	}
+	s.draining = svc.Draining
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(int(cfg.Listen.MaxMessageSize)),
 		grpc.MaxSendMsgSize(int(cfg.Listen.MaxMessageSize)),
@@ -186,6 +192,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) stop() {
 	s.log.Info("stopping: draining in-flight calls", "timeout", s.shutdown)
 	s.health.Shutdown()
+	if s.draining != nil {
+		s.draining()
+	}
 	deadline, cancel := context.WithTimeout(context.Background(), s.shutdown)
 	defer cancel()
 	done := make(chan struct{})

@@ -149,13 +149,19 @@ func (s *Store) Get(id string) (Record, error) {
 }
 
 // List returns every record, sorted by ID (byte order).
+//
+// A record that cannot be decoded (written by a newer node, or damaged) does
+// not hide the others: List returns every record it could decode, with an
+// error wrapping ErrCorrupt that names the others.
 func (s *Store) List() ([]Record, error) {
 	var recs []Record
+	var bad []error
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 			rec, err := decode(v)
 			if err != nil {
-				return fmt.Errorf("%s: %w", k, err)
+				bad = append(bad, fmt.Errorf("%s: %w", k, err))
+				return nil
 			}
 			recs = append(recs, rec)
 			return nil
@@ -163,6 +169,9 @@ func (s *Store) List() ([]Record, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list: %w", err)
+	}
+	if len(bad) > 0 {
+		return recs, fmt.Errorf("list: %w", errors.Join(bad...))
 	}
 	return recs, nil
 }

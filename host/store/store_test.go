@@ -128,8 +128,15 @@ func TestCorruptValue(t *testing.T) {
 			t.Errorf("Get %s: err = %v, want ErrCorrupt", id, err)
 		}
 	}
-	if _, err := s.List(); !errors.Is(err, ErrCorrupt) {
+	if err := s.Put(Record{ID: "fine", Message: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.List()
+	if !errors.Is(err, ErrCorrupt) {
 		t.Errorf("List: err = %v, want ErrCorrupt", err)
+	}
+	if len(recs) != 1 || recs[0].ID != "fine" {
+		t.Errorf("List with two unreadable records: %+v, want the readable one", recs)
 	}
 }
 

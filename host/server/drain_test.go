@@ -1,0 +1,52 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+)
+
+// An open watch stream does not hold the node's shutdown for the whole
+// drain timeout: draining ends watches first (UNAVAILABLE), then the calls
+// still running get their time.
+func TestDrainEndsWatchStreams(t *testing.T) {
+	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(echoLoader{}), nil, nil, quietLog())
+	t.Cleanup(func() { models.Close(context.Background()) })
+	if _, err := models.Assign("echo", deploy.Spec{Name: "echo", Format: "echo",
+		Model: artifact.Artifact{URI: "file://" + writeFile(t, t.TempDir(), "m.echo", []byte("echo"))}}, deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Limits.ShutdownTimeout = cfg.Limits.ShutdownTimeout * 15 // 30 s
+	_, conn, stop := startServer(t, cfg, Services{Deployments: NewDeployments(models), Draining: models.StopWatches})
+	stream, err := cyxwizpb.NewDeploymentServiceClient(conn).WatchDeployments(context.Background(), &cyxwizpb.WatchDeploymentsRequest{Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil { // the snapshot: the call is in the server
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("shutdown took %v with a watch open (drain timeout 30s)", took)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Errorf("watch after shutdown: %v, want UNAVAILABLE", err)
+			}
+			break
+		}
+	}
+}
