@@ -181,6 +181,9 @@ const (
 // MaxRank is the largest rank the codec carries.
 const MaxRank = 16
 
+// MaxNameLen is the longest tensor name the codec carries (a 16-bit length).
+const MaxNameLen = 1<<16 - 1
+
 // Tensor is one list entry: either inline data (Handle == 0) or a reference
 // to a host tensor (Handle != 0, Data and Strings nil; DataLen is the host
 // tensor's data size, informative).
@@ -199,21 +202,31 @@ var ErrCodec = errors.New("malformed tensor list")
 
 const headerLen = 12
 
-// Encode appends the encoding of list to dst.
+// Encode appends the encoding of list to dst. Names longer than MaxNameLen
+// and shapes of more than 255 dimensions cannot be framed: Encode cuts them
+// there (callers refuse such tensors first), so that the framing never
+// disagrees with the bytes written.
 func Encode(dst []byte, list []Tensor) []byte {
 	dst = append(dst, Magic...)
 	dst = append(dst, Version, 0, 0, 0)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(list)))
 	for i := range list {
 		t := &list[i]
-		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(t.Name)))
-		dst = append(dst, t.Name...)
+		name, shape := t.Name, t.Shape
+		if len(name) > MaxNameLen {
+			name = name[:MaxNameLen]
+		}
+		if len(shape) > 255 {
+			shape = shape[:255]
+		}
+		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(name)))
+		dst = append(dst, name...)
 		kind := byte(KindInline)
 		if t.Handle != 0 {
 			kind = KindHandle
 		}
-		dst = append(dst, t.DType, kind, byte(len(t.Shape)), 0)
-		for _, d := range t.Shape {
+		dst = append(dst, t.DType, kind, byte(len(shape)), 0)
+		for _, d := range shape {
 			dst = binary.LittleEndian.AppendUint64(dst, uint64(d))
 		}
 		dst = binary.LittleEndian.AppendUint32(dst, t.Handle)

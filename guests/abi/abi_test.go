@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -95,4 +96,18 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-decode: %d entries, want %d", len(again), len(list))
 		}
 	})
+}
+
+// A name too long for its 16-bit length is cut to MaxNameLen: its bytes can
+// never be read as the entry's fields (a crafted name could forge them).
+func TestEncodeCutsWhatItCannotFrame(t *testing.T) {
+	name := strings.Repeat("n", MaxNameLen+10)
+	data := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	list, err := Decode(Encode(nil, []Tensor{{Name: name, DType: DTypeInt64, Shape: []int64{1}, Data: data}}), Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := list[0]; got.Name != name[:MaxNameLen] || got.DType != DTypeInt64 || len(got.Shape) != 1 || !bytes.Equal(got.Data, data) {
+		t.Fatalf("decoded %d-byte name, dtype %d, shape %v, data %v", len(got.Name), got.DType, got.Shape, got.Data)
+	}
 }

@@ -123,10 +123,12 @@ func (t *Tensor) info() {
 	}
 	var buf [256]byte
 	n := tensorInfo(t.h, ptr(buf[:]), uint32(len(buf)))
-	b := buf[:max(n, 0)]
-	if n > int32(len(buf)) {
+	var b []byte
+	if n > int32(len(buf)) { // a long name: ask again with room for it
 		b = make([]byte, n)
 		n = tensorInfo(t.h, ptr(b), uint32(len(b)))
+	} else {
+		b = buf[:max(n, 0)]
 	}
 	if n < 0 {
 		t.known = true // an invalid handle: leave the zero description

@@ -13,6 +13,7 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/guests/guesttest"
 	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
@@ -380,4 +381,47 @@ func abs(x int64) int64 {
 		return -x
 	}
 	return x
+}
+
+// A client's long tensor name reaches the guest whole (the SDK asks again
+// with room for it); one too long for the ABI's framing is refused as
+// invalid input, and neither costs the instance.
+func TestLongNamesAndBadInputKeepTheInstance(t *testing.T) {
+	rt := newRuntime(t, hostileConfig)
+	p := newPool(t, rt, "host/guest/testdata/hostile", guest.PoolConfig{Instances: 1})
+	ctx := context.Background()
+	count := func() int64 {
+		t.Helper()
+		out, err := p.Preprocess(ctx, mode("count"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tensor.View[int64](out[0])[0]
+	}
+	first := count()
+
+	long := strings.Repeat("x", 300)
+	in := mode("relu")
+	in[1] = tensor.FromSlice(long, tensor.FP32, []int64{2}, []float32{-1, 2})
+	out, err := p.Preprocess(ctx, in)
+	if err != nil {
+		t.Fatalf("300-byte name: %v", err)
+	}
+	if out[0].Name != long || tensor.View[float32](out[0])[1] != 2 {
+		t.Fatalf("relu of a 300-byte name: %q %v", out[0].Name[:10], out[0].Shape)
+	}
+
+	in[1] = tensor.FromSlice(strings.Repeat("y", 1<<16), tensor.FP32, []int64{2}, []float32{-1, 2})
+	if _, err := p.Preprocess(ctx, in); !errors.Is(err, loaders.ErrInvalidInput) {
+		t.Errorf("64 KiB name: %v, want ErrInvalidInput", err)
+	}
+	bad := mode("count")
+	bad[1] = &tensor.Tensor{Name: "v", DType: tensor.FP32, Shape: []int64{4}, Data: []byte{1}}
+	if _, err := p.Preprocess(ctx, bad); !errors.Is(err, loaders.ErrInvalidInput) {
+		t.Errorf("short data: %v, want ErrInvalidInput", err)
+	}
+	// The same instance served every call: its count goes on.
+	if n := count(); n != first+1 {
+		t.Errorf("calls counted %d after %d: the instance was replaced", n, first)
+	}
 }

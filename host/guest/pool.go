@@ -358,7 +358,11 @@ func (p *Pool) run(ctx context.Context, e Entry, in []*tensor.Tensor) ([]*tensor
 	inst.cc.begin(ctx, p.timeout)
 	out, err := p.call(inst.cc, inst, e, in)
 	inst.cc.end()
-	p.release(inst, err == nil || errors.Is(err, ErrGuest))
+	// The instance serves on after a clean call, a guest's own error, or
+	// input refused before the guest ran; not when the call's context
+	// fired, even as the guest returned: wazero may be closing the module.
+	ok := err == nil || errors.Is(err, ErrGuest) || errors.Is(err, loaders.ErrInvalidInput)
+	p.release(inst, ok && inst.cc.Err() == nil)
 	return out, err
 }
 
@@ -381,6 +385,11 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	for i, t := range in {
 		if err := t.Validate(); err != nil {
 			return nil, p.errorf(op, fmt.Errorf("%w: %w", loaders.ErrInvalidInput, err))
+		}
+		// What the tensor list's framing can carry.
+		if len(t.Name) > abi.MaxNameLen || len(t.Shape) > abi.MaxRank {
+			return nil, p.errorf(op, fmt.Errorf("%w: tensor %.64q: a name of %d bytes or a rank of %d (at most %d and %d)",
+				loaders.ErrInvalidInput, t.Name, len(t.Name), len(t.Shape), abi.MaxNameLen, abi.MaxRank))
 		}
 		if t.ByteSize() <= inlineMax {
 			list[i] = abi.Tensor{Name: t.Name, DType: uint8(t.DType), Shape: t.Shape, Data: t.Data, Strings: t.Strings}

@@ -15,7 +15,10 @@ func init() { sdk.Register(sdk.Handlers{Preprocess: pre}) }
 
 func main() {}
 
-var keep [][]byte
+var (
+	keep  [][]byte
+	calls int64
+)
 
 func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 	mode, _ := sdk.Config("mode")
@@ -69,6 +72,15 @@ func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 			out[i] = y
 		}
 		return out, nil
+	case "relu": // a host op on the second input; the result keeps its name
+		y, err := sdk.Relu(in[1])
+		if err != nil {
+			return nil, err
+		}
+		return []*sdk.Tensor{y}, nil
+	case "count": // how many calls this instance has served
+		calls++
+		return []*sdk.Tensor{sdk.Int64s("n", []int64{1}, []int64{calls})}, nil
 	case "spam":
 		line := strings.Repeat("s", 1023) + "\n"
 		for range 1024 {
