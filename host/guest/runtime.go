@@ -6,8 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -197,6 +201,11 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 		}
 		if m.err != nil {
 			m.Close(ctx)
+			if errors.Is(m.err, errCompileStopped) && ctx.Err() == nil {
+				// The caller that compiled went away, not this one: compile
+				// again (the failed module left the table).
+				return rt.CompileLimited(ctx, wasm, pages)
+			}
 			return nil, m.err
 		}
 		return m, nil
@@ -227,7 +236,20 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 	cctx := experimental.WithCompilationWorkers(ctx, rt.cfg.CompileWorkers)
 	merged, _ := mergeData(wasm) // same module, fewer data segments: faster instances
 	var err error
-	if m.compiled, err = rt.r.CompileModule(cctx, merged); err != nil {
+	m.compiled, err = rt.r.CompileModule(cctx, merged)
+	if err != nil && ctx.Err() == nil && rt.cacheTrouble(err) {
+		// A damaged or vanished compilation cache is not the guest's fault:
+		// start the cache afresh and compile once more.
+		rt.log.Warn("guest compilation cache unusable; clearing it", "dir", rt.cfg.CacheDir, "err", err)
+		if rerr := rt.resetCache(); rerr != nil {
+			rt.log.Error("clear guest compilation cache", "dir", rt.cfg.CacheDir, "err", rerr)
+		}
+		m.compiled, err = rt.r.CompileModule(cctx, merged)
+	}
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fail(fmt.Errorf("guest: compile %x: %w: %w", digest[:6], errCompileStopped, cerr))
+		}
 		return fail(fmt.Errorf("guest: compile %x: %w: %v", digest[:6], ErrABI, err))
 	}
 	m.abiErr = checkExports(m.compiled)
@@ -239,6 +261,48 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 	close(m.ready)
 	rt.log.Debug("guest compiled", "digest", m.Digest(), "took", time.Since(start))
 	return m, nil
+}
+
+// errCompileStopped marks a compilation its caller's context stopped: the
+// others waiting for it compile again rather than fail.
+var errCompileStopped = errors.New("compilation stopped")
+
+// cacheTrouble reports whether a compile error comes from the compilation
+// cache (a truncated entry, a directory removed under the node) rather than
+// from the module.
+func (rt *Runtime) cacheTrouble(err error) bool {
+	if rt.cfg.CacheDir == "" {
+		return false
+	}
+	var pe *fs.PathError
+	return strings.Contains(err.Error(), "compilationcache") || errors.As(err, &pe)
+}
+
+// resetCache deletes the compiled guests in the cache directory (the
+// node's own: cache_dir/wasm) and makes its folders again where they are
+// gone; the runtime's cache keeps writing there.
+func (rt *Runtime) resetCache() error {
+	err := filepath.WalkDir(rt.cfg.CacheDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.IsDir() {
+			return os.Remove(p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Making a cache over the folder makes its versioned subfolder.
+	c, err := wazero.NewCompilationCacheWithDir(rt.cfg.CacheDir)
+	if err != nil {
+		return err
+	}
+	return c.Close(context.Background())
 }
 
 // Digest is the hex SHA-256 of the module's bytes.
