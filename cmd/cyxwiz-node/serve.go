@@ -40,6 +40,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return fmt.Errorf("%w: %w", errStartup, err)
 		}
 	}
+	id, err := nodeID(cfg.Node.ID, cfg.Storage.StateDir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+	log.Info("node", "id", id, "name", cfg.Node.Name)
 	cache, err := artifact.New(filepath.Join(cfg.Storage.CacheDir, "artifacts"), int64(cfg.Storage.CacheMaxSize), log.With("component", "artifacts"))
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStartup, err)

@@ -198,6 +198,10 @@ type Model struct {
 	Providers []string `toml:"providers"`
 	// Config values the model's guests may read.
 	Config map[string]string `toml:"config"`
+
+	// batchingSet names the batching keys the file sets for this model,
+	// zeros included (nil for a Config not parsed from a file).
+	batchingSet map[string]bool
 }
 
 // Default returns the configuration used for every key a file leaves out.
@@ -262,6 +266,20 @@ func Parse(text, baseDir, name string) (*Config, error) {
 	var problems []string
 	for _, k := range md.Undecoded() {
 		problems = append(problems, fmt.Sprintf("%s: unknown key", k))
+	}
+	// Which batching keys each [[models]] entry sets: each ["models"] key
+	// starts the next entry.
+	i := -1
+	for _, k := range md.Keys() {
+		switch {
+		case len(k) == 1 && k[0] == "models":
+			i++
+		case len(k) == 3 && k[0] == "models" && k[1] == "batching" && i >= 0 && i < len(cfg.Models):
+			if cfg.Models[i].batchingSet == nil {
+				cfg.Models[i].batchingSet = map[string]bool{}
+			}
+			cfg.Models[i].batchingSet[k[2]] = true
+		}
 	}
 	problems = append(problems, cfg.validate()...)
 	if len(problems) > 0 {
@@ -411,7 +429,7 @@ func (c *Config) validate() []string {
 			m.Version = "1"
 		}
 		if m.Batching != nil {
-			m.Batching.inherit(c.Inference.Batching)
+			m.Batching.inherit(c.Inference.Batching, m.batchingSet)
 			p = append(p, m.Batching.validate(key+".batching")...)
 		}
 		if m.Providers != nil {
@@ -436,22 +454,30 @@ func checkProviders(key string, ps []string) []string {
 	return p
 }
 
-// inherit fills the keys a model's batching table leaves out (zero) from the
-// node-wide defaults; max_batch_size = 1 turns batching off for one model.
-func (b *Batching) inherit(def Batching) {
-	if b.MaxBatchSize == 0 {
+// inherit fills the keys a model's batching table leaves out from the
+// node-wide defaults: the keys not in set, or (set nil, a Config built in
+// code) the zero ones. A key the file sets keeps its value, 0 included:
+// max_queue_delay_us = 0 means no delay for that model.
+func (b *Batching) inherit(def Batching, set map[string]bool) {
+	left := func(key string, zero bool) bool {
+		if set == nil {
+			return zero
+		}
+		return !set[key]
+	}
+	if left("max_batch_size", b.MaxBatchSize == 0) {
 		b.MaxBatchSize = def.MaxBatchSize
 	}
-	if b.PreferredBatchSizes == nil {
+	if left("preferred_batch_sizes", b.PreferredBatchSizes == nil) {
 		b.PreferredBatchSizes = def.PreferredBatchSizes
 	}
-	if b.MaxQueueDelayUS == 0 {
+	if left("max_queue_delay_us", b.MaxQueueDelayUS == 0) {
 		b.MaxQueueDelayUS = def.MaxQueueDelayUS
 	}
-	if b.QueueCapacity == 0 {
+	if left("queue_capacity", b.QueueCapacity == 0) {
 		b.QueueCapacity = def.QueueCapacity
 	}
-	if b.Instances == 0 {
+	if left("instances", b.Instances == 0) {
 		b.Instances = def.Instances
 	}
 }

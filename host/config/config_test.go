@@ -136,10 +136,41 @@ func TestByteSize(t *testing.T) {
 			t.Errorf("%q: got %d, %v; want %d", in, s, err, want)
 		}
 	}
-	for _, in := range []string{"", "-1MiB", "MiB", "ten"} {
+	for _, in := range []string{"", "-1MiB", "MiB", "ten", "NaN", "Inf", "1e30", "9EiB", "8388608TiB"} {
 		var s ByteSize
 		if err := s.UnmarshalText([]byte(in)); err == nil {
 			t.Errorf("%q: no error", in)
 		}
+	}
+}
+
+// A key a model's batching table sets keeps its value, zero included; the
+// keys it leaves out come from [inference.batching].
+func TestModelBatchingZeroIsKept(t *testing.T) {
+	c, err := Parse(`[inference.batching]
+max_queue_delay_us = 500
+instances = 3
+[[models]]
+name = "a"
+format = "onnx"
+path = "a.onnx"
+[models.batching]
+max_queue_delay_us = 0
+[[models]]
+name = "b"
+format = "onnx"
+path = "b.onnx"
+[models.batching]
+queue_capacity = 7
+`, "/base", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := c.BatchingFor(c.Models[0]), c.BatchingFor(c.Models[1])
+	if a.MaxQueueDelayUS != 0 || a.Instances != 3 {
+		t.Errorf("model a: delay %d, instances %d; want 0 (set) and 3 (inherited)", a.MaxQueueDelayUS, a.Instances)
+	}
+	if b.MaxQueueDelayUS != 500 || b.QueueCapacity != 7 {
+		t.Errorf("model b: delay %d, queue %d; want 500 (inherited) and 7 (set)", b.MaxQueueDelayUS, b.QueueCapacity)
 	}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -53,8 +54,9 @@ func (s *ByteSize) UnmarshalText(b []byte) error {
 		}
 	}
 	v, err := strconv.ParseFloat(num, 64)
-	if err != nil || v < 0 {
-		return fmt.Errorf("want a size such as \"64MiB\" or \"10GiB\", got %q", text)
+	// NaN fails every comparison: check for the good range, not the bad.
+	if err != nil || !(v >= 0 && v*float64(mult) < math.MaxInt64) {
+		return fmt.Errorf("want a size such as \"64MiB\" or \"10GiB\" (under 8EiB), got %q", text)
 	}
 	*s = ByteSize(v * float64(mult))
 	return nil
