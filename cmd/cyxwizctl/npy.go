@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -88,58 +89,92 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Numbers stay text until the datatype is known: an INT64 above 2^53
+	// must not pass through a float64.
+	decode := func(raw []byte, v any) error {
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		return d.Decode(v)
+	}
 	var obj struct {
 		Datatype string          `json:"datatype"`
 		Shape    []int64         `json:"shape"`
 		Data     json.RawMessage `json:"data"`
 	}
-	var flat []any
+	var nested any
 	var shape []int64
-	if json.Unmarshal(b, &obj) == nil && obj.Data != nil {
+	if decode(b, &obj) == nil && obj.Data != nil {
 		if obj.Datatype != "" {
 			if want, err = tensor.ParseDType(obj.Datatype); err != nil {
 				return nil, fmt.Errorf("%s: %w", path, err)
 			}
 		}
-		var nested any
-		if err := json.Unmarshal(obj.Data, &nested); err != nil {
+		if err := decode(obj.Data, &nested); err != nil {
 			return nil, fmt.Errorf("%s: data: %w", path, err)
 		}
-		flat, _ = flatten(nested, 0, nil)
 		shape = obj.Shape
-	} else {
-		var nested any
-		if err := json.Unmarshal(b, &nested); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		var dims []int64
-		flat, dims = flatten(nested, 0, nil)
+	} else if err := decode(b, &nested); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	dims := nestedShape(nested)
+	var flat []any
+	if err := flatten(nested, dims, 0, &flat); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if shape == nil {
 		shape = dims
 	}
 	return fromValues(path, want, shape, flat)
 }
 
-// flatten walks a nested JSON array; dims records the first length seen at each depth.
-func flatten(v any, depth int, dims []int64) ([]any, []int64) {
-	arr, ok := v.([]any)
-	if !ok {
-		return []any{v}, dims
-	}
-	if len(dims) == depth {
+// nestedShape is the shape a nested JSON array has if it is regular: the
+// lengths along its first elements.
+func nestedShape(v any) []int64 {
+	var dims []int64
+	for {
+		arr, ok := v.([]any)
+		if !ok {
+			return dims
+		}
 		dims = append(dims, int64(len(arr)))
+		if len(arr) == 0 {
+			return dims
+		}
+		v = arr[0]
 	}
-	var out []any
+}
+
+// flatten appends v's elements to out, checking that v has shape dims at
+// every depth (a ragged or mixed-depth array is an error, not a guess).
+func flatten(v any, dims []int64, depth int, out *[]any) error {
+	arr, isArr := v.([]any)
+	if depth == len(dims) {
+		if isArr {
+			return fmt.Errorf("an array where a value was expected at depth %d (mixed nesting)", depth)
+		}
+		*out = append(*out, v)
+		return nil
+	}
+	if !isArr {
+		return fmt.Errorf("a value where an array of %d was expected at depth %d (mixed nesting)", dims[depth], depth)
+	}
+	if int64(len(arr)) != dims[depth] {
+		return fmt.Errorf("ragged array: %d elements where the first array at depth %d has %d", len(arr), depth, dims[depth])
+	}
 	for _, e := range arr {
-		var f []any
-		f, dims = flatten(e, depth+1, dims)
-		out = append(out, f...)
+		if err := flatten(e, dims, depth+1, out); err != nil {
+			return err
+		}
 	}
-	return out, dims
+	return nil
 }
 
 func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor.Tensor, error) {
 	if n := tensor.NumElements(shape); n != int64(len(vals)) {
-		return nil, fmt.Errorf("%s: shape %v needs %d values, got %d (ragged array?)", src, shape, n, len(vals))
+		return nil, fmt.Errorf("%s: shape %v needs %d values, got %d", src, shape, n, len(vals))
+	}
+	if dt == tensor.FP16 || dt == tensor.BF16 {
+		return nil, fmt.Errorf("%s: %v from JSON is not supported: use a .npy file", src, dt)
 	}
 	t := tensor.New("", dt, shape...)
 	for i, v := range vals {
@@ -151,13 +186,14 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 			t.Strings[i] = []byte(s)
 			continue
 		}
-		var f float64
+		var num string
 		switch x := v.(type) {
-		case float64:
-			f = x
+		case json.Number:
+			num = x.String()
 		case bool:
+			num = "0"
 			if x {
-				f = 1
+				num = "1"
 			}
 		default:
 			return nil, fmt.Errorf("%s: element %d: want a number, got %T", src, i, v)
@@ -166,20 +202,32 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 		p := t.Data[i*size:]
 		switch dt {
 		case tensor.FP32:
+			f, err := strconv.ParseFloat(num, 32)
+			if err != nil {
+				return nil, fmt.Errorf("%s: element %d: %q is not an FP32 value", src, i, num)
+			}
 			binary.LittleEndian.PutUint32(p, math.Float32bits(float32(f)))
 		case tensor.FP64:
+			f, err := strconv.ParseFloat(num, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: element %d: %q is not an FP64 value", src, i, num)
+			}
 			binary.LittleEndian.PutUint64(p, math.Float64bits(f))
-		case tensor.FP16, tensor.BF16:
-			return nil, fmt.Errorf("%s: %v from JSON is not supported: use a .npy file", src, dt)
-		default:
-			var u uint64
-			if f < 0 {
-				u = uint64(int64(f))
-			} else {
-				u = uint64(f)
+		case tensor.Bool, tensor.Uint8, tensor.Uint16, tensor.Uint32, tensor.Uint64:
+			u, err := strconv.ParseUint(num, 10, 8*size)
+			if err != nil || dt == tensor.Bool && u > 1 {
+				return nil, fmt.Errorf("%s: element %d: %q is not a %v value (an integer in range)", src, i, num, dt)
 			}
 			for k := range size {
 				p[k] = byte(u >> (8 * k))
+			}
+		default: // signed integers
+			n, err := strconv.ParseInt(num, 10, 8*size)
+			if err != nil {
+				return nil, fmt.Errorf("%s: element %d: %q is not a %v value (an integer in range)", src, i, num, dt)
+			}
+			for k := range size {
+				p[k] = byte(uint64(n) >> (8 * k))
 			}
 		}
 	}

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+func TestReadJSON(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.json")
+	read := func(text string, dt tensor.DType) (*tensor.Tensor, error) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return readJSON(p, dt)
+	}
+	// Shapes come from regular nesting only.
+	if x, err := read(`[[1, 2, 3], [4, 5, 6]]`, tensor.FP32); err != nil || !slices.Equal(x.Shape, []int64{2, 3}) {
+		t.Fatalf("2×3: %v, %v", x, err)
+	}
+	for _, ragged := range []string{`[[1], [2, 3], []]`, `[[1, 2], [3, [4]]]`, `[[1, 2], 3]`} {
+		if x, err := read(ragged, tensor.FP32); err == nil {
+			t.Errorf("%s accepted as shape %v", ragged, x.Shape)
+		}
+	}
+	// Integers are exact, and must fit their type.
+	x, err := read(`[9007199254740993, -9223372036854775808]`, tensor.Int64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := int64(binary.LittleEndian.Uint64(x.Data)), int64(binary.LittleEndian.Uint64(x.Data[8:])); a != 9007199254740993 || b != -9223372036854775808 {
+		t.Errorf("INT64 sent as %d, %d", a, b)
+	}
+	for _, bad := range []string{`[300]`, `[-1]`, `[1.5]`} {
+		if x, err := read(bad, tensor.Uint8); err == nil {
+			t.Errorf("UINT8 %s accepted as %v", bad, x.Data)
+		}
+	}
+	if x, err := read(`{"datatype": "INT8", "shape": [2, 2], "data": [1, -2, 3, -4]}`, tensor.FP32); err != nil || x.DType != tensor.Int8 || int8(x.Data[1]) != -2 {
+		t.Errorf("object form: %v, %v", x, err)
+	}
+}
