@@ -574,7 +574,7 @@ func (p *Pool) BatchPolicy(ctx context.Context, q QueueState) (Decision, error) 
 		return Decision{}, err
 	}
 	var d Decision
-	found := 0
+	var run, wait int // how many of each: exactly one
 	for _, t := range out {
 		if t.DType != tensor.Int64 || len(t.Data) != 8 {
 			continue
@@ -582,12 +582,12 @@ func (p *Pool) BatchPolicy(ctx context.Context, q QueueState) (Decision, error) 
 		v := tensor.View[int64](t)[0]
 		switch t.Name {
 		case "run":
-			d.Run, found = int(v), found+1
+			d.Run, run = int(v), run+1
 		case "wait_us":
-			d.Wait, found = time.Duration(v)*time.Microsecond, found+1
+			d.Wait, wait = time.Duration(v)*time.Microsecond, wait+1
 		}
 	}
-	if found != 2 || d.Run < 0 || d.Run > q.Queued || d.Wait < 0 {
+	if run != 1 || wait != 1 || d.Run < 0 || d.Run > q.Queued || d.Wait < 0 {
 		return Decision{}, p.errorf(EntryBatchPolicy.String(), fmt.Errorf("%w: want INT64 scalars run in [0, %d] and wait_us >= 0, got %v", ErrBadOutput, q.Queued, names(out)))
 	}
 	return d, nil
