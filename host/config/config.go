@@ -267,18 +267,22 @@ func Parse(text, baseDir, name string) (*Config, error) {
 	for _, k := range md.Undecoded() {
 		problems = append(problems, fmt.Sprintf("%s: unknown key", k))
 	}
-	// Which batching keys each [[models]] entry sets: each ["models"] key
-	// starts the next entry.
-	i := -1
-	for _, k := range md.Keys() {
-		switch {
-		case len(k) == 1 && k[0] == "models":
-			i++
-		case len(k) == 3 && k[0] == "models" && k[1] == "batching" && i >= 0 && i < len(cfg.Models):
-			if cfg.Models[i].batchingSet == nil {
-				cfg.Models[i].batchingSet = map[string]bool{}
+	// Which batching keys each model entry sets, whatever the layout
+	// ([[models]] tables or an inline array): decode them again as maps.
+	var raw struct {
+		Models []struct {
+			Batching map[string]any `toml:"batching"`
+		} `toml:"models"`
+	}
+	if _, err := toml.Decode(text, &raw); err == nil && len(raw.Models) == len(cfg.Models) {
+		for i, m := range raw.Models {
+			if m.Batching == nil {
+				continue
 			}
-			cfg.Models[i].batchingSet[k[2]] = true
+			cfg.Models[i].batchingSet = map[string]bool{}
+			for k := range m.Batching {
+				cfg.Models[i].batchingSet[k] = true
+			}
 		}
 	}
 	problems = append(problems, cfg.validate()...)

@@ -174,3 +174,21 @@ queue_capacity = 7
 		t.Errorf("model b: delay %d, queue %d; want 500 (inherited) and 7 (set)", b.MaxQueueDelayUS, b.QueueCapacity)
 	}
 }
+
+// The same per-model inheritance when the models are an inline array.
+func TestModelBatchingInlineArray(t *testing.T) {
+	c, err := Parse(`models = [
+  {name = "a", format = "onnx", path = "a.onnx", batching = {queue_capacity = 7}},
+  {name = "b", format = "onnx", path = "b.onnx", batching = {max_queue_delay_us = 0}},
+]
+[inference.batching]
+max_queue_delay_us = 500
+`, "/base", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := c.BatchingFor(c.Models[0]), c.BatchingFor(c.Models[1])
+	if a.MaxQueueDelayUS != 500 || a.QueueCapacity != 7 || b.MaxQueueDelayUS != 0 {
+		t.Errorf("a: delay %d queue %d (want 500, 7); b: delay %d (want 0)", a.MaxQueueDelayUS, a.QueueCapacity, b.MaxQueueDelayUS)
+	}
+}

@@ -216,6 +216,10 @@ func (d *Deployment) enterPipeline() *pipeline {
 		if p.enter() {
 			return p
 		}
+		if d.pipe.Load() == p {
+			return nil // closing and still installed: the deployment is going
+		}
+		// A guest swap installed the next pipeline: enter that one.
 	}
 }
 

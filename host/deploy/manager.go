@@ -518,6 +518,9 @@ func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
 	if m.store != nil && d.owner != OwnerOperator {
 		err := m.store.Update(id, func(r *store.Record) error { r.Desired = store.DesiredStopped; return nil })
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			d.mu.Lock()
+			d.stopping = false // it is not stopping after all: swaps may come
+			d.mu.Unlock()
 			return Status{}, fmt.Errorf("stop %s: %w", id, err)
 		}
 	}
@@ -649,6 +652,14 @@ func (m *Manager) Restore() error {
 	specs := make([]Spec, len(recs))
 	winner := map[string]int{} // model name → index in recs
 	for i, r := range recs {
+		m.mu.Lock()
+		_, taken := m.byID[r.ID]
+		m.mu.Unlock()
+		if taken {
+			m.log.Error("restore: the id is a static model's; stored deployment skipped", "deployment", r.ID)
+			recs[i].Spec = nil
+			continue
+		}
 		if err := json.Unmarshal(r.Spec, &specs[i]); err != nil {
 			m.log.Error("restore: unreadable spec; skipped", "deployment", r.ID, "err", err)
 			recs[i].Spec = nil
@@ -663,14 +674,7 @@ func (m *Manager) Restore() error {
 	}
 	for i, r := range recs {
 		if r.Spec == nil {
-			continue
-		}
-		m.mu.Lock()
-		_, taken := m.byID[r.ID]
-		m.mu.Unlock()
-		if taken {
-			m.log.Error("restore: the id is a static model's; stored deployment skipped", "deployment", r.ID)
-			continue
+			continue // skipped above
 		}
 		spec := specs[i]
 		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)

@@ -35,8 +35,14 @@ type pipeline struct {
 }
 
 // enter takes a read hold on p; false if p was retired meanwhile.
+//
+// A pipeline being closed is not entered: close waits (as a writer) for
+// the requests on it, and a new reader queued behind that writer could be
+// the batcher those requests wait for (a deadlock until they time out).
 func (p *pipeline) enter() bool {
-	p.mu.RLock()
+	if !p.mu.TryRLock() {
+		return false
+	}
 	if p.closed {
 		p.mu.RUnlock()
 		return false
@@ -195,8 +201,8 @@ func selectOutputs(outs []*tensor.Tensor, names []string) ([]*tensor.Tensor, err
 // batchPolicy asks the current pipeline's batch-policy guest; with none (it
 // was swapped out) the batch runs.
 func (d *Deployment) batchPolicy(ctx context.Context, q engine.QueueState) (engine.Decision, error) {
-	p := d.pipe.Load()
-	if p == nil || p.policy == nil || !p.enter() {
+	p := d.enterPipeline()
+	if p == nil {
 		return engine.Decision{Run: q.Queued}, nil
 	}
 	defer p.leave()

@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -274,4 +275,35 @@ func TestRestoreSkipsCorruptRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSettled(t, n2.m, "dep", deploy.Ready)
+}
+
+// A stored record skipped at restore (its id is a static model's) does not
+// win a model name from the records that come back.
+func TestRestoreSkippedRecordWinsNothing(t *testing.T) {
+	srv := artifacttest.New(t)
+	dir := t.TempDir()
+	n1 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	missing := filepath.Join(dir, "later.onnx")
+	if _, err := n1.m.Assign("y", linearSpec("m", artifact.Artifact{URI: "file://" + missing}), deploy.OwnerCentral); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n1.m, "y", deploy.Failed)
+	if _, err := n1.m.Assign("x", linearSpec("m", srv.Add("/x", linear(1))), deploy.OwnerCentral); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n1.m, "x", deploy.Ready)
+	n1.close()
+
+	if err := os.WriteFile(missing, linear(3), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n2 := newNode(t, nodeOpts{dir: dir, withStore: true})
+	if _, err := n2.m.Assign("x", linearSpec("static", srv.Add("/s", linear(2))), deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.m.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n2.m, "y", deploy.Ready)
+	checkInfer(t, n2.m, "m", wantLinear(3))
 }

@@ -331,6 +331,7 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 		s.used -= bytes
 		return s.errno(err)
 	}
+	s.tab[h].name = int64(len(name))
 	return int32(h)
 }
 
@@ -379,16 +380,18 @@ func hostTensorName(_ context.Context, s *Session, mem api.Memory, st []uint64) 
 	if e != 0 {
 		return e
 	}
+	sl := s.tab[u32(st, 0)]
 	if err := s.charge(int64(len(name))); err != nil {
 		return s.errno(err)
 	}
+	s.used -= sl.name // the old name's charge
 	// Tensors are shared (inputs, reshape results): rename a copy of the
 	// header, never the tensor itself.
 	c := *t
 	c.Name = string(name)
-	sl := s.tab[u32(st, 0)]
 	sl.t = &c
-	sl.bytes += int64(len(name))
+	sl.bytes += int64(len(name)) - sl.name
+	sl.name = int64(len(name))
 	return 0
 }
 
@@ -414,6 +417,7 @@ func hostTensorPin(_ context.Context, s *Session, _ api.Memory, st []uint64) int
 			return s.errno(err)
 		}
 		sl.bytes += more
+		sl.name = int64(len(sl.t.Name))
 	}
 	sl.pinned = true
 	return 0

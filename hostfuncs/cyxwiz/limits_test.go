@@ -212,3 +212,25 @@ func TestInferOutCapacity(t *testing.T) {
 		t.Errorf("infer with room for 2^30+1 outputs: %d (model called: %v), want EINVAL", got, called)
 	}
 }
+
+// Renaming a pinned tensor call after call costs one name, not one per call.
+func TestRenamePinnedTensorKeepsOneNameCharged(t *testing.T) {
+	mem := guestMemory(t, 1)
+	s := NewSession(Env{Limits: Limits{MaxBytes: 1 << 20}})
+	h := newTensor(s, mem, "x", 4000, 1000)
+	if h <= 0 {
+		t.Fatalf("tensor_new: %d", h)
+	}
+	hostTensorPin(context.Background(), s, mem, stack(uint32(h)))
+	s.EndCall()
+	mem.Write(8192, make([]byte, 1000))
+	for call := range 2000 {
+		if e := hostTensorName(context.Background(), s, mem, stack(uint32(h), 8192, 1000)); e != 0 {
+			t.Fatalf("call %d: rename: %d (%s)", call, e, s.LastError())
+		}
+		s.EndCall()
+	}
+	if s.used != 4000+1000 {
+		t.Errorf("used %d, want the data and one 1000-byte name", s.used)
+	}
+}

@@ -85,7 +85,8 @@ type Session struct {
 
 type slot struct {
 	t      *tensor.Tensor
-	bytes  int64 // charged against Limits.MaxBytes
+	bytes  int64 // charged against Limits.MaxBytes, name included
+	name   int64 // of bytes, what the name is charged (a rename refunds it)
 	pinned bool
 }
 
