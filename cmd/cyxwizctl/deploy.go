@@ -197,7 +197,7 @@ func newProgressBar(w io.Writer) *progressBar { return &progressBar{w: w} }
 func (p *progressBar) update(st *cyxwizpb.DeploymentStatus) {
 	line := fmt.Sprintf("%-9s %s", stateName(st.State), st.Message)
 	if pr := st.Progress; pr != nil && pr.TotalBytes > 0 {
-		frac := float64(pr.DoneBytes) / float64(pr.TotalBytes)
+		frac := min(float64(pr.DoneBytes)/float64(pr.TotalBytes), 1) // a server may overshoot
 		n := int(frac * 30)
 		line = fmt.Sprintf("%-9s [%s%s] %3.0f%% %s/%s %s", stateName(st.State), strings.Repeat("#", n), strings.Repeat(".", 30-n),
 			frac*100, humanBytes(pr.DoneBytes), humanBytes(pr.TotalBytes), pr.Phase)

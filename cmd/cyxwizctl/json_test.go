@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
 )
 
 func TestReadJSON(t *testing.T) {
@@ -43,5 +46,15 @@ func TestReadJSON(t *testing.T) {
 	}
 	if x, err := read(`{"datatype": "INT8", "shape": [2, 2], "data": [1, -2, 3, -4]}`, tensor.FP32); err != nil || x.DType != tensor.Int8 || int8(x.Data[1]) != -2 {
 		t.Errorf("object form: %v, %v", x, err)
+	}
+}
+
+// A node reporting more bytes done than the total does not crash the bar.
+func TestProgressBarOvershoot(t *testing.T) {
+	var b bytes.Buffer
+	newProgressBar(&b).update(&cyxwizpb.DeploymentStatus{State: cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FETCHING,
+		Progress: &cyxwizpb.Progress{Phase: "fetch model", DoneBytes: 11, TotalBytes: 10}})
+	if !strings.Contains(b.String(), "100%") {
+		t.Errorf("bar: %q", b.String())
 	}
 }

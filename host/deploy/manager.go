@@ -148,12 +148,14 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 		return nil, nil, fmt.Errorf("deploy %s: %w", id, ErrClosed)
 	}
 	if d, ok := m.byID[id]; ok {
-		if have := d.Status().Spec; !have.Equal(spec) {
-			return nil, nil, fmt.Errorf("%w: deployment %q has a different spec (stop it, or use another id)", ErrExists, id)
-		}
 		if st := d.State(); st.Active() {
+			if have := d.Status().Spec; !have.Equal(spec) {
+				return nil, nil, fmt.Errorf("%w: deployment %q is %v with a different spec (stop it first, or use another id)", ErrExists, id, st)
+			}
 			return d, nil, nil
 		}
+		// Stopped or Failed: the id takes the new spec (or the same one
+		// again) once its last run has returned.
 		select {
 		case <-d.done: // the old run has returned: reuse the id
 		default:
@@ -593,7 +595,8 @@ func (m *Manager) Model(name, version string) (*Deployment, error) {
 	m.mu.Lock()
 	d, ok := m.byName[name]
 	if !ok {
-		// A failed deployment keeps answering for its name, so clients see why.
+		// A failed deployment keeps answering for its name, so clients see
+		// why; a stopped one was taken off on purpose: NotFound.
 		for _, c := range m.byID {
 			if c.spec.Name == name && c.State() == Failed {
 				d, ok = c, true

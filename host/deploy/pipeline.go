@@ -52,19 +52,36 @@ func (p *pipeline) enter() bool {
 
 func (p *pipeline) leave() { p.mu.RUnlock() }
 
-// close waits for the requests on p, then closes its guests.
+// close waits for the requests on p, then closes its guests. If ctx ends
+// first (a request that never returns), close returns and the guests close
+// when the last of those requests leaves: a Stop must not hang on one.
 func (p *pipeline) close(ctx context.Context) {
 	if p == nil {
 		return
 	}
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	for _, pool := range p.pools {
-		pool.Close(ctx)
+	drained := make(chan struct{})
+	go func() { // ends when the last request on p leaves
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		close(drained)
+	}()
+	closeGuests := func(ctx context.Context) {
+		for _, pool := range p.pools {
+			pool.Close(ctx)
+		}
+		for _, m := range p.modules {
+			m.Close(ctx)
+		}
 	}
-	for _, m := range p.modules {
-		m.Close(ctx)
+	select {
+	case <-drained:
+		closeGuests(ctx)
+	case <-ctx.Done():
+		go func() { // owned by the requests still on p: ends after them
+			<-drained
+			closeGuests(context.Background())
+		}()
 	}
 }
 

@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -306,4 +307,14 @@ func TestRestoreSkippedRecordWinsNothing(t *testing.T) {
 	}
 	waitSettled(t, n2.m, "y", deploy.Ready)
 	checkInfer(t, n2.m, "m", wantLinear(3))
+}
+
+// "model" names the model's own artifact: a guest may not take it.
+func TestGuestNamedModelIsRefused(t *testing.T) {
+	n := newGuestNode(t)
+	spec := deploy.Spec{Name: "m", Format: "onnx", Model: n.file(t, "m.onnx", linear(1)),
+		Guests: []deploy.Guest{{Name: "model", Artifact: n.wasm(t, "guests/examples/ppocr-pre"), Roles: []string{"preprocess"}}}}
+	if _, err := n.m.Assign("d", spec, deploy.OwnerCentral); !errors.Is(err, deploy.ErrInvalidSpec) {
+		t.Fatalf("guest named model: %v, want ErrInvalidSpec", err)
+	}
 }

@@ -63,6 +63,7 @@ func (s Spec) normal() Spec {
 	}
 	s.Format = strings.ToLower(s.Format)
 	s.Model.SHA256 = strings.ToLower(s.Model.SHA256)
+	s.Guests = slices.Clone(s.Guests) // s is a copy; its guests must be too
 	for i := range s.Guests {
 		s.Guests[i].Artifact.SHA256 = strings.ToLower(s.Guests[i].Artifact.SHA256)
 	}
@@ -102,6 +103,8 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 		key := fmt.Sprintf("guests[%d]", i)
 		if g.Name == "" {
 			bad("%s.name is empty", key)
+		} else if g.Name == "model" {
+			bad("%s.name %q is reserved for the model's own artifact", key, g.Name)
 		} else if seen[g.Name] {
 			bad("%s.name %q is used twice", key, g.Name)
 		}

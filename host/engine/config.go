@@ -95,6 +95,7 @@ const (
 	MaxBatchSizeLimit  = 1 << 16
 	QueueCapacityLimit = 1 << 20
 	InstancesLimit     = 1024
+	MaxQueueDelayLimit = time.Hour
 )
 
 func (c Config) Validate() error {
@@ -114,8 +115,8 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	if c.MaxQueueDelay < 0 {
-		bad("max_queue_delay", "must be >= 0, got %v", c.MaxQueueDelay)
+	if c.MaxQueueDelay < 0 || c.MaxQueueDelay > MaxQueueDelayLimit {
+		bad("max_queue_delay", "must be in [0, %v], got %v", MaxQueueDelayLimit, c.MaxQueueDelay)
 	}
 	if c.QueueCapacity < 0 || c.QueueCapacity > QueueCapacityLimit {
 		bad("queue_capacity", "must be in [0, %d], got %d", QueueCapacityLimit, c.QueueCapacity)

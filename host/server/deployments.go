@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"math"
 	"strings"
 	"time"
 
@@ -153,18 +154,32 @@ func SpecFromProto(p *cyxwizpb.DeploymentSpec) deploy.Spec {
 		s.Guests = append(s.Guests, gs)
 	}
 	if b := p.Batching; b != nil {
-		s.Batching = engine.Config{MaxBatchSize: int(b.MaxBatchSize), MaxQueueDelay: time.Duration(b.MaxQueueDelayUs) * time.Microsecond,
+		s.Batching = engine.Config{MaxBatchSize: int(b.MaxBatchSize), MaxQueueDelay: micros(b.MaxQueueDelayUs),
 			QueueCapacity: int(b.QueueCapacity), Instances: int(b.Instances)}
 		for _, v := range b.PreferredBatchSizes {
 			s.Batching.PreferredBatchSizes = append(s.Batching.PreferredBatchSizes, int(v))
 		}
 	}
 	if r := p.Resources; r != nil {
-		s.Resources = deploy.Resources{MemoryBytes: int64(r.MemoryBytes), CPUThreads: int(r.CpuThreads),
-			GPUCount: int(r.GpuCount), GPUMemoryBytes: int64(r.GpuMemoryBytes), Providers: r.Providers}
+		s.Resources = deploy.Resources{MemoryBytes: clampInt64(r.MemoryBytes), CPUThreads: int(r.CpuThreads),
+			GPUCount: int(r.GpuCount), GPUMemoryBytes: clampInt64(r.GpuMemoryBytes), Providers: r.Providers}
 	}
 	return s
 }
+
+// micros converts microseconds from the wire; a value too large for a
+// Duration saturates (and validation then refuses it as too large) rather
+// than wrapping to something small.
+func micros(us uint64) time.Duration {
+	if us > uint64(math.MaxInt64/time.Microsecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
+// clampInt64 converts a byte count from the wire without turning it
+// negative.
+func clampInt64(v uint64) int64 { return int64(min(v, math.MaxInt64)) }
 
 func artifactFromProto(a *cyxwizpb.Artifact) artifact.Artifact {
 	if a == nil {
@@ -227,7 +242,11 @@ func StatusToProto(st deploy.Status) *cyxwizpb.DeploymentStatus {
 		p.UpdatedAt = timestamppb.New(st.Updated)
 	}
 	if st.Progress.Phase != "" {
-		p.Progress = &cyxwizpb.Progress{Phase: st.Progress.Phase, DoneBytes: uint64(max(st.Progress.Done, 0)), TotalBytes: uint64(max(st.Progress.Total, 0))}
+		done, total := max(st.Progress.Done, 0), max(st.Progress.Total, 0)
+		if total > 0 {
+			done = min(done, total) // a body longer than declared is refused, not progress past 100 %
+		}
+		p.Progress = &cyxwizpb.Progress{Phase: st.Progress.Phase, DoneBytes: uint64(done), TotalBytes: uint64(total)}
 	}
 	return p
 }

@@ -1,0 +1,160 @@
+package server
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+)
+
+// apiNode is a manager over the slow test model, and a file:// URI it loads.
+func apiNode(t *testing.T, cfg deploy.Config, slow *slowModel) (*deploy.Manager, *Deployments, string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "m.bin")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := deploy.NewManager(cfg, loaders.NewRegistry(slowLoader{slow}), nil, nil, quietLog())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		m.Close(ctx)
+	})
+	return m, NewDeployments(m), "file://" + p
+}
+
+func apiSpec(uri string) *cyxwizpb.DeploymentSpec {
+	return &cyxwizpb.DeploymentSpec{ModelName: "m", Format: "slow", Model: &cyxwizpb.Artifact{Uri: uri}}
+}
+
+func apiWait(t *testing.T, m *deploy.Manager, id string) deploy.Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := m.WaitFor(ctx, id, deploy.Settled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// Numbers too large for the node's types are refused as too large, not
+// wrapped into small ones (2^63 µs of queue delay became 0).
+func TestHugeSpecNumbersAreRefused(t *testing.T) {
+	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	for _, us := range []uint64{1 << 63, 18446744073709552} {
+		p := apiSpec(uri)
+		p.Batching = &cyxwizpb.BatchingConfig{MaxBatchSize: 8, MaxQueueDelayUs: us}
+		_, err := s.AssignDeployment(context.Background(), &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
+		if status.Code(ToStatus(err)) != codes.InvalidArgument {
+			t.Errorf("max_queue_delay_us %d: %v, want InvalidArgument", us, err)
+		}
+	}
+	if d := SpecFromProto(&cyxwizpb.DeploymentSpec{Resources: &cyxwizpb.ResourceRequest{MemoryBytes: 1 << 63}}).Resources.MemoryBytes; d < 0 {
+		t.Errorf("memory_bytes 2^63 became %d", d)
+	}
+}
+
+// Re-assigning a deployment while its status is read races with nothing
+// (Equal must not write into the deployment's spec).
+func TestReassignWhileReadingStatus(t *testing.T) {
+	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	p := apiSpec(uri)
+	p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri},
+		Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}}}
+	ctx := context.Background()
+	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := time.Now().Add(300 * time.Millisecond)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for time.Now().Before(stop) {
+			s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for time.Now().Before(stop) {
+			s.GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: "d"})
+		}
+	}()
+	wg.Wait()
+}
+
+// A stopped id takes a new spec: what a client that was told "stop it
+// first" expects.
+func TestStoppedIDTakesNewSpec(t *testing.T) {
+	m, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	ctx := context.Background()
+	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	apiWait(t, m, "d")
+	p := apiSpec(uri)
+	p.ModelVersion = "2"
+	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p}); status.Code(ToStatus(err)) != codes.AlreadyExists {
+		t.Fatalf("new spec for a running id: %v, want AlreadyExists", err)
+	}
+	if _, err := s.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p}); err != nil {
+		t.Fatalf("new spec for the stopped id: %v", err)
+	}
+	if st := apiWait(t, m, "d"); !st.State.Serving() || st.Spec.Version != "2" {
+		t.Fatalf("after re-assign: %v version %q", st.State, st.Spec.Version)
+	}
+}
+
+// A request that never returns does not hold a Stop past its drain timeout
+// and its caller's deadline.
+func TestStopReturnsWithAStuckRequest(t *testing.T) {
+	slow := &slowModel{gate: make(chan struct{})}
+	defer close(slow.gate)
+	m, s, uri := apiNode(t, deploy.Config{DrainTimeout: 100 * time.Millisecond}, slow)
+	ctx := context.Background()
+	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	apiWait(t, m, "d")
+	d, err := m.Model("m", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go d.Infer(ctx, []*tensor.Tensor{tensor.FromSlice("x", tensor.FP32, []int64{1, 2}, []float32{1, 2})}, nil) // no deadline
+	for slow.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := s.StopDeployment(cctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "d", DrainTimeout: durationpb.New(100 * time.Millisecond)})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Stop (drain 100ms, deadline 500ms) still blocked after 5s; state %v", d.State())
+	}
+	if st := d.State(); st != deploy.Stopped {
+		t.Errorf("after Stop: %v", st)
+	}
+}
