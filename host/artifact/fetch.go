@@ -192,6 +192,10 @@ func (c *Cache) afterPrevious(ctx context.Context, prev *flight, d string) (int6
 	select {
 	case <-prev.done:
 	case <-ctx.Done():
+		// prev is stopping (nothing waits for it but this): let it finish,
+		// or the next download of d would start while it still owns the
+		// partial file. The wait is short.
+		<-prev.done
 		return 0, fmt.Errorf("fetch %s: %w", d, context.Cause(ctx))
 	}
 	c.mu.Lock()
@@ -599,6 +603,23 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// redactRaw is a URI that does not parse, cut before its query and with
+// any user information replaced: what redact shows of one that does.
+func redactRaw(raw string) string {
+	s, _, _ := strings.Cut(raw, "?")
+	if i := strings.Index(s, "://"); i >= 0 {
+		if j := strings.LastIndex(s[i+3:], "@"); j >= 0 {
+			s = s[:i+3] + "xxxxx@" + s[i+3+j+1:]
+		}
+	}
+	return strings.ToValidUTF8(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s), "")
+}
+
 // source is a parsed, validated Artifact.URI.
 type source struct {
 	u       *url.URL
@@ -611,14 +632,19 @@ func (s source) String() string { return s.display }
 
 // parseSource validates a and parses its URI.
 func parseSource(a Artifact) (source, error) {
-	if a.Size < 0 || a.MaxSize < 0 {
-		return source{}, fmt.Errorf("artifact %s: negative size: %w", a.URI, ErrInvalid)
-	}
 	u, err := url.Parse(a.URI)
 	if err != nil {
-		return source{}, fmt.Errorf("artifact uri: %w: %w", ErrInvalid, err)
+		// url.Error quotes the whole URI: keep only its reason.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return source{}, fmt.Errorf("artifact uri %s: %w: %v", redactRaw(a.URI), ErrInvalid, err)
 	}
 	src := source{u: u, display: redact(u)}
+	if a.Size < 0 || a.MaxSize < 0 {
+		return source{}, fmt.Errorf("artifact %s: negative size: %w", src, ErrInvalid)
+	}
 	if a.SHA256 != "" {
 		if err := validDigest(a.SHA256); err != nil {
 			return source{}, fmt.Errorf("artifact %s: %w", src, err)

@@ -41,13 +41,14 @@ type Server struct {
 	stalls   map[string]chan struct{}
 	hits     map[string]int
 	ranges   map[string][]string
-	pending  []chan struct{} // stalls taken off by Unstall, released at the end
+	pending  []func()                 // releases of stalls taken off by Unstall, called at the end
+	release  map[chan struct{}]func() // each stall's release, closing it once
 }
 
 // New starts a server that stops when the test ends.
 func New(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{files: map[string][]byte{}, stalls: map[string]chan struct{}{}, hits: map[string]int{},
+	s := &Server{files: map[string][]byte{}, stalls: map[string]chan struct{}{}, release: map[chan struct{}]func(){}, hits: map[string]int{},
 		ranges: map[string][]string{}, Stalled: make(chan string, 16)}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
@@ -122,15 +123,19 @@ func (s *Server) Add(path string, data []byte) artifact.Artifact {
 // Stall makes requests for path hang after half the body until release.
 func (s *Server) Stall(path string) (release func()) {
 	ch := make(chan struct{})
+	closeOnce := sync.OnceFunc(func() { close(ch) })
 	s.mu.Lock()
 	s.stalls[path] = ch
+	s.release[ch] = closeOnce
 	s.mu.Unlock()
-	return sync.OnceFunc(func() {
+	return func() {
 		s.mu.Lock()
-		delete(s.stalls, path)
+		if s.stalls[path] == ch {
+			delete(s.stalls, path)
+		}
 		s.mu.Unlock()
-		close(ch)
-	})
+		closeOnce()
+	}
 }
 
 // Unstall serves later requests for path whole again; a request already
@@ -140,7 +145,7 @@ func (s *Server) Unstall(path string) {
 	defer s.mu.Unlock()
 	if ch, ok := s.stalls[path]; ok {
 		delete(s.stalls, path)
-		s.pending = append(s.pending, ch)
+		s.pending = append(s.pending, s.release[ch])
 	}
 }
 
@@ -148,11 +153,11 @@ func (s *Server) releaseAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for p, ch := range s.stalls {
-		close(ch)
+		s.release[ch]()
 		delete(s.stalls, p)
 	}
-	for _, ch := range s.pending {
-		close(ch)
+	for _, release := range s.pending {
+		release()
 	}
 	s.pending = nil
 }
