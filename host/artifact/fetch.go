@@ -603,6 +603,15 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// RedactURI is uri as the node shows it in errors and logs: without its
+// query (pre-signed URLs carry credentials there), fragment or password.
+func RedactURI(uri string) string {
+	if u, err := url.Parse(uri); err == nil {
+		return redact(u)
+	}
+	return redactRaw(uri)
+}
+
 // redactRaw is a URI that does not parse, cut before its query and with
 // any user information replaced: what redact shows of one that does.
 func redactRaw(raw string) string {

@@ -486,6 +486,11 @@ func (b *Batching) inherit(def Batching, set map[string]bool) {
 	}
 }
 
+// maxQueueDelayUS is the engine's bound (engine.MaxQueueDelayLimit, 1 h);
+// so are the other bounds below (engine.QueueCapacityLimit, InstancesLimit,
+// MaxBatchSizeLimit): a file the check accepts, the engine takes.
+const maxQueueDelayUS = 3_600_000_000
+
 func (b Batching) validate(key string) []string {
 	var p []string
 	if b.MaxBatchSize < 0 {
@@ -498,12 +503,17 @@ func (b Batching) validate(key string) []string {
 	}
 	if b.MaxQueueDelayUS < 0 {
 		p = append(p, fmt.Sprintf("%s.max_queue_delay_us: must be >= 0, got %d", key, b.MaxQueueDelayUS))
+	} else if b.MaxQueueDelayUS > maxQueueDelayUS {
+		p = append(p, fmt.Sprintf("%s.max_queue_delay_us: at most %d (one hour), got %d", key, maxQueueDelayUS, b.MaxQueueDelayUS))
 	}
-	if b.QueueCapacity <= 0 {
-		p = append(p, fmt.Sprintf("%s.queue_capacity: must be > 0, got %d", key, b.QueueCapacity))
+	if b.QueueCapacity <= 0 || b.QueueCapacity > 1<<20 {
+		p = append(p, fmt.Sprintf("%s.queue_capacity: must be in 1..%d, got %d", key, 1<<20, b.QueueCapacity))
 	}
-	if b.Instances <= 0 {
-		p = append(p, fmt.Sprintf("%s.instances: must be > 0, got %d", key, b.Instances))
+	if b.Instances <= 0 || b.Instances > 1024 {
+		p = append(p, fmt.Sprintf("%s.instances: must be in 1..1024, got %d", key, b.Instances))
+	}
+	if b.MaxBatchSize > 1<<16 {
+		p = append(p, fmt.Sprintf("%s.max_batch_size: at most %d, got %d", key, 1<<16, b.MaxBatchSize))
 	}
 	return p
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
 )
 
 func TestRepoNodeTOMLIsValid(t *testing.T) {
@@ -190,5 +192,24 @@ max_queue_delay_us = 500
 	a, b := c.BatchingFor(c.Models[0]), c.BatchingFor(c.Models[1])
 	if a.MaxQueueDelayUS != 500 || a.QueueCapacity != 7 || b.MaxQueueDelayUS != 0 {
 		t.Errorf("a: delay %d queue %d (want 500, 7); b: delay %d (want 0)", a.MaxQueueDelayUS, a.QueueCapacity, b.MaxQueueDelayUS)
+	}
+}
+
+// What the config check accepts, the engine takes: the same upper bounds.
+func TestBatchingUpperBounds(t *testing.T) {
+	for _, kv := range []string{"max_queue_delay_us = 7200000000", "queue_capacity = 2000000", "instances = 5000", "max_batch_size = 100000"} {
+		if _, err := Parse("[inference.batching]\n"+kv+"\n", "/b", "x"); err == nil {
+			t.Errorf("%s: accepted", kv)
+		}
+	}
+}
+
+// The engine's bounds, written here without importing the engine.
+func TestBatchingBoundsMatchEngine(t *testing.T) {
+	if maxQueueDelayUS != int(engine.MaxQueueDelayLimit/time.Microsecond) {
+		t.Errorf("max_queue_delay_us bound %d, engine %v", maxQueueDelayUS, engine.MaxQueueDelayLimit)
+	}
+	if engine.QueueCapacityLimit != 1<<20 || engine.InstancesLimit != 1024 || engine.MaxBatchSizeLimit != 1<<16 {
+		t.Error("engine limits changed: update Batching.validate")
 	}
 }

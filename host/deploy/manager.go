@@ -155,7 +155,11 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 			return d, nil, nil
 		}
 		// Stopped or Failed: the id takes the new spec (or the same one
-		// again) once its last run has returned.
+		// again) once its last run has returned, unless it is another
+		// owner's (a node.toml model's id stays the operator's).
+		if d.owner != owner && !d.Status().Spec.Equal(spec) {
+			return nil, nil, fmt.Errorf("%w: deployment %q belongs to the %s (stopped or failed): use another id", ErrExists, id, d.owner)
+		}
 		select {
 		case <-d.done: // the old run has returned: reuse the id
 		default:

@@ -288,7 +288,7 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 	}
 	go func() { // counted in m.wg by installGuests
 		defer m.wg.Done()
-		old.close(context.Background()) // waits for the requests still on it
+		old.close(m.ctx) // waits for the requests still on it, or for Close
 	}()
 	d.log.Info("guests swapped", "guests", len(next.Guests))
 	m.changed(d)

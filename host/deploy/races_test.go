@@ -318,3 +318,28 @@ func TestGuestNamedModelIsRefused(t *testing.T) {
 		t.Fatalf("guest named model: %v, want ErrInvalidSpec", err)
 	}
 }
+
+// An id of the operator's (node.toml) stays theirs when its model failed:
+// a central spec under it is refused, not stored to vanish at the restart.
+func TestFailedStaticIDIsNotTakenOver(t *testing.T) {
+	srv := artifacttest.New(t)
+	n := newNode(t, nodeOpts{withStore: true})
+	missing := artifact.Artifact{URI: "file://" + filepath.Join(n.dir, "missing.onnx")}
+	if _, err := n.m.Assign("x", linearSpec("x", missing), deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n.m, "x", deploy.Failed)
+	if _, err := n.m.Assign("x", linearSpec("central", srv.Add("/c", linear(1))), deploy.OwnerCentral); !errors.Is(err, deploy.ErrExists) {
+		t.Fatalf("central spec under a failed static id: %v, want ErrExists", err)
+	}
+}
+
+// Spec errors never show a URI's query (pre-signed URLs carry credentials).
+func TestSpecErrorsRedactURIs(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	spec := linearSpec("m", artifact.Artifact{URI: "https://bucket.example/obj%zz?X-Amz-Signature=SECRET123", SHA256: strings.Repeat("a", 64)})
+	_, err := n.m.Assign("d", spec, deploy.OwnerCentral)
+	if !errors.Is(err, deploy.ErrInvalidSpec) || strings.Contains(err.Error(), "SECRET123") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"reflect"
@@ -163,7 +164,11 @@ func checkArtifact(key string, a artifact.Artifact) error {
 	}
 	u, err := url.Parse(a.URI)
 	if err != nil {
-		return fmt.Errorf("%s.uri: %v", key, err)
+		var ue *url.Error // it quotes the whole URI, query included
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("%s.uri %s: %v", key, artifact.RedactURI(a.URI), err)
 	}
 	switch u.Scheme {
 	case "file":
