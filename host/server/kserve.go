@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -117,6 +118,9 @@ func (s *Inference) ModelInfer(ctx context.Context, req *inference.ModelInferReq
 	if len(req.Outputs) > 0 {
 		names = make([]string, len(req.Outputs))
 		for i, o := range req.Outputs {
+			if slices.Contains(names[:i], o.Name) {
+				return nil, fmt.Errorf("model %s: %w", req.ModelName, invalid("output %q requested twice", o.Name))
+			}
 			names[i] = o.Name
 		}
 	}

@@ -42,7 +42,7 @@ func decodeInputs(req *inference.ModelInferRequest) ([]*tensor.Tensor, error) {
 			return nil, invalid("input %q: shape %v spans more than %d elements", in.Name, in.Shape, maxElements)
 		}
 		t := &tensor.Tensor{Name: in.Name, DType: dt, Shape: in.Shape}
-		if raw != nil {
+		if len(raw) > 0 {
 			if in.Contents != nil {
 				return nil, invalid("input %q: both raw_input_contents and contents are set: use one", in.Name)
 			}
@@ -90,10 +90,13 @@ func fromContents(t *tensor.Tensor, c *inference.InferTensorContents, n int64) e
 	}
 	// Each datatype reads exactly one field; data in another field is a
 	// client mistake worth naming.
-	field, got := contentsField(c)
+	fields, got := contentsFields(c)
 	want := contentsFieldFor(t.DType)
-	if got > 0 && field != want {
-		return invalid("input %q: datatype %v takes contents.%s, got data in contents.%s", t.Name, t.DType, want, field)
+	if len(fields) > 1 {
+		return invalid("input %q: data in %v: datatype %v takes contents.%s only", t.Name, fields, t.DType, want)
+	}
+	if got > 0 && fields[0] != want {
+		return invalid("input %q: datatype %v takes contents.%s, got data in contents.%s", t.Name, t.DType, want, fields[0])
 	}
 	switch t.DType {
 	case tensor.FP16, tensor.BF16:
@@ -173,8 +176,9 @@ func fromContents(t *tensor.Tensor, c *inference.InferTensorContents, n int64) e
 	return nil
 }
 
-// contentsField names the populated field of c and its length.
-func contentsField(c *inference.InferTensorContents) (string, int) {
+// contentsFields names the populated fields of c, and the length of the
+// first.
+func contentsFields(c *inference.InferTensorContents) (names []string, n int) {
 	for _, f := range []struct {
 		name string
 		n    int
@@ -185,10 +189,13 @@ func contentsField(c *inference.InferTensorContents) (string, int) {
 		{"fp64_contents", len(c.Fp64Contents)}, {"bytes_contents", len(c.BytesContents)},
 	} {
 		if f.n > 0 {
-			return f.name, f.n
+			if names == nil {
+				n = f.n
+			}
+			names = append(names, f.name)
 		}
 	}
-	return "", 0
+	return names, n
 }
 
 func contentsFieldFor(dt tensor.DType) string {

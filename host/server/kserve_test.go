@@ -364,6 +364,15 @@ func TestBadInputs(t *testing.T) {
 		{"fixed dim", x([]int64{1, 4}, f32raw(1, 2, 3, 4)), codes.InvalidArgument, "dimension 1 must be 3"},
 		{"rank", x([]int64{3}, f32raw(1, 2, 3)), codes.InvalidArgument, "rank"},
 		{"negative dim", x([]int64{-1, 3}, f32raw(1, 2, 3)), codes.InvalidArgument, "negative"},
+		{"data in two contents fields", &inference.ModelInferRequest{ModelName: "linear",
+			Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "X", Datatype: "FP32", Shape: []int64{1, 3},
+				Contents: &inference.InferTensorContents{Fp32Contents: []float32{1, 2, 3}, Fp64Contents: []float64{9}}}}},
+			codes.InvalidArgument, "fp64_contents"},
+		{"output requested twice", &inference.ModelInferRequest{ModelName: "linear",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "X", Datatype: "FP32", Shape: []int64{1, 3}}},
+			RawInputContents: [][]byte{f32raw(1, 2, 3)},
+			Outputs:          []*inference.ModelInferRequest_InferRequestedOutputTensor{{Name: "Y"}, {Name: "Y"}}},
+			codes.InvalidArgument, "requested twice"},
 		// No data, but 2^40 rows: what models and guests would loop over.
 		{"empty with huge dim", x([]int64{1 << 40, 0}, nil), codes.InvalidArgument, "spans more than"},
 		// 2^62 FP32 elements: their byte count wraps to 0.
