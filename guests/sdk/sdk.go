@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -87,9 +88,10 @@ type Tensor struct {
 	strs   [][]byte
 }
 
-// New returns a guest tensor with raw little-endian data.
+// New returns a guest tensor with raw little-endian data. The tensor keeps
+// data but copies shape: a caller reusing its shape slice changes nothing.
 func New(name string, dt DType, shape []int64, data []byte) *Tensor {
-	return &Tensor{name: name, dtype: dt, shape: shape, known: true, loaded: true, data: data}
+	return &Tensor{name: name, dtype: dt, shape: slices.Clone(shape), known: true, loaded: true, data: data}
 }
 
 // Float32s returns an FP32 guest tensor.
@@ -112,7 +114,7 @@ func Int64s(name string, shape []int64, v []int64) *Tensor {
 
 // Strings returns a BYTES guest tensor.
 func Strings(name string, shape []int64, v [][]byte) *Tensor {
-	return &Tensor{name: name, dtype: Bytes, shape: shape, known: true, loaded: true, strs: v}
+	return &Tensor{name: name, dtype: Bytes, shape: slices.Clone(shape), known: true, loaded: true, strs: v}
 }
 
 func fromHandle(h uint32) *Tensor { return &Tensor{h: h} }
@@ -149,7 +151,7 @@ func (t *Tensor) Name() string { t.info(); return t.name }
 func (t *Tensor) DType() DType { t.info(); return t.dtype }
 
 // Shape is the list of dimensions.
-func (t *Tensor) Shape() []int64 { t.info(); return t.shape }
+func (t *Tensor) Shape() []int64 { t.info(); return slices.Clone(t.shape) }
 
 // Len is the number of elements.
 func (t *Tensor) Len() int64 {
@@ -314,8 +316,14 @@ func hostErr(fn string, code int32) error {
 	var buf [512]byte
 	n := lastError(ptr(buf[:]), uint32(len(buf)))
 	msg := ""
-	if n > 0 {
-		msg = string(buf[:min(int(n), len(buf))])
+	switch {
+	case n > int32(len(buf)): // the host wrote nothing: ask again with room
+		b := make([]byte, n)
+		if m := lastError(ptr(b), uint32(len(b))); m > 0 && m <= n {
+			msg = string(b[:m])
+		}
+	case n > 0:
+		msg = string(buf[:n])
 	}
 	return &HostError{Func: fn, Errno: abi.Errno(code), Msg: msg}
 }
@@ -411,6 +419,9 @@ func TopK(x *Tensor, k int) (values, indices *Tensor, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if k < 0 || k > math.MaxInt32 {
+		return nil, nil, fmt.Errorf("sdk: topk: k=%d is out of range", k)
+	}
 	out := make([]byte, 8)
 	if r := topk(h, int32(k), ptr(out)); r < 0 {
 		return nil, nil, hostErr("topk", r)
@@ -429,6 +440,9 @@ const (
 
 // Resize scales an image bilinearly to height×width (FP32 result).
 func Resize(x *Tensor, height, width int, layout Layout) (*Tensor, error) {
+	if height < 0 || height > math.MaxInt32 || width < 0 || width > math.MaxInt32 {
+		return nil, fmt.Errorf("sdk: resize to %dx%d is out of range", height, width)
+	}
 	return unary("resize", x, func(h uint32) int32 { return resize(h, int32(height), int32(width), int32(layout)) })
 }
 

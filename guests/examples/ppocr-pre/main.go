@@ -58,6 +58,9 @@ func preprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 		}
 		parts[i] = x
 	}
+	if len(parts) == 0 {
+		return nil, errors.New("ppocr-pre: no image in the request")
+	}
 	x := parts[0]
 	if len(parts) > 1 {
 		var err error
