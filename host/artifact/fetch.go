@@ -603,13 +603,19 @@ func (w *writeErr) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// RedactURI is uri as the node shows it in errors and logs: without its
-// query (pre-signed URLs carry credentials there), fragment or password.
-func RedactURI(uri string) string {
-	if u, err := url.Parse(uri); err == nil {
-		return redact(u)
+// ParseURI parses an artifact URI. Its error wraps ErrInvalid and shows
+// the URI redacted: url.Error quotes it whole, query (the credentials of a
+// pre-signed URL) included.
+func ParseURI(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("artifact uri %s: %w: %v", redactRaw(raw), ErrInvalid, err)
 	}
-	return redactRaw(uri)
+	return u, nil
 }
 
 // redactRaw is a URI that does not parse, cut before its query and with
@@ -641,14 +647,9 @@ func (s source) String() string { return s.display }
 
 // parseSource validates a and parses its URI.
 func parseSource(a Artifact) (source, error) {
-	u, err := url.Parse(a.URI)
+	u, err := ParseURI(a.URI)
 	if err != nil {
-		// url.Error quotes the whole URI: keep only its reason.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return source{}, fmt.Errorf("artifact uri %s: %w: %v", redactRaw(a.URI), ErrInvalid, err)
+		return source{}, err
 	}
 	src := source{u: u, display: redact(u)}
 	if a.Size < 0 || a.MaxSize < 0 {

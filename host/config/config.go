@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
 )
 
 // Config is the whole of node.toml.
@@ -486,10 +488,9 @@ func (b *Batching) inherit(def Batching, set map[string]bool) {
 	}
 }
 
-// maxQueueDelayUS is the engine's bound (engine.MaxQueueDelayLimit, 1 h);
-// so are the other bounds below (engine.QueueCapacityLimit, InstancesLimit,
-// MaxBatchSizeLimit): a file the check accepts, the engine takes.
-const maxQueueDelayUS = 3_600_000_000
+// The batching bounds are the engine's: a file the check accepts, the
+// engine takes.
+const maxQueueDelayUS = int(engine.MaxQueueDelayLimit / time.Microsecond)
 
 func (b Batching) validate(key string) []string {
 	var p []string
@@ -506,14 +507,14 @@ func (b Batching) validate(key string) []string {
 	} else if b.MaxQueueDelayUS > maxQueueDelayUS {
 		p = append(p, fmt.Sprintf("%s.max_queue_delay_us: at most %d (one hour), got %d", key, maxQueueDelayUS, b.MaxQueueDelayUS))
 	}
-	if b.QueueCapacity <= 0 || b.QueueCapacity > 1<<20 {
-		p = append(p, fmt.Sprintf("%s.queue_capacity: must be in 1..%d, got %d", key, 1<<20, b.QueueCapacity))
+	if b.QueueCapacity <= 0 || b.QueueCapacity > engine.QueueCapacityLimit {
+		p = append(p, fmt.Sprintf("%s.queue_capacity: must be in 1..%d, got %d", key, engine.QueueCapacityLimit, b.QueueCapacity))
 	}
-	if b.Instances <= 0 || b.Instances > 1024 {
-		p = append(p, fmt.Sprintf("%s.instances: must be in 1..1024, got %d", key, b.Instances))
+	if b.Instances <= 0 || b.Instances > engine.InstancesLimit {
+		p = append(p, fmt.Sprintf("%s.instances: must be in 1..%d, got %d", key, engine.InstancesLimit, b.Instances))
 	}
-	if b.MaxBatchSize > 1<<16 {
-		p = append(p, fmt.Sprintf("%s.max_batch_size: at most %d, got %d", key, 1<<16, b.MaxBatchSize))
+	if b.MaxBatchSize > engine.MaxBatchSizeLimit {
+		p = append(p, fmt.Sprintf("%s.max_batch_size: at most %d, got %d", key, engine.MaxBatchSizeLimit, b.MaxBatchSize))
 	}
 	return p
 }

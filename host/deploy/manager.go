@@ -515,11 +515,9 @@ func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
 	}
 	m.mu.Unlock()
 	defer m.ops.lock(id)()
-	m.mu.Lock()
-	d, ok := m.byID[id]
-	m.mu.Unlock()
-	if !ok {
-		return Status{}, fmt.Errorf("%w: deployment %q", ErrNotFound, id)
+	d, err := m.Get(id)
+	if err != nil {
+		return Status{}, err
 	}
 	if m.store != nil && d.owner != OwnerOperator {
 		err := m.store.Update(id, func(r *store.Record) error { r.Desired = store.DesiredStopped; return nil })
@@ -686,14 +684,11 @@ func (m *Manager) Restore() error {
 		spec := specs[i]
 		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
 		if r.Desired != store.DesiredRunning {
-			d.state, d.message = Stopped, "stopped"
-			m.restoreIdle(d)
+			m.restoreIdle(d, Stopped, "stopped")
 			continue
 		}
 		if w := winner[spec.Name]; w != i {
-			d.state, d.message = Failed, fmt.Sprintf("not restored: model name %q is served by deployment %q", spec.Name, recs[w].ID)
-			m.restoreIdle(d)
-			m.changed(d)
+			m.restoreIdle(d, Failed, fmt.Sprintf("not restored: model name %q is served by deployment %q", spec.Name, recs[w].ID))
 			continue
 		}
 		m.mu.Lock()
@@ -703,9 +698,7 @@ func (m *Manager) Restore() error {
 		}
 		if err != nil {
 			m.mu.Unlock()
-			d.state, d.message = Failed, "not restored: "+err.Error()
-			m.restoreIdle(d)
-			m.changed(d)
+			m.restoreIdle(d, Failed, "not restored: "+err.Error())
 			continue
 		}
 		d.message = "restored after restart"
@@ -728,17 +721,20 @@ func restoreBefore(a, b store.Record) bool {
 	return a.Updated.After(b.Updated)
 }
 
-// restoreIdle lists a restored deployment that does not run (Stopped or
-// Failed) without starting anything.
-func (m *Manager) restoreIdle(d *Deployment) {
-	if d.state == Failed {
-		d.log.Error("deployment failed", "reason", d.message)
-	}
+// restoreIdle lists a restored deployment that does not run, in state
+// (Stopped or Failed) with msg, without starting anything. A Failed one's
+// reason is logged and stored.
+func (m *Manager) restoreIdle(d *Deployment, state State, msg string) {
+	d.state, d.message = state, msg
 	close(d.done)
 	d.cancel = func() {}
 	m.mu.Lock()
 	m.byID[d.id] = d
 	m.mu.Unlock()
+	if state == Failed {
+		d.log.Error("deployment failed", "reason", msg)
+		m.changed(d)
+	}
 }
 
 // Close stops every deployment without changing what is stored, so that a

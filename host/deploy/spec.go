@@ -2,9 +2,7 @@ package deploy
 
 import (
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -162,13 +160,9 @@ func checkArtifact(key string, a artifact.Artifact) error {
 	if a.URI == "" {
 		return fmt.Errorf("%s.uri is empty", key)
 	}
-	u, err := url.Parse(a.URI)
+	u, err := artifact.ParseURI(a.URI)
 	if err != nil {
-		var ue *url.Error // it quotes the whole URI, query included
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("%s.uri %s: %v", key, artifact.RedactURI(a.URI), err)
+		return fmt.Errorf("%s.uri: %w", key, err)
 	}
 	switch u.Scheme {
 	case "file":

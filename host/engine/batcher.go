@@ -281,9 +281,7 @@ func (s *Scheduler) prune(b *batch) {
 	kept := b.reqs[:0]
 	for _, r := range b.reqs {
 		if r.state.Load() != stateQueued || r.ctx.Err() != nil {
-			if r.state.CompareAndSwap(stateQueued, stateCancelled) {
-				s.queued.Add(-1)
-			}
+			s.dequeue(r, stateCancelled)
 			b.rows -= r.rows
 			continue
 		}
@@ -309,8 +307,7 @@ func (s *Scheduler) abort(pending []*batch) {
 
 // fail takes r out of the queue with err, unless its caller has gone.
 func (s *Scheduler) fail(r *request, err error) {
-	if r.state.CompareAndSwap(stateQueued, stateRunning) {
-		s.queued.Add(-1)
+	if s.dequeue(r, stateRunning) {
 		deliver(r, nil, err)
 	}
 }
@@ -329,15 +326,12 @@ func (s *Scheduler) claim(reqs []*request, now time.Time) []*request {
 	kept := reqs[:0]
 	for _, r := range reqs {
 		if r.ctx.Err() != nil {
-			if r.state.CompareAndSwap(stateQueued, stateCancelled) {
-				s.queued.Add(-1)
-			}
+			s.dequeue(r, stateCancelled)
 			continue
 		}
-		if !r.state.CompareAndSwap(stateQueued, stateRunning) {
+		if !s.dequeue(r, stateRunning) {
 			continue
 		}
-		s.queued.Add(-1)
 		s.stats.queueNs.Add(int64(now.Sub(r.enqueued)))
 		kept = append(kept, r)
 	}
@@ -362,11 +356,10 @@ func (s *Scheduler) soloLoop() {
 
 // solo runs r holding an instance slot, and puts the slot back.
 func (s *Scheduler) solo(r *request) {
-	if !r.state.CompareAndSwap(stateQueued, stateRunning) {
+	if !s.dequeue(r, stateRunning) {
 		s.release() // abandoned: its caller uncounted it
 		return
 	}
-	s.queued.Add(-1)
 	if r.ctx.Err() != nil {
 		r.state.Store(stateCancelled) // its caller returns ctx.Err() on its own
 		s.release()

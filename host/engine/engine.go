@@ -260,11 +260,7 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 		// Either this stops the request before a worker claims it, or it is
 		// running already and its result will be dropped. The request is not
 		// recycled: a worker or the batcher may still hold it.
-		// Whoever moves a request out of stateQueued uncounts it: a queue
-		// of abandoned requests must not turn live ones away.
-		if r.state.CompareAndSwap(stateQueued, stateCancelled) {
-			s.queued.Add(-1)
-		}
+		s.dequeue(r, stateCancelled)
 		s.stats.cancelled.Add(1)
 		return nil, fmt.Errorf("engine %s: %w", s.name, ctx.Err())
 	}
@@ -325,6 +321,17 @@ func (s *Scheduler) enqueue(r *request) error {
 		s.stats.queueFull.Add(1)
 		return fmt.Errorf("engine %s: %d requests waiting or abandoned: %w", s.name, cap(s.reqCh), ErrQueueFull)
 	}
+}
+
+// dequeue moves r out of stateQueued into to, and reports whether it did.
+// Whoever moves a request out of stateQueued uncounts it, at that moment: a
+// queue of abandoned requests must not turn live ones away.
+func (s *Scheduler) dequeue(r *request, to uint32) bool {
+	if r.state.CompareAndSwap(stateQueued, to) {
+		s.queued.Add(-1)
+		return true
+	}
+	return false
 }
 
 // recycle returns a request whose result was read (or that never left Infer)
