@@ -13,6 +13,7 @@ import (
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/host/cpulatency"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/host/guest"
@@ -96,12 +97,25 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 
-	srv, err := server.New(cfg, server.Services{
+	svc := server.Services{
 		Deployments: server.NewDeployments(models),
 		Inference:   server.NewInference(models),
 		Ready:       func() bool { return server.Ready(models) },
 		Draining:    models.StopWatches,
-	}, log)
+	}
+	var latency *cpulatency.Governor
+	if limit := cfg.Inference.CPULatency; limit != nil {
+		req, err := cpulatency.Open(cpulatency.DefaultPath)
+		if err != nil {
+			log.Warn("inference.cpu_latency not applied: idle CPUs keep their sleep states", "err", err)
+		} else {
+			defer req.Close()
+			latency = cpulatency.NewGovernor(req, limit.D(), cfg.Inference.CPULatencyHold.D(), log.With("component", "cpulatency"))
+			svc.Busy = latency.Touch
+			log.Info("cpu latency limit held while requests arrive", "limit", limit.D(), "hold", cfg.Inference.CPULatencyHold.D())
+		}
+	}
+	srv, err := server.New(cfg, svc, log)
 	if err != nil {
 		models.Close(context.Background())
 		return fmt.Errorf("%w: %w", errStartup, err)
@@ -109,6 +123,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(gctx) })
+	if latency != nil {
+		g.Go(func() error { return latency.Run(gctx) })
+	}
 	err = g.Wait()
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), cfg.Limits.ShutdownTimeout.D())

@@ -86,6 +86,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"provider", "[inference]\nproviders = [\"cpu\", \"tpu\"]\n", []string{"inference.providers[1]", "tpu"}},
 		{"no providers", "[inference]\nproviders = []\n", []string{"inference.providers"}},
 		{"preferred > max", "[inference.batching]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n", []string{"inference.batching.preferred_batch_sizes[0]"}},
+		{"cpu latency", "[inference]\ncpu_latency = \"-1us\"\n", []string{"inference.cpu_latency", "between 0 and 1s"}},
+		{"cpu latency hold", "[inference]\ncpu_latency_hold = \"0s\"\n", []string{"inference.cpu_latency_hold"}},
 		{"guest pages", "[guests]\nmemory_limit_pages = 70000\n", []string{"guests.memory_limit_pages"}},
 		{"model name", "[[models]]\nformat=\"onnx\"\npath=\"m\"\n", []string{"models[0].name"}},
 		{"model dup", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n", []string{"models[1].name", "duplicate"}},
@@ -128,6 +130,24 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+// TestCPULatency: unset is off (nil); "0us" is a limit of 0, not unset.
+func TestCPULatency(t *testing.T) {
+	c, err := Parse("", "/", "n.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Inference.CPULatency != nil || c.Inference.CPULatencyHold.D() != 100*time.Millisecond {
+		t.Fatalf("defaults: %v, hold %v", c.Inference.CPULatency, c.Inference.CPULatencyHold)
+	}
+	c, err = Parse("[inference]\ncpu_latency = \"0us\"\ncpu_latency_hold = \"1s\"\n", "/", "n.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Inference.CPULatency == nil || *c.Inference.CPULatency != 0 || c.Inference.CPULatencyHold.D() != time.Second {
+		t.Fatalf("set: %v, hold %v", c.Inference.CPULatency, c.Inference.CPULatencyHold)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/cpulatency"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -36,6 +37,8 @@ import (
 //	   the same request to a null model that computes nothing: the round
 //	   trip's floor on this machine, which added latency cannot go below
 //	   ModelInfer at concurrency 16 with dynamic batching (rate, vs B)
+//	   A, c=1 and the null model again with inference.cpu_latency = "0us"
+//	   in force, where the process may set it (root)
 //
 // and prints one summary line. Run it with -benchtime 1x: each phase sizes
 // itself by wall time, not by b.N.
@@ -165,19 +168,38 @@ func BenchmarkServing(b *testing.B) {
 	var aLat, gLat, nLat []time.Duration
 	var engineQueue, engineCompute time.Duration
 	var engineN uint64
+	// The same three, with inference.cpu_latency = "0us" in force (idle
+	// CPUs poll instead of halting), where this process may set it.
+	qos, qosErr := cpulatency.Open(cpulatency.DefaultPath)
+	if qosErr == nil {
+		defer qos.Close()
+	}
+	var aLatQ, gLatQ, nLatQ []time.Duration
+	inferOK := func() {
+		if err := infer(); err != nil {
+			b.Fatal(err)
+		}
+	}
 	for range rounds {
 		aLat = append(aLat, timeLoop(slice/2, inproc)...)
 		st0 := d.Status().Stats
-		gLat = append(gLat, timeLoop(slice/2, func() {
-			if err := infer(); err != nil {
-				b.Fatal(err)
-			}
-		})...)
+		gLat = append(gLat, timeLoop(slice/2, inferOK)...)
 		st1 := d.Status().Stats
 		engineQueue += st1.QueueTime - st0.QueueTime
 		engineCompute += st1.ComputeTime - st0.ComputeTime
 		engineN += st1.Executions - st0.Executions
 		nLat = append(nLat, timeLoop(slice/4, inferNull)...)
+		if qos != nil {
+			if err := qos.Set(0); err != nil {
+				b.Fatal(err)
+			}
+			aLatQ = append(aLatQ, timeLoop(slice/2, inproc)...)
+			gLatQ = append(gLatQ, timeLoop(slice/2, inferOK)...)
+			nLatQ = append(nLatQ, timeLoop(slice/4, inferNull)...)
+			if err := qos.Reset(); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 	aP50, aP99 := pct(aLat, 50), pct(aLat, 99)
 	aRate := float64(len(aLat)) / sum(aLat).Seconds()
@@ -189,6 +211,16 @@ func BenchmarkServing(b *testing.B) {
 		engineQueue/n1, engineCompute/n1)
 	nP50, nP99 := pct(nLat, 50), pct(nLat, 99)
 	fmt.Printf("   gRPC ModelInfer c=1, null model (same request, no compute): p50 %v  p99 %v  = the round trip's floor\n", nP50, nP99)
+	qosKeys := " cpu_latency0=unavailable"
+	if qos != nil {
+		aQ, gQ, nQ := pct(aLatQ, 50), pct(gLatQ, 50), pct(nLatQ, 50)
+		fmt.Printf("   with inference.cpu_latency = \"0us\" (idle CPUs poll), interleaved: A p50 %v, gRPC c=1 p50 %v  p99 %v  added p50 %v, null model p50 %v\n",
+			aQ, gQ, pct(gLatQ, 99), gQ-aQ, nQ)
+		qosKeys = fmt.Sprintf(" added_p50_cpu_latency0_us=%d floor_p50_cpu_latency0_us=%d", (gQ - aQ).Microseconds(), nQ.Microseconds())
+		b.ReportMetric(float64((gQ - aQ).Microseconds()), "added_p50_cpu_latency0_us")
+	} else {
+		fmt.Printf("   inference.cpu_latency not measured: %v\n", qosErr)
+	}
 
 	// c=16 over a few connections, as a client pool would: one HTTP/2
 	// connection serialises every 110 KB request through one reader.
@@ -235,8 +267,8 @@ func BenchmarkServing(b *testing.B) {
 	b.ReportMetric(ratio, "c16_vs_limit")
 	b.ReportMetric(e16/best, "engine_c16_vs_limit")
 	b.ReportMetric(float64(nP50.Microseconds()), "floor_p50_us")
-	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f engine_c16_vs_limit=%.2f floor_p50_us=%d a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f\n",
-		added.Microseconds(), ratio, e16/best, nP50.Microseconds(), aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16)
+	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f engine_c16_vs_limit=%.2f floor_p50_us=%d a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f%s\n",
+		added.Microseconds(), ratio, e16/best, nP50.Microseconds(), aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16, qosKeys)
 }
 
 // nullLoader loads models that take the classifier's input and compute

@@ -55,6 +55,9 @@ type Services struct {
 	// end calls that would otherwise last until the drain times out (watch
 	// streams).
 	Draining func()
+	// Busy, if not nil, is called as each gRPC call starts: the node is
+	// serving traffic (cpulatency.Governor.Touch).
+	Busy func()
 }
 
 // Server is the node's gRPC and HTTP servers.
@@ -79,7 +82,7 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		s.ready = func() bool { return true }
 	}
 	s.draining = svc.Draining
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(int(cfg.Listen.MaxMessageSize)),
 		grpc.MaxSendMsgSize(int(cfg.Listen.MaxMessageSize)),
 		// Tensors are large messages: windows much larger than the 64 KiB
@@ -92,12 +95,24 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		// Reused handler goroutines keep their grown stacks: a new
 		// goroutine per call regrows (copies) its stack on every request.
 		// Enough for many concurrent calls per core (calls block in models).
-		grpc.NumStreamWorkers(uint32(16*runtime.GOMAXPROCS(0))),
+		grpc.NumStreamWorkers(uint32(16 * runtime.GOMAXPROCS(0))),
 		experimental.BufferPool(buffers),
 		grpc.ForceServerCodecV2(newWireCodec(buffers)),
 		grpc.ChainUnaryInterceptor(unaryErrors(log)),
 		grpc.ChainStreamInterceptor(streamErrors(log)),
-	)
+	}
+	if busy := svc.Busy; busy != nil {
+		opts = append(opts,
+			grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				busy()
+				return h(ctx, req)
+			}),
+			grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				busy()
+				return h(srv, ss)
+			}))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	if svc.Deployments == nil {
 		svc.Deployments = unimplementedDeployments{}
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +218,34 @@ func TestPortInUse(t *testing.T) {
 	cfg.Listen.GRPC = srv.GRPCAddr().String()
 	if _, err := New(cfg, Services{}, quietLog()); err == nil {
 		t.Fatal("second server on the same port: no error")
+	}
+}
+
+// TestBusyIsCalledPerCall: every unary and streaming call reports traffic
+// through Services.Busy (what holds the CPU latency limit).
+func TestBusyIsCalledPerCall(t *testing.T) {
+	var calls atomic.Int64
+	_, conn, _ := startServer(t, testConfig(t), Services{Busy: func() { calls.Add(1) }})
+	ctx := context.Background()
+	for range 3 {
+		if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := calls.Load(); got != 3 {
+		t.Fatalf("Busy called %d times for 3 unary calls", got)
+	}
+	stream, err := reflectpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectpb.ServerReflectionRequest{MessageRequest: &reflectpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls.Load(); got != 4 {
+		t.Fatalf("Busy called %d times after a stream, want 4", got)
 	}
 }
