@@ -16,6 +16,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/BurntSushi/toml"
+
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/server"
 )
@@ -56,14 +58,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cyxwiz-node %s: unexpected argument %q (the config file goes after -c)\n%s", cmd, fs.Arg(0), usage)
+		return 2
+	}
 	cfg, err := config.Load(*path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	if cmd == "check-config" {
-		fmt.Fprintf(stdout, "%s: ok (grpc %s, http %q, %d static model(s), central %q)\n",
-			*path, cfg.Listen.GRPC, cfg.Listen.HTTP, len(cfg.Models), cfg.Central.Address)
+		fmt.Fprintf(stdout, "# %s: ok. Effective values (defaults filled in, paths resolved):\n", *path)
+		if err := toml.NewEncoder(stdout).Encode(cfg); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
 		return 0
 	}
 

@@ -46,6 +46,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 	log.Info("node", "id", id, "name", cfg.Node.Name)
+	if cfg.Central.Address != "" {
+		log.Warn("central.address is set, but the Central Server link is not built yet: running standalone", "address", cfg.Central.Address)
+	}
 	cache, err := artifact.New(filepath.Join(cfg.Storage.CacheDir, "artifacts"), int64(cfg.Storage.CacheMaxSize), log.With("component", "artifacts"))
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStartup, err)

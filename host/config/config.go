@@ -128,7 +128,7 @@ type Inference struct {
 	// the price of idle CPU time while traffic lasts. Default: unset (off).
 	CPULatency *Duration `toml:"cpu_latency"`
 	// CPULatencyHold is how long CPULatency stays in force after the last
-	// request. Default: "100ms".
+	// request (up to a quarter more). Default: "100ms".
 	CPULatencyHold Duration `toml:"cpu_latency_hold"`
 }
 

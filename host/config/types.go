@@ -62,8 +62,9 @@ func (s *ByteSize) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// MarshalText writes the size in bytes.
-func (s ByteSize) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(s), 10)), nil }
+// MarshalText writes the size as String does, which UnmarshalText reads
+// back exactly.
+func (s ByteSize) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 func (s ByteSize) String() string {
 	switch {

@@ -105,11 +105,15 @@ func (g *Governor) Touch() {
 	}
 }
 
-// Run sets the limit when Touch is called and resets it after hold without
-// a Touch, until ctx ends; then it resets the limit. If the device refuses a
-// value, Run logs it and stops governing (the node serves on without it).
+// Run sets the limit when Touch is called and resets it once hold (up to a
+// quarter more) has passed without a Touch, until ctx ends; then it resets
+// the limit. If the device refuses a value, Run logs it and stops governing
+// (the node serves on without it).
 func (g *Governor) Run(ctx context.Context) error {
-	tick := time.NewTicker(g.hold)
+	// Touch only sets a flag; Run looks at it every quarter hold and
+	// withdraws the limit after four looks in a row find it unset.
+	const looks = 4
+	tick := time.NewTicker(max(g.hold/looks, time.Microsecond))
 	tick.Stop()
 	defer tick.Stop()
 	defer g.req.Reset() //nolint:errcheck // best effort: Close removes it anyway
@@ -124,27 +128,28 @@ func (g *Governor) Run(ctx context.Context) error {
 			return nil
 		}
 		g.log.Debug("cpu latency limit set", "limit", g.limit)
-		tick.Reset(g.hold)
-	hold:
-		for {
+		g.seen.Store(false) // the Touch that woke Run counts from now
+		tick.Reset(max(g.hold/looks, time.Microsecond))
+		for quiet := 0; quiet < looks; {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-tick.C:
-				if g.seen.Swap(false) {
-					continue
-				}
-				// active goes false before the reset: a Touch from here on
-				// wakes Run again, which then sets the limit again.
-				g.active.Store(false)
-				tick.Stop()
-				if err := g.req.Reset(); err != nil {
-					g.log.Warn("cpu latency limit not withdrawn", "err", err)
-					return nil
-				}
-				g.log.Debug("cpu latency limit withdrawn", "idle_for", g.hold)
-				break hold
+			}
+			if g.seen.Swap(false) {
+				quiet = 0
+			} else {
+				quiet++
 			}
 		}
+		// active goes false before the reset: a Touch from here on wakes
+		// Run again, which then sets the limit again.
+		g.active.Store(false)
+		tick.Stop()
+		if err := g.req.Reset(); err != nil {
+			g.log.Warn("cpu latency limit not withdrawn", "err", err)
+			return nil
+		}
+		g.log.Debug("cpu latency limit withdrawn", "idle_for", g.hold)
 	}
 }
