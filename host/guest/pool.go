@@ -391,7 +391,7 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 			return nil, p.errorf(op, fmt.Errorf("%w: tensor %.64q: a name of %d bytes or a rank of %d (at most %d and %d)",
 				loaders.ErrInvalidInput, t.Name, len(t.Name), len(t.Shape), abi.MaxNameLen, abi.MaxRank))
 		}
-		if t.ByteSize() <= inlineMax {
+		if wireSize(t) <= inlineMax {
 			list[i] = abi.Tensor{Name: t.Name, DType: uint8(t.DType), Shape: t.Shape, Data: t.Data, Strings: t.Strings}
 			continue
 		}
@@ -475,7 +475,7 @@ func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, e
 			if !ok {
 				return nil, p.errorf(op, fmt.Errorf("%w: output %q names unknown handle %d", ErrBadOutput, e.Name, e.Handle))
 			}
-			if total += t.ByteSize(); total > int64(p.rt.cfg.MaxOutputBytes) {
+			if total += wireSize(t); total > int64(p.rt.cfg.MaxOutputBytes) {
 				return nil, p.errorf(op, fmt.Errorf("%w: outputs of more than %d bytes, the limit is %d (guest.max_output_size)",
 					ErrBadOutput, total, p.rt.cfg.MaxOutputBytes))
 			}
@@ -599,4 +599,13 @@ func names(ts []*tensor.Tensor) []string {
 		out[i] = fmt.Sprintf("%s %v %v", t.Name, t.DType, t.Shape)
 	}
 	return slices.Clip(out)
+}
+
+// wireSize is what t takes in a tensor list or a KServe response: its data,
+// and for BYTES a 4-byte length per element too.
+func wireSize(t *tensor.Tensor) int64 {
+	if t.DType == tensor.Bytes {
+		return int64(tensor.StringsSize(t.Strings))
+	}
+	return int64(len(t.Data))
 }

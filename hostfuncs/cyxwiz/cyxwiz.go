@@ -149,7 +149,22 @@ func u32(stack []uint64, i int) uint32 { return api.DecodeU32(stack[i]) }
 
 func (s *Session) fail(e abi.Errno, format string, args ...any) int32 {
 	s.errMsg = fmt.Sprintf(format, args...)
+	if len(s.errMsg) > maxErrMsg {
+		s.errMsg = s.errMsg[:maxErrMsg] + "…"
+	}
 	return int32(e)
+}
+
+// maxErrMsg bounds what last_error returns: messages may quote guest data.
+const maxErrMsg = 4096
+
+// quote is how messages show guest-supplied text (names, keys): quoted,
+// and cut to 64 bytes, so that a long one costs the host nothing.
+func quote[T string | []byte](b T) string {
+	if len(b) > 64 {
+		return fmt.Sprintf("%q… (%d bytes)", b[:64], len(b))
+	}
+	return fmt.Sprintf("%q", b)
 }
 
 func (s *Session) read(mem api.Memory, ptr, n uint32, what string) ([]byte, int32) {
@@ -220,17 +235,17 @@ func (s *Session) handles(mem api.Memory, ptr, n uint32) ([]*tensor.Tensor, int3
 	return out, 0
 }
 
-// result stores an operation's result and returns its handle, or turns its
-// error into an errno.
-func (s *Session) result(t *tensor.Tensor, err error) int32 {
+// result runs op, which charges the size of what it makes before making it
+// (alloc), and keeps its result. When op fails, everything it charged is
+// given back: it holds nothing.
+func (s *Session) result(op func() (*tensor.Tensor, error)) int32 {
+	before := s.used
+	t, err := op()
 	if err != nil {
+		s.used = before
 		return s.errno(err)
 	}
-	h, err := s.store(t, t.ByteSize())
-	if err != nil {
-		return s.errno(err)
-	}
-	return int32(h)
+	return s.keep(t)
 }
 
 func (s *Session) errno(err error) int32 {
@@ -277,7 +292,7 @@ func hostConfigGet(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	}
 	v, ok := s.env.Config[string(k)]
 	if !ok {
-		return s.fail(abi.ENOENT, "no config key %q", k)
+		return s.fail(abi.ENOENT, "no config key %s", quote(k))
 	}
 	return s.writeOut(mem, u32(st, 2), u32(st, 3), []byte(v))
 }
@@ -291,6 +306,9 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	if e != 0 {
 		return e
 	}
+	if d := u32(st, 2); d > math.MaxUint8 || !tensor.DType(d).Valid() {
+		return s.fail(abi.EINVAL, "tensor_new: no dtype %d", d)
+	}
 	dt := tensor.DType(u32(st, 2))
 	shape, e := s.i64s(mem, u32(st, 3), u32(st, 4), "tensor shape")
 	if e != 0 {
@@ -303,8 +321,16 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	if err := s.checkShape(shape); err != nil {
 		return s.errno(err)
 	}
-	// The name is host memory too: charged with the data.
+	// The name is host memory too: charged with the data, and for BYTES
+	// a header per element (each takes at least its 4-byte length).
 	bytes := int64(len(data)) + int64(len(name))
+	if dt == tensor.Bytes {
+		n := tensor.NumElements(shape)
+		if n < 0 || n > int64(len(data))/4 {
+			return s.fail(abi.EINVAL, "tensor %s: %d BYTES elements need at least %d bytes, got %d", quote(name), n, 4*max(n, 0), len(data))
+		}
+		bytes += stringHeader * n
+	}
 	if err := s.charge(bytes); err != nil {
 		return s.errno(err)
 	}
@@ -313,7 +339,7 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 		strs, err := abi.DecodeStrings(data, tensor.NumElements(shape))
 		if err != nil {
 			s.used -= bytes
-			return s.fail(abi.EINVAL, "tensor %q: %v", name, err)
+			return s.fail(abi.EINVAL, "tensor %s: %v", quote(name), err)
 		}
 		t.Strings = make([][]byte, len(strs))
 		for i, v := range strs {
@@ -412,7 +438,7 @@ func hostTensorPin(_ context.Context, s *Session, _ api.Memory, st []uint64) int
 	}
 	// A pinned tensor stays on the host after the call: all of it counts,
 	// also a call input (not charged while the caller holds it).
-	if more := sl.t.ByteSize() + int64(len(sl.t.Name)) - sl.bytes; !sl.pinned && more > 0 {
+	if more := size(sl.t) + int64(len(sl.t.Name)) - sl.bytes; !sl.pinned && more > 0 {
 		if err := s.charge(more); err != nil {
 			return s.errno(err)
 		}
@@ -428,7 +454,7 @@ func hostAffine(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 
 	if e != 0 {
 		return e
 	}
-	return s.result(s.affine(x, api.DecodeF32(st[1]), api.DecodeF32(st[2])))
+	return s.result(func() (*tensor.Tensor, error) { return s.affine(x, api.DecodeF32(st[1]), api.DecodeF32(st[2])) })
 }
 
 func hostNormalize(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -444,7 +470,9 @@ func hostNormalize(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	if e != 0 {
 		return e
 	}
-	return s.result(s.normalize(x, api.DecodeF32(st[1]), mean, std, int(api.DecodeI32(st[5]))))
+	return s.result(func() (*tensor.Tensor, error) {
+		return s.normalize(x, api.DecodeF32(st[1]), mean, std, int(api.DecodeI32(st[5])))
+	})
 }
 
 func hostSoftmax(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
@@ -452,7 +480,7 @@ func hostSoftmax(_ context.Context, s *Session, _ api.Memory, st []uint64) int32
 	if e != 0 {
 		return e
 	}
-	return s.result(s.softmax(x, int(api.DecodeI32(st[1]))))
+	return s.result(func() (*tensor.Tensor, error) { return s.softmax(x, int(api.DecodeI32(st[1]))) })
 }
 
 func hostTopK(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -464,16 +492,20 @@ func hostTopK(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 
 	if _, e := s.read(mem, u32(st, 2), 8, "topk out"); e != 0 {
 		return e
 	}
+	before := s.used
 	vals, idx, err := s.topk(x, int(api.DecodeI32(st[1])))
 	if err != nil {
+		s.used = before
 		return s.errno(err)
 	}
-	hv := s.result(vals, nil)
+	hv := s.keep(vals)
 	if hv < 0 {
+		s.used -= size(idx)
 		return hv
 	}
-	hi := s.result(idx, nil)
+	hi := s.keep(idx)
 	if hi < 0 {
+		s.drop(uint32(hv))
 		return hi
 	}
 	var out [8]byte
@@ -488,7 +520,9 @@ func hostResize(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 
 	if e != 0 {
 		return e
 	}
-	return s.result(s.resize(x, int(api.DecodeI32(st[1])), int(api.DecodeI32(st[2])), int(api.DecodeI32(st[3]))))
+	return s.result(func() (*tensor.Tensor, error) {
+		return s.resize(x, int(api.DecodeI32(st[1])), int(api.DecodeI32(st[2])), int(api.DecodeI32(st[3])))
+	})
 }
 
 func binary2(s *Session, st []uint64, op func(a, b *tensor.Tensor) (*tensor.Tensor, error)) int32 {
@@ -500,7 +534,7 @@ func binary2(s *Session, st []uint64, op func(a, b *tensor.Tensor) (*tensor.Tens
 	if e != 0 {
 		return e
 	}
-	return s.result(op(a, b))
+	return s.result(func() (*tensor.Tensor, error) { return op(a, b) })
 }
 
 func hostMatMul(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
@@ -516,7 +550,7 @@ func hostRelu(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
 	if e != 0 {
 		return e
 	}
-	return s.result(s.relu(x))
+	return s.result(func() (*tensor.Tensor, error) { return s.relu(x) })
 }
 
 func hostTranspose(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -532,7 +566,7 @@ func hostTranspose(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	for i, v := range p {
 		perm[i] = int(v)
 	}
-	return s.result(s.transpose(x, perm))
+	return s.result(func() (*tensor.Tensor, error) { return s.transpose(x, perm) })
 }
 
 func hostCast(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
@@ -540,7 +574,11 @@ func hostCast(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
 	if e != 0 {
 		return e
 	}
-	return s.result(s.cast(x, tensor.DType(u32(st, 1))))
+	dt := u32(st, 1)
+	if dt > math.MaxUint8 || !tensor.DType(dt).Valid() {
+		return s.fail(abi.EINVAL, "cast to dtype %d: no such dtype", dt)
+	}
+	return s.result(func() (*tensor.Tensor, error) { return s.cast(x, tensor.DType(dt)) })
 }
 
 func hostReshape(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -561,15 +599,10 @@ func hostReshape(_ context.Context, s *Session, mem api.Memory, st []uint64) int
 	}
 	// y shares x's data, but outlives a free of x: it is charged in full,
 	// so that freeing x cannot refund memory y still holds.
-	if err := s.charge(y.ByteSize()); err != nil {
+	if err := s.charge(size(y)); err != nil {
 		return s.errno(err)
 	}
-	h, err := s.store(y, y.ByteSize())
-	if err != nil {
-		s.used -= y.ByteSize()
-		return s.errno(err)
-	}
-	return int32(h)
+	return s.keep(y)
 }
 
 func hostConcat(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -577,7 +610,7 @@ func hostConcat(_ context.Context, s *Session, mem api.Memory, st []uint64) int3
 	if e != 0 {
 		return e
 	}
-	return s.result(s.concat(parts))
+	return s.result(func() (*tensor.Tensor, error) { return s.concat(parts) })
 }
 
 func hostImageDecode(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {
@@ -585,7 +618,7 @@ func hostImageDecode(_ context.Context, s *Session, _ api.Memory, st []uint64) i
 	if e != 0 {
 		return e
 	}
-	return s.result(s.decodeImage(x))
+	return s.result(func() (*tensor.Tensor, error) { return s.decodeImage(x) })
 }
 
 func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -609,23 +642,33 @@ func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int
 	}
 	out, err := s.env.Infer(ctx, string(model), in)
 	if err != nil {
-		return s.errno(fmt.Errorf("infer %q: %w", model, err))
+		return s.errno(fmt.Errorf("infer %s: %w", quote(model), err))
 	}
 	if uint32(len(out)) > outCap {
-		return s.fail(abi.EINVAL, "infer %q: %d outputs, room for %d", model, len(out), outCap)
+		return s.fail(abi.EINVAL, "infer %s: %d outputs, room for %d", quote(model), len(out), outCap)
 	}
 	buf := make([]byte, 4*len(out))
+	kept := make([]uint32, 0, len(out))
+	undo := func() {
+		for _, h := range kept {
+			s.drop(h)
+		}
+	}
 	for i, t := range out {
-		if err := s.charge(t.ByteSize()); err != nil {
+		if err := s.charge(size(t)); err != nil {
+			undo()
 			return s.errno(err)
 		}
-		h, err := s.store(t, t.ByteSize())
-		if err != nil {
-			return s.errno(err)
+		h := s.keep(t)
+		if h < 0 {
+			undo()
+			return h
 		}
-		binary.LittleEndian.PutUint32(buf[4*i:], h)
+		kept = append(kept, uint32(h))
+		binary.LittleEndian.PutUint32(buf[4*i:], uint32(h))
 	}
 	if !mem.Write(u32(st, 4), buf) {
+		undo()
 		return s.fail(abi.EFAULT, "infer out: %d bytes at %#x outside guest memory", len(buf), u32(st, 4))
 	}
 	return int32(len(out))

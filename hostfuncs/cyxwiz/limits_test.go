@@ -87,7 +87,7 @@ func TestEmptyTensorsWithHugeDimensions(t *testing.T) {
 	}
 }
 
-// Working memory of an operation (topk's ordering, resize's weights) is
+// Working memory of an operation (topk's heap, resize's weights) is
 // charged, or not made at all for an empty result: it cannot take the host
 // past the limit.
 func TestScratchIsCharged(t *testing.T) {
@@ -105,10 +105,11 @@ func TestScratchIsCharged(t *testing.T) {
 	if got := hostTopK(context.Background(), s, mem, stack(uint32(h), 1, 8192)); got != 0 {
 		t.Errorf("topk of [0, 2^22]: %d (%s)", got, s.LastError())
 	}
-	// An input of 2^20 columns: ordering them takes 8 MiB.
+	// k = 2^18 of 2^20 columns: the results take 3 MiB, keeping the best
+	// k in order 2 MiB more.
 	in := s.Put(tensor.New("in", tensor.FP32, 1, 1<<20))
-	if got := hostTopK(context.Background(), s, mem, stack(in, 1, 8192)); got != int32(abi.ENOMEM) {
-		t.Errorf("topk needing 8 MiB of scratch under a 4 MiB limit: %d, want ENOMEM", got)
+	if got := hostTopK(context.Background(), s, mem, stack(in, 1<<18, 8192)); got != int32(abi.ENOMEM) {
+		t.Errorf("topk needing 5 MiB under a 4 MiB limit: %d, want ENOMEM", got)
 	}
 	// An image of no channels resized to 1 × 2^22: an empty result.
 	hwc := newTensor(s, mem, "img", 0, 2, 2, 0)

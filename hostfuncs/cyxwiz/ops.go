@@ -19,27 +19,28 @@ func invalid(format string, args ...any) error {
 }
 
 // floats returns x's elements as float32: a view for FP32, a copy for
-// UINT8 (pixels), an error for any other type.
-func (s *Session) floats(x *tensor.Tensor) ([]float32, error) {
+// UINT8 (pixels), an error for any other type. The copy is working memory:
+// call refund when done with it.
+func (s *Session) floats(x *tensor.Tensor) (vals []float32, refund func(), err error) {
 	switch x.DType {
 	case tensor.FP32:
-		return tensor.View[float32](x), nil
+		return tensor.View[float32](x), func() {}, nil
 	case tensor.Uint8:
-		if err := s.charge(int64(len(x.Data)) * 4); err != nil {
-			return nil, err
+		if refund, err = s.scratch(int64(len(x.Data)) * 4); err != nil {
+			return nil, nil, err
 		}
 		out := make([]float32, len(x.Data))
 		for i, v := range x.Data {
 			out[i] = float32(v)
 		}
-		return out, nil
+		return out, refund, nil
 	}
-	return nil, invalid("tensor %q is %v, want FP32 or UINT8", x.Name, x.DType)
+	return nil, nil, invalid("tensor %s is %v, want FP32 or UINT8", quote(x.Name), x.DType)
 }
 
 func fp32(x *tensor.Tensor) ([]float32, error) {
 	if x.DType != tensor.FP32 {
-		return nil, invalid("tensor %q is %v, want FP32", x.Name, x.DType)
+		return nil, invalid("tensor %s is %v, want FP32", quote(x.Name), x.DType)
 	}
 	return tensor.View[float32](x), nil
 }
@@ -68,10 +69,11 @@ func split(shape []int64, axis int) (outer, n, inner int) {
 
 // affine: y = x*scale + bias, elementwise.
 func (s *Session) affine(x *tensor.Tensor, scale, bias float32) (*tensor.Tensor, error) {
-	in, err := s.floats(x)
+	in, refundIn, err := s.floats(x)
 	if err != nil {
 		return nil, err
 	}
+	defer refundIn()
 	y, err := s.alloc(x.Name, tensor.FP32, x.Shape...)
 	if err != nil {
 		return nil, err
@@ -93,10 +95,11 @@ func (s *Session) normalize(x *tensor.Tensor, scale float32, mean, std []float32
 	if len(mean) != n || len(std) != n {
 		return nil, invalid("%d means and %d stds for %d channels", len(mean), len(std), n)
 	}
-	in, err := s.floats(x)
+	in, refundIn, err := s.floats(x)
 	if err != nil {
 		return nil, err
 	}
+	defer refundIn()
 	y, err := s.alloc(x.Name, tensor.FP32, x.Shape...)
 	if err != nil {
 		return nil, err
@@ -165,7 +168,9 @@ func (s *Session) softmax(x *tensor.Tensor, axis int) (*tensor.Tensor, error) {
 }
 
 // topk returns the k largest values along the last axis, largest first
-// (ties: lower index first), and their INT64 indices.
+// (NaN counts as the largest, as in PyTorch; ties: lower index first), and
+// their INT64 indices. It keeps the best k of a row in a heap: n log k work,
+// with the deadline checked as it goes.
 func (s *Session) topk(x *tensor.Tensor, k int) (vals, idx *tensor.Tensor, err error) {
 	in, err := fp32(x)
 	if err != nil {
@@ -190,45 +195,95 @@ func (s *Session) topk(x *tensor.Tensor, k int) (vals, idx *tensor.Tensor, err e
 		return vals, idx, nil
 	}
 	vo, io := tensor.View[float32](vals), tensor.View[int64](idx)
-	refund, err := s.scratch(int64(n) * 8)
+	refund, err := s.scratch(int64(k) * 8)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer refund()
-	order := make([]int, n)
+	h := make(topHeap, 0, k)
 	for r := 0; r*n < len(in); r++ {
-		if err := s.stopped(); err != nil {
-			return nil, nil, err
-		}
 		row := in[r*n : (r+1)*n]
-		for i := range order {
-			order[i] = i
-		}
-		if k == 1 {
-			best := 0
-			for i, v := range row {
-				if v > row[best] {
-					best = i
+		h = h[:0]
+		for i := range row {
+			if i&0xffff == 0 {
+				if err := s.stopped(); err != nil {
+					return nil, nil, err
 				}
 			}
-			order[0] = best
-		} else {
-			slices.SortStableFunc(order, func(a, b int) int {
-				switch {
-				case row[a] > row[b]:
-					return -1
-				case row[a] < row[b]:
-					return 1
-				}
-				return 0
-			})
+			switch {
+			case len(h) < k:
+				h.push(row, i)
+			case before(row, i, h[0]):
+				h[0] = i
+				h.down(row, 0)
+			}
 		}
-		for j := range k {
-			vo[r*k+j] = row[order[j]]
-			io[r*k+j] = int64(order[j])
+		// Pop the worst first: the row comes out best first from the end.
+		for j := k - 1; j >= 0; j-- {
+			best := h.pop(row)
+			vo[r*k+j], io[r*k+j] = row[best], int64(best)
 		}
 	}
 	return vals, idx, nil
+}
+
+// before says whether element i of row ranks above element j: larger value
+// first, NaN above everything, lower index first among equals.
+func before(row []float32, i, j int) bool {
+	a, b := row[i], row[j]
+	an, bn := a != a, b != b
+	switch {
+	case an || bn:
+		if an && bn {
+			return i < j
+		}
+		return an
+	case a != b:
+		return a > b
+	}
+	return i < j
+}
+
+// topHeap holds indices into a row with the lowest-ranked at the root.
+type topHeap []int
+
+func (h *topHeap) push(row []float32, i int) {
+	*h = append(*h, i)
+	c := len(*h) - 1
+	for c > 0 {
+		p := (c - 1) / 2
+		if !before(row, (*h)[p], (*h)[c]) {
+			break
+		}
+		(*h)[p], (*h)[c] = (*h)[c], (*h)[p]
+		c = p
+	}
+}
+
+func (h topHeap) down(row []float32, p int) {
+	for {
+		c := 2*p + 1
+		if c >= len(h) {
+			return
+		}
+		if c+1 < len(h) && before(row, h[c], h[c+1]) {
+			c++ // the lower-ranked child
+		}
+		if !before(row, h[p], h[c]) {
+			return
+		}
+		h[p], h[c] = h[c], h[p]
+		p = c
+	}
+}
+
+func (h *topHeap) pop(row []float32) int {
+	old := *h
+	top := old[0]
+	old[0] = old[len(old)-1]
+	*h = old[:len(old)-1]
+	h.down(row, 0)
+	return top
 }
 
 // resize scales the two spatial dimensions bilinearly with half-pixel
@@ -248,10 +303,11 @@ func (s *Session) resize(x *tensor.Tensor, oh, ow int, layout int) (*tensor.Tens
 	if oh < 1 || ow < 1 || h < 1 || w < 1 {
 		return nil, invalid("resize %dx%d to %dx%d", h, w, oh, ow)
 	}
-	in, err := s.floats(x)
+	in, refundIn, err := s.floats(x)
 	if err != nil {
 		return nil, err
 	}
+	defer refundIn()
 	shape := slices.Clone(x.Shape)
 	if layout == 0 {
 		shape[2], shape[3] = int64(oh), int64(ow)
@@ -556,7 +612,7 @@ func reshape(x *tensor.Tensor, shape []int64) (*tensor.Tensor, error) {
 func (s *Session) concat(parts []*tensor.Tensor) (*tensor.Tensor, error) {
 	var n int64
 	for _, p := range parts {
-		n += p.ByteSize()
+		n += size(p)
 	}
 	if err := s.charge(n); err != nil {
 		return nil, err

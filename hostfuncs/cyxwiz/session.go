@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -75,7 +76,8 @@ type Session struct {
 	lim    Limits
 	next   uint32
 	tab    map[uint32]*slot
-	used   int64 // bytes of guest-created tensors
+	used   int64 // bytes of guest-created tensors and working memory
+	peak   int64 // the most used has been in this call
 	hit    bool  // a limit was reached during this call
 	errMsg string
 	// ctx is the context of the host function running (nil between host
@@ -142,6 +144,7 @@ func (s *Session) EndCall() {
 		}
 		s.used += sl.bytes
 	}
+	s.peak = s.used
 	s.hit = false
 	s.errMsg = ""
 }
@@ -167,8 +170,10 @@ func (s *Session) store(t *tensor.Tensor, bytes int64) (uint32, error) {
 		return 0, fmt.Errorf("%d host tensors: %w", len(s.tab), ErrLimit)
 	}
 	for {
+		// Handles reach the guest as positive i32s (negative is an errno):
+		// after 2^31-1 they start again at 1, skipping live ones.
 		s.next++
-		if s.next == 0 {
+		if s.next == 0 || s.next > math.MaxInt32 {
 			s.next = 1
 		}
 		if _, taken := s.tab[s.next]; !taken {
@@ -179,6 +184,43 @@ func (s *Session) store(t *tensor.Tensor, bytes int64) (uint32, error) {
 	return s.next, nil
 }
 
+// stringHeader is what the host holds per BYTES element besides its bytes
+// (a slice header on 64-bit platforms).
+const stringHeader = 24
+
+// size is what tensor t holds on the host apart from its name: its data
+// and, for BYTES, a slice header per element. Every tensor a host function
+// creates is charged this before it is made, and its name when it is kept.
+func size(t *tensor.Tensor) int64 {
+	return t.ByteSize() + stringHeader*int64(len(t.Strings))
+}
+
+// keep stores t, whose size is already charged, charging its name too, and
+// returns its handle. When it cannot, the size charge is given back (t is
+// dropped) and the errno returned.
+func (s *Session) keep(t *tensor.Tensor) int32 {
+	sz, name := size(t), int64(len(t.Name))
+	if err := s.charge(name); err != nil {
+		s.used -= sz
+		return s.errno(err)
+	}
+	h, err := s.store(t, sz+name)
+	if err != nil {
+		s.used -= sz + name
+		return s.errno(err)
+	}
+	s.tab[h].name = name
+	return int32(h)
+}
+
+// drop frees handle h and refunds its charge.
+func (s *Session) drop(h uint32) {
+	if sl, ok := s.tab[h]; ok {
+		s.used -= sl.bytes
+		delete(s.tab, h)
+	}
+}
+
 // charge reserves n bytes of host tensor memory.
 func (s *Session) charge(n int64) error {
 	if n < 0 || n > s.lim.MaxBytes-s.used {
@@ -186,6 +228,7 @@ func (s *Session) charge(n int64) error {
 		return fmt.Errorf("need %d bytes, %d of %d in use: %w", n, s.used, s.lim.MaxBytes, ErrLimit)
 	}
 	s.used += n
+	s.peak = max(s.peak, s.used)
 	return nil
 }
 

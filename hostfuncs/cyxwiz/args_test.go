@@ -1,0 +1,50 @@
+package cyxwiz
+
+import (
+	"context"
+	"runtime"
+	"testing"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// dtype arguments are i32s: one that is no dtype (256+12 once passed as
+// FP32 through its low 8 bits) is refused with EINVAL.
+func TestDTypeArgumentChecked(t *testing.T) {
+	mem := guestMemory(t, 1)
+	s := NewSession(Env{})
+	mem.Write(1024, []byte{2, 0, 0, 0, 0, 0, 0, 0}) // shape [2]
+	h := hostTensorNew(context.Background(), s, mem, stack(0, 1, 256+uint32(tensor.FP32), 1024, 1, 4096, 8))
+	if h > 0 {
+		x, _ := s.Get(uint32(h))
+		t.Errorf("tensor_new with dtype %d: handle %d of dtype %v, want EINVAL", 256+int(tensor.FP32), h, x.DType)
+	}
+	in := s.Put(tensor.New("x", tensor.Int32, 2))
+	if got := hostCast(context.Background(), s, mem, stack(in, 256+uint32(tensor.FP32))); got > 0 {
+		y, _ := s.Get(uint32(got))
+		t.Errorf("cast to dtype %d: handle %d of dtype %v, want EINVAL", 256+int(tensor.FP32), got, y.DType)
+	}
+}
+
+// Error messages quote at most 64 bytes of guest data and are cut at 4 KiB:
+// a config_get of a 4 MiB key once made the host allocate ~32 MiB that no
+// limit counted (%q writes a zero byte as 4 characters).
+func TestErrorMessagesBounded(t *testing.T) {
+	mem := guestMemory(t, 80) // 5 MiB
+	s := NewSession(Env{Limits: Limits{MaxBytes: 1 << 20}, Config: map[string]string{}})
+	const keyLen = 4 << 20
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if got := hostConfigGet(context.Background(), s, mem, stack(0, keyLen, 0, 16)); got != int32(abi.ENOENT) {
+		t.Fatalf("config_get: %d", got)
+	}
+	n := hostLastError(context.Background(), s, mem, stack(0, 16))
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("config_get of a %d MiB key: last_error length %d MiB, host allocated %d MiB (limit 1 MiB)", keyLen>>20, n>>20, alloc>>20)
+	if alloc > 2<<20 {
+		t.Errorf("a failed config_get and last_error allocated %d MiB on the host", alloc>>20)
+	}
+}
