@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,24 +15,54 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
 )
 
 func init() {
-	register("deploy", "deploy a model: deploy --id ID --model URI|FILE --format onnx [--sha256 H] [--pre g.wasm] [--post g.wasm]", runDeploy)
-	register("ls", "list deployments [--state ready,failed,...]", runList)
-	register("models", "list models and their state", runModels)
-	register("status", "show one deployment: status ID", runStatus)
-	register("stop", "stop a deployment: stop ID [--drain 10s]", runStop)
-	register("watch", "stream deployment changes [ID ...]", runWatch)
+	register("deploy", command{
+		synopsis: "--id ID --model URI|FILE [--format onnx] [--sha256 H] [--pre g.wasm] [--post g.wasm] [flags]",
+		summary:  "deploy a model and wait until it is ready",
+		about: `Local files are sent as file:// URIs with the SHA-256 computed here, so
+they need no --sha256, --pre-sha256, --post-sha256 or --batch-policy-sha256;
+http(s) URIs need theirs (the node verifies what it downloads).
+
+Without --no-wait the command shows the progress and exits 0 once the
+deployment is ready, 1 if it fails or is stopped first. The wait has no
+deadline unless --timeout is given; if that runs out first, the command
+exits 1 while the node carries on: follow it with 'cyxwizctl watch ID'.`,
+		ownDeadline: true,
+		run:         runDeploy,
+	})
+	register("ls", command{synopsis: "[--state ready,failed,...]", summary: "list deployments", run: runList})
+	register("models", command{summary: "list models and their state", run: runModels})
+	register("status", command{synopsis: "ID", summary: "show one deployment", minArgs: 1, maxArgs: 1, run: runStatus})
+	register("stop", command{
+		synopsis: "ID [--drain 10s]",
+		summary:  "stop a deployment",
+		about: fmt.Sprintf(`Without --timeout, the call waits for the drain plus %v; a --timeout
+given on the command line is kept, and may cut the drain short.`, stopMargin),
+		minArgs: 1, maxArgs: 1, ownDeadline: true, run: runStop,
+	})
+	register("watch", command{
+		synopsis: "[ID ...]",
+		summary:  "stream deployment changes (all, or the given ids)",
+		about:    "It runs until interrupted, unless --timeout is given.",
+		maxArgs:  -1, ownDeadline: true, run: runWatch,
+	})
 }
 
 // artifactFor turns a URI or a local file into an Artifact. Local files are
-// sent as file:// URIs with their SHA-256, so the node verifies what it loads.
-func artifactFor(ref, sum string) (*cyxwizpb.Artifact, error) {
+// sent as file:// URIs with their SHA-256, so the node verifies what it
+// loads; http(s) URIs need the digest given with sumFlag.
+func artifactFor(ref, sum, sumFlag string) (*cyxwizpb.Artifact, error) {
 	if u, err := url.Parse(ref); err == nil && (u.Scheme == "http" || u.Scheme == "https" || u.Scheme == "file") {
+		if sum == "" && u.Scheme != "file" {
+			return nil, usagef("%s is an %s URI: give its SHA-256 with --%s", ref, u.Scheme, sumFlag)
+		}
 		return &cyxwizpb.Artifact{Uri: ref, Sha256: sum}, nil
 	}
 	abs, err := filepath.Abs(ref)
@@ -47,133 +77,212 @@ func artifactFor(ref, sum string) (*cyxwizpb.Artifact, error) {
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", ref, err)
 	}
 	digest := hex.EncodeToString(h.Sum(nil))
 	if sum != "" && !strings.EqualFold(sum, digest) {
-		return nil, fmt.Errorf("%s: sha256 is %s, not %s", ref, digest, sum)
+		return nil, fmt.Errorf("%s: sha256 is %s, not %s (--%s)", ref, digest, sum, sumFlag)
 	}
 	return &cyxwizpb.Artifact{Uri: (&url.URL{Scheme: "file", Path: abs}).String(), Sha256: digest, SizeBytes: n}, nil
 }
 
-func runDeploy(ctx context.Context, c *client, args []string) error {
-	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	id := fs.String("id", "", "deployment id (required)")
-	name := fs.String("name", "", "model name clients use (default: the id)")
-	model := fs.String("model", "", "model URI (file://, http://, https://) or local file (required)")
-	format := fs.String("format", "onnx", "model format")
-	sum := fs.String("sha256", "", "model SHA-256 (computed for local files)")
-	pre := fs.String("pre", "", "preprocess guest (.wasm file or URI)")
-	post := fs.String("post", "", "postprocess guest (.wasm file or URI)")
-	policy := fs.String("batch-policy", "", "batch-policy guest (.wasm file or URI)")
-	maxBatch := fs.Int("max-batch", 0, "max batch size (0 = node default)")
-	delay := fs.Duration("max-queue-delay", 0, "max queue delay")
-	instances := fs.Int("instances", 0, "concurrent executions (0 = node default)")
-	guestTimeout := fs.Duration("guest-timeout", 0, "per-call guest deadline (0 = node default)")
-	var config multiFlag
-	fs.Var(&config, "config", "key=value for the deployment's guests (repeatable)")
-	noWait := fs.Bool("no-wait", false, "return once accepted")
-	guestMem := fs.Uint("guest-memory-pages", 0, "memory limit of each guest in 64 KiB pages (0 = node default)")
-	preciseClock := fs.Bool("guest-precise-clock", false, "give the guests full-resolution clocks (default: 1 ms ticks)")
-	if err := fs.Parse(args); err != nil {
-		return usagef("%v", err)
+// guestFlags are the flags of one guest role: its module and its digest.
+type guestFlags struct {
+	name     string // flag and guest name: "pre", "post", "batch-policy"
+	role     cyxwizpb.GuestRole
+	ref, sum *string
+}
+
+// deployFlags are deploy's flags.
+type deployFlags struct {
+	id, name, model, format, sum *string
+	guests                       []guestFlags
+	maxBatch, instances, memory  *uint32
+	delay, guestTimeout          *time.Duration
+	config                       multiFlag
+	noWait, preciseClock         *bool
+}
+
+func newDeployFlags(fs *flag.FlagSet) *deployFlags {
+	o := &deployFlags{
+		id:     fs.String("id", "", "deployment `id` (required)"),
+		name:   fs.String("name", "", "model `name` clients use (default: the id)"),
+		model:  fs.String("model", "", "model `URI` (file://, http://, https://) or local file (required)"),
+		format: fs.String("format", "onnx", "model `format`"),
+		sum:    fs.String("sha256", "", "model SHA-256 `digest` (required for http(s) URIs; computed for local files)"),
 	}
-	if *id == "" || *model == "" {
-		return usagef("--id and --model are required")
+	for _, g := range []struct {
+		name, what string
+		role       cyxwizpb.GuestRole
+	}{
+		{"pre", "preprocess", cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS},
+		{"post", "postprocess", cyxwizpb.GuestRole_GUEST_ROLE_POSTPROCESS},
+		{"batch-policy", "batch-policy", cyxwizpb.GuestRole_GUEST_ROLE_BATCH_POLICY},
+	} {
+		o.guests = append(o.guests, guestFlags{name: g.name, role: g.role,
+			ref: fs.String(g.name, "", g.what+" guest (.wasm `file` or URI)"),
+			sum: fs.String(g.name+"-sha256", "", "SHA-256 `digest` of --"+g.name+" (required for http(s) URIs; computed for local files)"),
+		})
 	}
-	if *guestMem > math.MaxUint32 {
-		return usagef("--guest-memory-pages %d: at most %d", *guestMem, uint64(math.MaxUint32))
+	o.maxBatch = uint32Var(fs, "max-batch", "most `rows` per execution (0 = node default)")
+	o.delay = durationVar(fs, "max-queue-delay", 0, time.Microsecond, "how long the oldest request may wait for a batch (a `duration`: 0 = node default, else at least 1µs)")
+	o.instances = uint32Var(fs, "instances", "concurrent `executions` (0 = node default)")
+	o.guestTimeout = durationVar(fs, "guest-timeout", 0, 0, "per-call guest deadline (a `duration`; 0 = node default)")
+	fs.Var(&o.config, "config", "`key=value` for the deployment's guests (repeatable)")
+	o.noWait = fs.Bool("no-wait", false, "return once accepted")
+	o.memory = uint32Var(fs, "guest-memory-pages", "memory limit of each guest in 64 KiB `pages` (0 = node default)")
+	o.preciseClock = fs.Bool("guest-precise-clock", false, "give the guests full-resolution clocks (default: 1 ms ticks)")
+	return o
+}
+
+// spec builds the deployment spec the flags describe.
+func (o *deployFlags) spec() (*cyxwizpb.DeploymentSpec, error) {
+	if *o.id == "" || *o.model == "" {
+		return nil, usagef("--id and --model are required")
 	}
-	if *name == "" {
-		*name = *id
+	name := *o.name
+	if name == "" {
+		name = *o.id
 	}
-	art, err := artifactFor(*model, *sum)
+	art, err := artifactFor(*o.model, *o.sum, "sha256")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	spec := &cyxwizpb.DeploymentSpec{ModelName: *name, Format: *format, Model: art, Config: map[string]string{}}
-	for _, kv := range config {
+	spec := &cyxwizpb.DeploymentSpec{ModelName: name, Format: *o.format, Model: art, Config: map[string]string{}}
+	for _, kv := range o.config {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
-			return usagef("--config %q: want key=value", kv)
+			return nil, usagef("--config %q: want key=value", kv)
 		}
 		spec.Config[k] = v
 	}
-	for _, g := range []struct {
-		ref  string
-		role cyxwizpb.GuestRole
-		name string
-	}{{*pre, cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS, "pre"}, {*post, cyxwizpb.GuestRole_GUEST_ROLE_POSTPROCESS, "post"},
-		{*policy, cyxwizpb.GuestRole_GUEST_ROLE_BATCH_POLICY, "batch-policy"}} {
-		if g.ref == "" {
+	for _, g := range o.guests {
+		if *g.ref == "" {
+			if *g.sum != "" {
+				return nil, usagef("--%s-sha256 without --%s", g.name, g.name)
+			}
 			continue
 		}
-		a, err := artifactFor(g.ref, "")
+		gm, err := o.guest(g)
 		if err != nil {
-			return err
-		}
-		gm := &cyxwizpb.GuestModule{Name: g.name, Artifact: a, Roles: []cyxwizpb.GuestRole{g.role},
-			MemoryLimitPages: uint32(*guestMem), PreciseClock: *preciseClock}
-		if *guestTimeout > 0 {
-			gm.CallTimeout = durationpb.New(*guestTimeout)
+			return nil, err
 		}
 		spec.Guests = append(spec.Guests, gm)
 	}
-	if *maxBatch > 0 || *delay > 0 || *instances > 0 {
-		spec.Batching = &cyxwizpb.BatchingConfig{MaxBatchSize: uint32(*maxBatch), MaxQueueDelayUs: uint64(delay.Microseconds()), Instances: uint32(*instances)}
+	if *o.maxBatch > 0 || *o.delay > 0 || *o.instances > 0 {
+		spec.Batching = &cyxwizpb.BatchingConfig{MaxBatchSize: *o.maxBatch, MaxQueueDelayUs: uint64(o.delay.Microseconds()), Instances: *o.instances}
 	}
+	return spec, nil
+}
 
-	cli := cyxwizpb.NewDeploymentServiceClient(c.conn)
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var stream cyxwizpb.DeploymentService_WatchDeploymentsClient
-	if !*noWait {
-		// Watch (with a snapshot) before assigning so that no change is
-		// missed, whichever reaches the node first.
-		if stream, err = cli.WatchDeployments(wctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: []string{*id}, Snapshot: true}); err != nil {
-			return err
-		}
+func (o *deployFlags) guest(g guestFlags) (*cyxwizpb.GuestModule, error) {
+	a, err := artifactFor(*g.ref, *g.sum, g.name+"-sha256")
+	if err != nil {
+		return nil, err
 	}
-	resp, err := cli.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: *id, Spec: spec})
+	gm := &cyxwizpb.GuestModule{Name: g.name, Artifact: a, Roles: []cyxwizpb.GuestRole{g.role},
+		MemoryLimitPages: *o.memory, PreciseClock: *o.preciseClock}
+	if *o.guestTimeout > 0 {
+		gm.CallTimeout = durationpb.New(*o.guestTimeout)
+	}
+	return gm, nil
+}
+
+func runDeploy(ctx context.Context, c *client, args []string) error {
+	fs := newFlagSet("deploy")
+	o := newDeployFlags(fs)
+	if _, err := parseArgs(c, fs, args); err != nil {
+		return err
+	}
+	spec, err := o.spec()
 	if err != nil {
 		return err
 	}
-	if *noWait || settled(resp.Status.State) {
-		printStatusLine(c.out, resp.Status)
-		return failedErr(resp.Status)
+	cli := cyxwizpb.NewDeploymentServiceClient(c.conn)
+	wctx, cancel := c.explicitDeadline(ctx)
+	defer cancel()
+	var stream cyxwizpb.DeploymentService_WatchDeploymentsClient
+	if !*o.noWait {
+		// Watch (with a snapshot) before assigning so that no change is
+		// missed, whichever reaches the node first.
+		if stream, err = cli.WatchDeployments(wctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: []string{*o.id}, Snapshot: true}); err != nil {
+			return err
+		}
 	}
+	actx, acancel := c.deadline(ctx, 0)
+	defer acancel()
+	resp, err := cli.AssignDeployment(actx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: *o.id, Spec: spec})
+	if err != nil {
+		return err
+	}
+	if *o.noWait || settled(resp.Status.State) {
+		printStatusLine(c.out, resp.Status)
+		return deployErr(resp.Status)
+	}
+	return waitSettled(wctx, c, stream, resp.Status)
+}
+
+// waitSettled follows the deployment assigned with status from until it
+// is ready, failed or stopped.
+func waitSettled(ctx context.Context, c *client, stream cyxwizpb.DeploymentService_WatchDeploymentsClient, from *cyxwizpb.DeploymentStatus) error {
 	bar := newProgressBar(c.out)
+	last := from.State
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			return err
+			bar.done()
+			return waitErr(ctx, c, from.DeploymentId, last, err)
 		}
 		st := ev.Status
-		if st.UpdatedAt.AsTime().Before(resp.Status.UpdatedAt.AsTime()) {
+		if st.UpdatedAt.AsTime().Before(from.UpdatedAt.AsTime()) {
 			continue // from before this assignment (a re-deploy of a stopped id)
 		}
+		last = st.State
 		bar.update(st)
 		if settled(st.State) {
 			bar.done()
 			printStatusLine(c.out, st)
-			return failedErr(st)
+			return deployErr(st)
 		}
 	}
 }
 
+// waitErr explains why the wait for deployment id ended in state last
+// before it settled.
+func waitErr(ctx context.Context, c *client, id string, last cyxwizpb.DeploymentState, err error) error {
+	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
+	switch {
+	case c.explicitTimeout && timedOut: // gRPC may see the deadline before ctx does
+		return fmt.Errorf("deployment %s still %s on the node when --timeout %v ran out (%w); follow it with `cyxwizctl watch %s`",
+			id, stateName(last), c.timeout, context.DeadlineExceeded, id)
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("deployment %s: the node ended the watch while it was %s; follow it with `cyxwizctl watch %s`", id, stateName(last), id)
+	}
+	return err
+}
+
+// settled reports whether a deployment in state s has finished deploying:
+// it is serving, or it never will be without a new assignment.
 func settled(s cyxwizpb.DeploymentState) bool {
 	switch s {
 	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_READY, cyxwizpb.DeploymentState_DEPLOYMENT_STATE_RUNNING,
-		cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED, cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED:
+		cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED, cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPING,
+		cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED:
 		return true
 	}
 	return false
 }
 
-func failedErr(st *cyxwizpb.DeploymentStatus) error {
-	if st.State == cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED {
+// deployErr is the error for a deployment that settled without serving
+// (nil while it is serving or still on its way).
+func deployErr(st *cyxwizpb.DeploymentStatus) error {
+	switch st.State {
+	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED:
 		return fmt.Errorf("deployment %s failed: %s", st.DeploymentId, st.Message)
+	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED:
+		return fmt.Errorf("deployment %s stopped before it was ready (%s)", st.DeploymentId, st.Message)
+	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPING:
+		return fmt.Errorf("deployment %s is stopping: it will not become ready (%s)", st.DeploymentId, st.Message)
 	}
 	return nil
 }
@@ -225,11 +334,10 @@ func humanBytes(n uint64) string {
 }
 
 func runList(ctx context.Context, c *client, args []string) error {
-	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	states := fs.String("state", "", "comma-separated states to show (pending,fetching,loading,ready,running,stopping,stopped,failed)")
-	if err := fs.Parse(args); err != nil {
-		return usagef("%v", err)
+	fs := newFlagSet("ls")
+	states := fs.String("state", "", "comma-separated `states` to show (pending,fetching,loading,ready,running,stopping,stopped,failed)")
+	if _, err := parseArgs(c, fs, args); err != nil {
+		return err
 	}
 	req := &cyxwizpb.ListDeploymentsRequest{}
 	for _, s := range strings.Split(*states, ",") {
@@ -258,7 +366,10 @@ func runList(ctx context.Context, c *client, args []string) error {
 	return tw.Flush()
 }
 
-func runModels(ctx context.Context, c *client, _ []string) error {
+func runModels(ctx context.Context, c *client, args []string) error {
+	if _, err := parseArgs(c, newFlagSet("models"), args); err != nil {
+		return err
+	}
 	resp, err := cyxwizpb.NewDeploymentServiceClient(c.conn).ListDeployments(ctx, &cyxwizpb.ListDeploymentsRequest{})
 	if err != nil {
 		return err
@@ -272,10 +383,11 @@ func runModels(ctx context.Context, c *client, _ []string) error {
 }
 
 func runStatus(ctx context.Context, c *client, args []string) error {
-	if len(args) != 1 {
-		return usagef("want: status ID")
+	ids, err := parseArgs(c, newFlagSet("status"), args)
+	if err != nil {
+		return err
 	}
-	resp, err := cyxwizpb.NewDeploymentServiceClient(c.conn).GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: args[0]})
+	resp, err := cyxwizpb.NewDeploymentServiceClient(c.conn).GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: ids[0]})
 	if err != nil {
 		return err
 	}
@@ -292,20 +404,23 @@ func runStatus(ctx context.Context, c *client, args []string) error {
 	return nil
 }
 
+// stopMargin is how much longer than its drain a stop may take when
+// --timeout is not given: the node unloads the model after draining.
+const stopMargin = 30 * time.Second
+
 func runStop(ctx context.Context, c *client, args []string) error {
-	fs := flag.NewFlagSet("stop", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	drain := fs.Duration("drain", 0, "how long to wait for in-flight requests (0 = node default)")
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("want: stop ID [--drain 10s]")
+	fs := newFlagSet("stop")
+	drain := durationVar(fs, "drain", 0, 0, "how long to wait for in-flight requests (a `duration`; 0 = node default)")
+	ids, err := parseArgs(c, fs, args)
+	if err != nil {
+		return err
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		return usagef("%v", err)
-	}
-	req := &cyxwizpb.StopDeploymentRequest{DeploymentId: args[0]}
+	req := &cyxwizpb.StopDeploymentRequest{DeploymentId: ids[0]}
 	if *drain > 0 {
 		req.DrainTimeout = durationpb.New(*drain)
 	}
+	ctx, cancel := c.deadline(ctx, *drain+stopMargin)
+	defer cancel()
 	resp, err := cyxwizpb.NewDeploymentServiceClient(c.conn).StopDeployment(ctx, req)
 	if err != nil {
 		return err
@@ -315,14 +430,20 @@ func runStop(ctx context.Context, c *client, args []string) error {
 }
 
 func runWatch(ctx context.Context, c *client, args []string) error {
-	stream, err := cyxwizpb.NewDeploymentServiceClient(c.conn).WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: args, Snapshot: true})
+	ids, err := parseArgs(c, newFlagSet("watch"), args)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.explicitDeadline(ctx)
+	defer cancel()
+	stream, err := cyxwizpb.NewDeploymentServiceClient(c.conn).WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: ids, Snapshot: true})
 	if err != nil {
 		return err
 	}
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err

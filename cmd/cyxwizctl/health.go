@@ -10,20 +10,37 @@ import (
 )
 
 func init() {
-	register("health", "check that the node is serving", func(ctx context.Context, c *client, _ []string) error {
-		resp, err := healthpb.NewHealthClient(c.conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(c.out, resp.Status)
-		return nil
+	register("health", command{
+		summary: "check that the node is serving",
+		about:   "It prints the node's health status and exits 0 for SERVING, 1 otherwise.",
+		run:     runHealth,
 	})
-	register("info", "print the node's name, version and protocol extensions", func(ctx context.Context, c *client, _ []string) error {
-		md, err := inference.NewGRPCInferenceServiceClient(c.conn).ServerMetadata(ctx, &inference.ServerMetadataRequest{})
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(c.out, "%s %s %s\n", md.Name, md.Version, joinNonEmpty(",", md.Extensions...))
-		return nil
-	})
+	register("info", command{summary: "print the node's name, version and protocol extensions", run: runInfo})
+}
+
+func runHealth(ctx context.Context, c *client, args []string) error {
+	if _, err := parseArgs(c, newFlagSet("health"), args); err != nil {
+		return err
+	}
+	resp, err := healthpb.NewHealthClient(c.conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.out, resp.Status)
+	if resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("the node is %s", resp.Status)
+	}
+	return nil
+}
+
+func runInfo(ctx context.Context, c *client, args []string) error {
+	if _, err := parseArgs(c, newFlagSet("info"), args); err != nil {
+		return err
+	}
+	md, err := inference.NewGRPCInferenceServiceClient(c.conn).ServerMetadata(ctx, &inference.ServerMetadataRequest{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "%s %s %s\n", md.Name, md.Version, joinNonEmpty(",", md.Extensions...))
+	return nil
 }

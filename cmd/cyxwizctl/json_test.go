@@ -49,6 +49,26 @@ func TestReadJSON(t *testing.T) {
 	}
 }
 
+// A JSON input file with more after its first value (two arrays, or
+// garbage) is refused, not silently cut to the first value.
+func TestReadJSONTrailingData(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.json")
+	for _, text := range []string{"[1, 2]\n[3, 4]\n", "[1, 2] not json", `{"data": [1, 2]} {"data": [3]}`, `{"data": [1, 2]}]`} {
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if x, err := readJSON(p, tensor.FP32); err == nil {
+			t.Errorf("%q accepted as shape %v (%d bytes)", text, x.Shape, len(x.Data))
+		}
+	}
+	if err := os.WriteFile(p, []byte("[1, 2]\n\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readJSON(p, tensor.FP32); err != nil {
+		t.Errorf("trailing white space: %v", err)
+	}
+}
+
 // A node reporting more bytes done than the total does not crash the bar.
 func TestProgressBarOvershoot(t *testing.T) {
 	var b bytes.Buffer

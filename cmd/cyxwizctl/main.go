@@ -1,8 +1,10 @@
 // Command cyxwizctl talks to a cyxwiz-node over gRPC.
 //
-//	cyxwizctl [--addr host:port] <command> [args]
+//	cyxwizctl [--addr host:port] [--timeout 30s] <command> [args]
 //
-// The address defaults to $CYXWIZ_ADDR, then localhost:50052.
+// The address defaults to $CYXWIZ_ADDR, then localhost:50052. Each
+// command's flags and arguments may come in any order; `cyxwizctl
+// <command> --help` lists them.
 package main
 
 import (
@@ -21,25 +23,59 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// defaultTimeout is --timeout when the command line does not give it.
+const defaultTimeout = 30 * time.Second
+
 // command is one subcommand.
 type command struct {
-	summary string
-	run     func(ctx context.Context, c *client, args []string) error
+	synopsis string // its arguments and flags, as in "ID [--drain 10s]"
+	summary  string // one line for the command list
+	about    string // more for --help; may be empty
+	// minArgs and maxArgs bound the number of arguments (maxArgs < 0: any).
+	minArgs, maxArgs int
+	// ownDeadline commands apply --timeout themselves (client.deadline),
+	// because they run longer than the default: run gives them a context
+	// without a deadline.
+	ownDeadline bool
+	run         func(ctx context.Context, c *client, args []string) error
 }
 
 var commands = map[string]command{}
 
-func register(name, summary string, run func(ctx context.Context, c *client, args []string) error) {
-	commands[name] = command{summary: summary, run: run}
-}
+func register(name string, cmd command) { commands[name] = cmd }
 
-// client holds the connection and output of one invocation.
+// client holds the connection, output and deadline of one invocation.
 type client struct {
-	conn *grpc.ClientConn
-	out  io.Writer
+	conn            *grpc.ClientConn
+	out             io.Writer
+	timeout         time.Duration // --timeout; 0 is none
+	explicitTimeout bool          // --timeout was given on the command line
 }
 
-func usage(w io.Writer) {
+// deadline bounds ctx by --timeout. When --timeout was not given, the
+// default is extended to need: a command known to take longer (a stop that
+// drains) is not cut short by a deadline nobody asked for.
+func (c *client) deadline(ctx context.Context, need time.Duration) (context.Context, context.CancelFunc) {
+	d := c.timeout
+	if !c.explicitTimeout && d > 0 && need > d {
+		d = need
+	}
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// explicitDeadline bounds ctx by --timeout only when the command line gave
+// it: for what runs until done by default (watch, deploy's wait).
+func (c *client) explicitDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if !c.explicitTimeout {
+		return context.WithCancel(ctx)
+	}
+	return c.deadline(ctx, 0)
+}
+
+func usage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: cyxwizctl [--addr host:port] [--timeout 30s] <command> [args]\n\ncommands:")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
@@ -47,36 +83,49 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
+	fmt.Fprintln(w, "\nRun 'cyxwizctl <command> --help' for a command's arguments and flags.\n\nflags:")
+	out := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
 }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run runs one command line and returns the exit status: 0 on success, 1
+// when the command fails, 2 for a mistake in the command line.
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cyxwizctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { usage(stderr) }
+	fs.Usage = func() {} // printed below, to stdout for --help
 	def := os.Getenv("CYXWIZ_ADDR")
 	if def == "" {
 		def = "localhost:50052"
 	}
-	addr := fs.String("addr", def, "node address (env CYXWIZ_ADDR)")
-	timeout := fs.Duration("timeout", 30*time.Second, "deadline for the command (0 = none)")
+	addr := fs.String("addr", def, "node `address` (env CYXWIZ_ADDR)")
+	timeout := durationVar(fs, "timeout", defaultTimeout, 0,
+		"`deadline` of the command (0 = none; watch and deploy's wait for readiness have none unless it is given)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout, fs)
+			return 0
+		}
+		usage(stderr, fs)
 		return 2
 	}
 	if fs.NArg() == 0 {
-		usage(stderr)
+		usage(stderr, fs)
 		return 2
 	}
 	name := fs.Arg(0)
 	cmd, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(stderr, "cyxwizctl: unknown command %q\n", name)
-		usage(stderr)
+		usage(stderr, fs)
 		return 2
 	}
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -86,31 +135,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer conn.Close()
+	c := &client{conn: conn, out: stdout, timeout: *timeout}
+	fs.Visit(func(f *flag.Flag) { c.explicitTimeout = c.explicitTimeout || f.Name == "timeout" })
 	ctx := context.Background()
-	explicit := false
-	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "timeout" })
-	if name == "watch" && !explicit {
-		*timeout = 0 // a watch runs until interrupted
-	}
-	if *timeout > 0 {
+	if !cmd.ownDeadline {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		ctx, cancel = c.deadline(ctx, 0)
 		defer cancel()
 	}
-	if err := cmd.run(ctx, &client{conn: conn, out: stdout}, fs.Args()[1:]); err != nil {
-		var ue usageError
-		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "cyxwizctl %s: %s\n", name, ue)
-			return 2
-		}
-		if s, ok := status.FromError(err); ok {
-			fmt.Fprintf(stderr, "cyxwizctl %s: %s: %s\n", name, s.Code(), s.Message())
-		} else {
-			fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
-		}
-		return 1
+	return exitStatus(cmd.run(ctx, c, fs.Args()[1:]), name, stderr)
+}
+
+// exitStatus reports err on stderr and returns the exit status for it.
+func exitStatus(err error, name string, stderr io.Writer) int {
+	var ue usageError
+	switch {
+	case err == nil, errors.Is(err, errHelpShown):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "cyxwizctl %s: %s\nRun 'cyxwizctl %s --help' for usage.\n", name, ue, name)
+		return 2
 	}
-	return 0
+	if s, ok := status.FromError(err); ok {
+		fmt.Fprintf(stderr, "cyxwizctl %s: %s: %s\n", name, s.Code(), s.Message())
+	} else {
+		fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
+	}
+	return 1
 }
 
 // usageError is a mistake in the command line.

@@ -181,6 +181,24 @@ func TestReadNPYRejects(t *testing.T) {
 	}
 }
 
+// .npy files from other writers (cnpy, npyz) spell 1-byte types with '<'
+// or '=' ('<u1', '=i1', '<b1'); NumPy reads them as uint8/int8/bool.
+func TestReadNPYOneByteDescr(t *testing.T) {
+	dir := t.TempDir()
+	for _, descr := range []string{"<u1", "<i1", "<b1", "=u1", "=i1", "=b1", "|u1"} {
+		p := filepath.Join(dir, "x.npy")
+		writeNPY(t, p, descr, []int{2}, []byte{1, 0})
+		if x, err := readNPY(p); err != nil || x.DType.Size() != 1 || !bytes.Equal(x.Data, []byte{1, 0}) {
+			t.Errorf("%s: %v %v", descr, x, err)
+		}
+	}
+	p := filepath.Join(dir, "x.npy")
+	writeNPY(t, p, ">u2", []int{1}, []byte{1, 0})
+	if _, err := readNPY(p); err == nil {
+		t.Error(">u2 (big-endian) accepted")
+	}
+}
+
 func TestDeployLifecycleCommands(t *testing.T) {
 	addr, _ := startNode(t)
 	dir := t.TempDir()

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -20,6 +22,16 @@ var npyDTypes = map[string]tensor.DType{
 	"|b1": tensor.Bool, "|u1": tensor.Uint8, "<u2": tensor.Uint16, "<u4": tensor.Uint32, "<u8": tensor.Uint64,
 	"|i1": tensor.Int8, "<i2": tensor.Int16, "<i4": tensor.Int32, "<i8": tensor.Int64,
 	"<f2": tensor.FP16, "<f4": tensor.FP32, "<f8": tensor.FP64,
+}
+
+// npyDType returns the datatype of a NumPy type string. A 1-byte type has
+// no byte order: NumPy writes '|', other writers '<' or '=', all the same.
+func npyDType(descr string) (tensor.DType, bool) {
+	if len(descr) == 3 && descr[2] == '1' && strings.ContainsRune("<=|", rune(descr[0])) {
+		descr = "|" + descr[1:]
+	}
+	dt, ok := npyDTypes[descr]
+	return dt, ok
 }
 
 var (
@@ -57,7 +69,7 @@ func readNPY(path string) (*tensor.Tensor, error) {
 	if d == nil || o == nil || s == nil {
 		return nil, fmt.Errorf("%s: malformed header %q", path, header)
 	}
-	dt, ok := npyDTypes[d[1]]
+	dt, ok := npyDType(d[1])
 	if !ok {
 		return nil, fmt.Errorf("%s: unsupported dtype %q", path, d[1])
 	}
@@ -89,13 +101,6 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Numbers stay text until the datatype is known: an INT64 above 2^53
-	// must not pass through a float64.
-	decode := func(raw []byte, v any) error {
-		d := json.NewDecoder(bytes.NewReader(raw))
-		d.UseNumber()
-		return d.Decode(v)
-	}
 	var obj struct {
 		Datatype string          `json:"datatype"`
 		Shape    []int64         `json:"shape"`
@@ -103,17 +108,17 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	}
 	var nested any
 	var shape []int64
-	if decode(b, &obj) == nil && obj.Data != nil {
+	if decodeJSON(b, &obj) == nil && obj.Data != nil {
 		if obj.Datatype != "" {
 			if want, err = tensor.ParseDType(obj.Datatype); err != nil {
 				return nil, fmt.Errorf("%s: %w", path, err)
 			}
 		}
-		if err := decode(obj.Data, &nested); err != nil {
+		if err := decodeJSON(obj.Data, &nested); err != nil {
 			return nil, fmt.Errorf("%s: data: %w", path, err)
 		}
 		shape = obj.Shape
-	} else if err := decode(b, &nested); err != nil {
+	} else if err := decodeJSON(b, &nested); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	dims := nestedShape(nested)
@@ -125,6 +130,22 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 		shape = dims
 	}
 	return fromValues(path, want, shape, flat)
+}
+
+// decodeJSON decodes raw, which must hold exactly one JSON value, into v.
+// Numbers stay text (json.Number) until the datatype is known: an INT64
+// above 2^53 must not pass through a float64.
+func decodeJSON(raw []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	end := d.InputOffset()
+	if _, err := d.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("more data after the JSON value that ends at byte %d", end)
+	}
+	return nil
 }
 
 // nestedShape is the shape a nested JSON array has if it is regular: the

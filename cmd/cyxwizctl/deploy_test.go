@@ -1,0 +1,153 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+)
+
+const (
+	pending  = cyxwizpb.DeploymentState_DEPLOYMENT_STATE_PENDING
+	fetching = cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FETCHING
+	ready    = cyxwizpb.DeploymentState_DEPLOYMENT_STATE_READY
+	stopped  = cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED
+)
+
+// A deploy that ends stopped (someone ran `stop` while it was loading) never
+// became ready: it exits 1 and says so.
+func TestDeployEndingStopped(t *testing.T) {
+	addr, _ := startFakeDeployments(t, pending, fetching, stopped)
+	model := tempFile(t, "m.onnx", "x")
+	code, out, errOut := ctl("--addr", addr, "--timeout", "10s", "deploy", "--id", "d", "--model", model)
+	if code != 1 || !strings.Contains(errOut, "deployment d stopped before it was ready") || !strings.Contains(out, "d: stopped") {
+		t.Errorf("deploy ended stopped: exit %d, stdout %q stderr %q", code, out, errOut)
+	}
+}
+
+// --max-batch, --instances and --guest-memory-pages outside uint32 (too
+// large, or negative) and durations that are negative or, for
+// --max-queue-delay, below 1µs are usage errors naming the flag, not values
+// sent wrapped or as 0.
+func TestDeployNumericFlagsRange(t *testing.T) {
+	addr, f := startFakeDeployments(t, ready)
+	model := tempFile(t, "m.onnx", "x")
+	for _, bad := range [][]string{
+		{"--max-batch", "4294967297"}, {"--max-batch", "-1"},
+		{"--instances", "4294967298"}, {"--instances", "-1"},
+		{"--guest-memory-pages", "4294967296"}, {"--guest-memory-pages", "-1"},
+		{"--max-queue-delay", "-1ms"}, {"--max-queue-delay", "500ns"},
+		{"--guest-timeout", "-1s"},
+	} {
+		args := append([]string{"--addr", addr, "deploy", "--id", "d", "--model", model, "--no-wait"}, bad...)
+		if code, _, errOut := ctl(args...); code != 2 || !strings.Contains(errOut, bad[0][1:]) {
+			t.Errorf("%v: exit %d, stderr %q", bad, code, errOut)
+		}
+	}
+	if len(f.assigns) > 0 {
+		t.Fatalf("a refused command line assigned %v", (<-f.assigns).req.Spec.GetBatching())
+	}
+	code, _, errOut := ctl("--addr", addr, "deploy", "--id", "d", "--model", model, "--no-wait",
+		"--max-batch", "4294967295", "--instances", "2", "--max-queue-delay", "1ms")
+	if code != 0 {
+		t.Fatalf("in range: exit %d, %q", code, errOut)
+	}
+	b := (<-f.assigns).req.Spec.GetBatching()
+	if b.GetMaxBatchSize() != 4294967295 || b.GetInstances() != 2 || b.GetMaxQueueDelayUs() != 1000 {
+		t.Errorf("sent %v", b)
+	}
+}
+
+// Guests given as http(s) URIs carry the digest of their --<role>-sha256
+// flag, which they need; local guests get theirs computed.
+func TestDeployGuestSHA256Flags(t *testing.T) {
+	addr, f := startFakeDeployments(t, ready)
+	post := tempFile(t, "post.wasm", "post")
+	sum := sha256.Sum256([]byte("post"))
+	postSum := hex.EncodeToString(sum[:])
+	h1, h2, h3 := strings.Repeat("1", 64), strings.Repeat("2", 64), strings.Repeat("3", 64)
+	code, _, errOut := ctl("--addr", addr, "deploy", "--id", "d", "--no-wait",
+		"--model", "https://h/m.onnx", "--sha256", h1,
+		"--pre", "https://h/pre.wasm", "--pre-sha256", h2,
+		"--post", post, "--post-sha256", postSum,
+		"--batch-policy", "http://h/bp.wasm", "--batch-policy-sha256", h3)
+	if code != 0 {
+		t.Fatalf("deploy: exit %d, %q", code, errOut)
+	}
+	spec := (<-f.assigns).req.Spec
+	got := map[string]string{"model": spec.GetModel().GetSha256()}
+	for _, g := range spec.GetGuests() {
+		got[g.Name] = g.GetArtifact().GetSha256()
+	}
+	want := map[string]string{"model": h1, "pre": h2, "post": postSum, "batch-policy": h3}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s sha256 sent as %q, want %q", k, got[k], v)
+		}
+	}
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"--pre", "https://h/pre.wasm"}, 2, "--pre-sha256"},
+		{[]string{"--pre-sha256", h2}, 2, "--pre-sha256 without --pre"},
+		{[]string{"--post", post, "--post-sha256", h3}, 1, "sha256 is " + postSum},
+	} {
+		args := append([]string{"--addr", addr, "deploy", "--id", "d", "--no-wait", "--model", post}, tc.args...)
+		if code, _, errOut := ctl(args...); code != tc.code || !strings.Contains(errOut, tc.msg) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, errOut, tc.code, tc.msg)
+		}
+	}
+}
+
+// deploy's wait for readiness has no deadline unless --timeout is given
+// (the assignment call keeps the default one)...
+func TestDeployWaitUnbounded(t *testing.T) {
+	addr, f := startFakeDeployments(t, pending, fetching, ready)
+	model := tempFile(t, "m.onnx", "x")
+	code, out, errOut := ctl("--addr", addr, "deploy", "--id", "d", "--model", model)
+	if code != 0 || !strings.Contains(out, "d: ready") {
+		t.Fatalf("deploy: exit %d, %q %q", code, out, errOut)
+	}
+	if w := <-f.watches; w.left >= 0 {
+		t.Errorf("the wait has a deadline %v away", w.left.Round(time.Second))
+	}
+	if a := <-f.assigns; a.left < 0 || a.left > defaultTimeout {
+		t.Errorf("the assignment's deadline is %v away, want the default %v", a.left, defaultTimeout)
+	}
+}
+
+// ...and when a given --timeout runs out, the command says the deployment
+// goes on and how to follow it.
+func TestDeployWaitTimeout(t *testing.T) {
+	addr, _ := startFakeDeployments(t, pending, fetching)
+	model := tempFile(t, "m.onnx", "x")
+	code, out, errOut := ctl("--addr", addr, "--timeout", "300ms", "deploy", "--id", "d", "--model", model)
+	if code != 1 || !strings.Contains(errOut, "still fetching on the node") || !strings.Contains(errOut, "cyxwizctl watch d") {
+		t.Errorf("timeout while fetching: exit %d, stdout %q stderr %q", code, out, errOut)
+	}
+}
+
+// `stop ID --drain D` with D past the default --timeout gives the call
+// the drain plus a margin; a --timeout given on the command line is kept.
+func TestStopDrainDeadline(t *testing.T) {
+	addr, f := startFakeDeployments(t, ready)
+	if code, out, errOut := ctl("--addr", addr, "stop", "d", "--drain", "2m"); code != 0 {
+		t.Fatalf("stop: %d %q %q", code, out, errOut)
+	}
+	s := <-f.stops
+	if s.left < 2*time.Minute || s.req.GetDrainTimeout().AsDuration() != 2*time.Minute {
+		t.Errorf("stop --drain 2m: drain %v sent, deadline %v away", s.req.GetDrainTimeout().AsDuration(), s.left.Round(time.Second))
+	}
+	if code, out, errOut := ctl("--addr", addr, "--timeout", "5s", "stop", "d", "--drain", "2m"); code != 0 {
+		t.Fatalf("stop: %d %q %q", code, out, errOut)
+	}
+	if s = <-f.stops; s.left < 0 || s.left > 5*time.Second {
+		t.Errorf("--timeout 5s stop --drain 2m: deadline %v away", s.left.Round(time.Second))
+	}
+}
