@@ -501,9 +501,16 @@ func (m *Manager) changed(d *Deployment) {
 
 var errUnchanged = errors.New("unchanged")
 
-// Stop drains a deployment's in-flight requests, unloads its model and
-// records that it should stay stopped. Stopping a stopped deployment is fine.
+// Stop drains a deployment's in-flight requests for at most the node's
+// DrainTimeout, unloads its model and records that it should stay stopped.
+// Stopping a stopped deployment is fine.
 func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
+	return m.StopDrain(ctx, id, 0)
+}
+
+// StopDrain is Stop with the drain bounded by drain instead of the node's
+// DrainTimeout (when drain > 0), and by ctx.
+func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration) (Status, error) {
 	m.mu.Lock()
 	if d, ok := m.byID[id]; ok {
 		d.mu.Lock()
@@ -531,19 +538,23 @@ func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
 	if st := d.State(); st == Stopped {
 		return d.Status(), nil
 	}
-	m.stop(ctx, d)
+	m.stop(ctx, d, drain)
 	return d.Status(), nil
 }
 
-// stop cancels d's goroutine, drains and unloads it, and marks it Stopped.
-func (m *Manager) stop(ctx context.Context, d *Deployment) {
+// stop cancels d's goroutine, drains and unloads it within drain (the
+// node's DrainTimeout when 0), and marks it Stopped.
+func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) {
 	wasFailed := d.State() == Failed
 	d.cancel()
 	<-d.done
 	if !wasFailed {
 		m.set(d, Stopping, "draining in-flight requests")
 	}
-	dctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
+	if drain <= 0 {
+		drain = m.cfg.DrainTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, drain)
 	defer cancel()
 	m.unload(d, dctx)
 	m.mu.Lock()

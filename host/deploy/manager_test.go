@@ -543,6 +543,46 @@ func TestStopDrains(t *testing.T) {
 	wantErr(t, err, deploy.ErrNotFound, "nope")
 }
 
+// TestStopDrainOutlastsNodeDefault: a stop's own drain (StopDeployment's
+// drain_timeout) may be longer than the node's DrainTimeout; it was cut at
+// the node's.
+func TestStopDrainOutlastsNodeDefault(t *testing.T) {
+	srv := artifacttest.New(t)
+	n := newNode(t, nodeOpts{cfg: deploy.Config{DrainTimeout: 50 * time.Millisecond}})
+	if _, err := n.m.Assign("dep-1", linearSpec("m", srv.Add("/m", linear(1))), deploy.OwnerCentral); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n.m, "dep-1", deploy.Ready)
+	d, err := n.m.Model("m", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := n.loader.hold()
+	defer release()
+	inflight := make(chan error, 1)
+	go func() { _, err := inferOn(d); inflight <- err }()
+	receive(t, entered, "the request to reach the model")
+	stopped := make(chan error, 1)
+	go func() { _, err := n.m.StopDrain(context.Background(), "dep-1", time.Minute); stopped <- err }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("StopDrain with a 1 min drain returned (%v) within 6 node drain timeouts, a request still in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	if err := <-inflight; err != nil {
+		t.Errorf("in-flight request: %v", err)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("StopDrain did not return after the request finished")
+	}
+}
+
 // Stopping a deployment in the middle of its download cancels the download,
 // leaves no partial file, and the deployment stays stopped over a restart.
 func TestStopWhileFetching(t *testing.T) {

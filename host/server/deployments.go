@@ -87,14 +87,24 @@ func (s *Deployments) ListDeployments(_ context.Context, req *cyxwizpb.ListDeplo
 	return resp, nil
 }
 
-// StopDeployment drains and unloads a deployment.
+// maxDrain bounds a stop's drain_timeout.
+const maxDrain = time.Hour
+
+// StopDeployment drains and unloads a deployment, for drain_timeout (when
+// set) or the node's limits.shutdown_timeout, and at most as long as the
+// call's own deadline.
 func (s *Deployments) StopDeployment(ctx context.Context, req *cyxwizpb.StopDeploymentRequest) (*cyxwizpb.StopDeploymentResponse, error) {
-	if t := req.DrainTimeout.AsDuration(); req.DrainTimeout != nil && t > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
-		defer cancel()
+	var drain time.Duration
+	if req.DrainTimeout != nil {
+		if err := req.DrainTimeout.CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "drain_timeout: %v", err)
+		}
+		drain = req.DrainTimeout.AsDuration()
+		if drain < 0 || drain > maxDrain {
+			return nil, status.Errorf(codes.InvalidArgument, "drain_timeout %v: want 0 (the node's default) to %v", drain, maxDrain)
+		}
 	}
-	st, err := s.m.Stop(ctx, req.DeploymentId)
+	st, err := s.m.StopDrain(ctx, req.DeploymentId, drain)
 	if err != nil {
 		return nil, err
 	}

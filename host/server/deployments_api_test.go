@@ -158,3 +158,23 @@ func TestStopReturnsWithAStuckRequest(t *testing.T) {
 		t.Errorf("after Stop: %v", st)
 	}
 }
+
+// TestStopDrainTimeoutChecked: a negative or over-long drain_timeout is
+// InvalidArgument, and the deployment keeps serving.
+func TestStopDrainTimeoutChecked(t *testing.T) {
+	m, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	ctx := context.Background()
+	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	apiWait(t, m, "d")
+	for _, d := range []*durationpb.Duration{{Seconds: -1}, durationpb.New(2 * time.Hour), {Seconds: 1, Nanos: -5}} {
+		_, err := s.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "d", DrainTimeout: d})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("drain_timeout %v: %v, want InvalidArgument", d, err)
+		}
+	}
+	if st, _ := m.Get("d"); !st.State().Serving() {
+		t.Fatalf("after refused stops: %v", st.State())
+	}
+}
