@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"image"
+	"image/color"
 	"image/draw"
 	_ "image/jpeg" // registered decoders of image_decode
 	_ "image/png"
@@ -33,31 +34,21 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image header: %w", err)
 	}
-	pixels := int64(cfg.Width) * int64(cfg.Height)
-	// The decoded image takes up to 8 bytes a pixel (16-bit PNG), its
-	// conversion to 8-bit NRGBA 4 more.
-	perPixel := int64(8 + 4)
-	if format == "jpeg" {
-		j := scanJPEG(src)
-		// One byte a pixel per component; a progressive JPEG also keeps
-		// every coefficient (4 bytes a pixel per component) and is decoded
-		// once per scan, each visiting the whole image.
-		perPixel = int64(j.components) + 4
-		if j.progressive {
-			perPixel += 4 * int64(j.components)
-			if work := int64(j.scans) * pixels; work > maxScanWork {
-				return nil, fmt.Errorf("%w: progressive JPEG of %dx%d with %d scans: more decoding work than %d scans of 16 MP",
-					errInvalid, cfg.Width, cfg.Height, j.scans, maxScanWork/(16<<20))
-			}
-		}
+	if cfg.Width <= 0 || cfg.Height <= 0 {
+		return nil, invalid("%s image of %dx%d", format, cfg.Width, cfg.Height)
 	}
-	if pixels > s.lim.MaxBytes/perPixel {
-		s.hit = true
-		return nil, fmt.Errorf("%s image of %dx%d: %w", format, cfg.Width, cfg.Height, ErrLimit)
+	need, err := decodeCost(src, format, cfg)
+	if err != nil {
+		return nil, err
 	}
-	refund, err := s.scratch(pixels * perPixel)
+	// The result first: an image whose pixels do not fit is not decoded.
+	y, err := s.alloc(x.Name, tensor.Uint8, int64(cfg.Height), int64(cfg.Width), 3)
 	if err != nil {
 		return nil, fmt.Errorf("%s image of %dx%d: %w", format, cfg.Width, cfg.Height, err)
+	}
+	refund, err := s.scratch(need)
+	if err != nil {
+		return nil, fmt.Errorf("decoding a %s image of %dx%d: %w", format, cfg.Width, cfg.Height, err)
 	}
 	defer refund()
 	img, _, err := image.Decode(bytes.NewReader(src))
@@ -65,9 +56,8 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 		return nil, fmt.Errorf("decode %s: %w", format, err)
 	}
 	b := img.Bounds()
-	y, err := s.alloc(x.Name, tensor.Uint8, int64(b.Dy()), int64(b.Dx()), 3)
-	if err != nil {
-		return nil, err
+	if b.Dx() != cfg.Width || b.Dy() != cfg.Height {
+		return nil, fmt.Errorf("decode %s: %dx%d image, its header said %dx%d", format, b.Dx(), b.Dy(), cfg.Width, cfg.Height)
 	}
 	out, w := y.Data, b.Dx()
 	switch m := img.(type) {
@@ -106,45 +96,107 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 	return y, nil
 }
 
-// maxScanWork bounds scans × pixels of a progressive JPEG: Go's decoder
-// visits every block of the image for every scan (~5 ms a scan at 16 MP
-// here), and cannot be stopped at the call's deadline. 16 scans of 16 MP;
-// encoders write about 10 scans.
+// maxScanWork bounds scans × padded pixels of a progressive JPEG: Go's
+// decoder visits every block of every component it covers for every scan
+// (up to ~1 ns a pixel for a refinement scan here), and cannot be stopped at
+// the call's deadline: at most ~0.3 s. That is 16 scans of 16 MP; encoders
+// write about 10 scans.
 const maxScanWork = 16 * 16 << 20
 
-// jpegInfo is what decodeImage needs from a JPEG's markers.
+// decodeCost is the most memory Go's decoder takes for src beyond the
+// result (which the caller charges): the decoded image and its conversion to
+// 8-bit NRGBA, and for a progressive JPEG every coefficient. It refuses a
+// progressive JPEG that would take too long (maxScanWork). It reads the file
+// conservatively: whatever it cannot be sure of counts as the worst case.
+func decodeCost(src []byte, format string, cfg image.Config) (int64, error) {
+	w, h := int64(cfg.Width), int64(cfg.Height)
+	pixels := w * h
+	if format != "jpeg" {
+		return pngCost(src, cfg.ColorModel, pixels), nil
+	}
+	j := scanJPEG(src)
+	// Planes and coefficients are padded to whole MCUs: up to 32×32 pixels
+	// with 4×4 sampling.
+	padded := ((w + 31) &^ 31) * ((h + 31) &^ 31)
+	comps := int64(j.components)
+	cost := padded * comps // the planes, a byte a sample
+	if j.progressive {
+		cost += padded * comps * 4 // an int32 per coefficient
+		if work := int64(j.scans) * padded; work > maxScanWork {
+			return 0, fmt.Errorf("%w: progressive JPEG of %dx%d with %d scans: more decoding work than %d scans of 16 MP",
+				errInvalid, cfg.Width, cfg.Height, j.scans, maxScanWork/(16<<20))
+		}
+	}
+	if comps > 1 {
+		// Conversion to NRGBA, and for 3 or 4 components an RGBA or CMYK
+		// image the decoder makes on its way.
+		cost += pixels * 8
+	}
+	return cost, nil
+}
+
+// pngCost is what image/png allocates for a PNG of pixels in model, plus
+// its conversion to NRGBA where decodeImage needs one: an interlaced file
+// is decoded pass by pass into images as large as the whole.
+func pngCost(src []byte, model color.Model, pixels int64) int64 {
+	var bpp, convert int64 = 8, 4 // unknown models: the worst case
+	switch model {
+	case color.GrayModel:
+		bpp, convert = 1, 0
+	case color.Gray16Model:
+		bpp = 2
+	case color.NRGBAModel:
+		bpp, convert = 4, 0
+	case color.RGBAModel:
+		bpp = 4
+	case color.NRGBA64Model, color.RGBA64Model:
+		bpp = 8
+	default:
+		if _, ok := model.(color.Palette); ok {
+			bpp = 1
+		}
+	}
+	// IHDR's interlace method is byte 28 of the file.
+	if len(src) <= 28 || src[28] != 0 {
+		bpp *= 2
+	}
+	return pixels * (bpp + convert)
+}
+
+// jpegInfo is what decodeCost needs from a JPEG's markers.
 type jpegInfo struct {
 	progressive bool
 	components  int
 	scans       int
 }
 
-// scanJPEG reads the frame header and counts the scans of a JPEG. Inside
-// entropy-coded data 0xFF is always followed by 0x00 or a restart marker,
-// so every 0xFF 0xDA in the file starts a scan (or sits in a metadata
-// segment, such as an embedded thumbnail: counted too, which only errs on
-// the safe side). Anything it cannot read is assumed to be the worst case.
+// scanJPEG reads what decodeCost needs from a JPEG without following its
+// structure, so that no arrangement of segments can hide anything: every
+// 0xFF 0xDA counts as a scan, every 0xFF 0xC2 as a progressive frame header,
+// and the components are the most that any frame-header-like bytes declare.
+// Inside entropy-coded data 0xFF is always followed by 0x00 or a restart
+// marker, so the counts can only be too high (for marker-like bytes in
+// metadata), which errs on the safe side.
 func scanJPEG(src []byte) jpegInfo {
-	info := jpegInfo{progressive: true, components: 4, scans: bytes.Count(src, []byte{0xFF, 0xDA})}
-	for i := 2; i+4 <= len(src) && src[i] == 0xFF; {
-		m := src[i+1]
-		switch {
-		case m == 0xFF: // fill byte
-			i++
+	info := jpegInfo{components: 1}
+	for i := 0; i+1 < len(src); i++ {
+		if src[i] != 0xFF {
 			continue
-		case m == 0x01 || (m >= 0xD0 && m <= 0xD9): // no length
-			i += 2
-			continue
-		case m == 0xDA: // start of scan: the frame header came before
-			return info
 		}
-		n := int(src[i+2])<<8 | int(src[i+3])
-		if m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC && i+10 <= len(src) {
-			info.progressive = m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE
-			info.components = min(max(int(src[i+9]), 1), 4)
-			return info
+		switch m := src[i+1]; m {
+		case 0xDA:
+			info.scans++
+		case 0xC0, 0xC1, 0xC2:
+			if m == 0xC2 {
+				info.progressive = true
+			}
+			// length u16, precision u8, height u16, width u16, components u8
+			if i+9 < len(src) {
+				info.components = max(info.components, min(int(src[i+9]), 4))
+			} else {
+				info.components = 4
+			}
 		}
-		i += 2 + n
 	}
 	return info
 }
