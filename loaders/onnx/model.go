@@ -302,14 +302,14 @@ func newInput(t *tensor.Tensor, typ ort.TensorElementDataType) (ort.Value, error
 	}
 	c := codecs[t.DType]
 	if c.value == nil {
-		return nil, fmt.Errorf("rank-0 and empty %v tensors are not supported by onnxruntime_go v1.27.0", t.DType)
+		return nil, fmt.Errorf("%w: rank-0 and empty %v tensors are not supported by onnxruntime_go v1.27.0", loaders.ErrInvalidInput, t.DType)
 	}
 	return c.value(t.Shape, t.Data)
 }
 
 func newStrings(t *tensor.Tensor) (ort.Value, error) {
 	if len(t.Shape) == 0 {
-		return nil, fmt.Errorf("rank-0 BYTES tensors are not supported by onnxruntime_go v1.27.0")
+		return nil, fmt.Errorf("%w: rank-0 BYTES tensors are not supported by onnxruntime_go v1.27.0", loaders.ErrInvalidInput)
 	}
 	v, err := ort.NewStringTensor(ort.Shape(t.Shape))
 	if err != nil {
@@ -350,7 +350,7 @@ func (o *outputSpec) alloc(inputs []*tensor.Tensor) (ort.Value, error) {
 	}
 	n := tensor.NumElements(shape)
 	if n <= 0 {
-		return nil, fmt.Errorf("shape %v: empty %v tensors are not supported by onnxruntime_go v1.27.0", shape, o.DType)
+		return nil, fmt.Errorf("%w: shape %v: empty %v tensors are not supported by onnxruntime_go v1.27.0", loaders.ErrInvalidInput, shape, o.DType)
 	}
 	// The dimensions come from the request (an empty input can carry any):
 	// refuse what no sane request needs before allocating it.

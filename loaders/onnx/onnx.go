@@ -165,6 +165,9 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 	if err != nil {
 		return nil, invalidModel(path, err)
 	}
+	if err := usableIO(ins, outs); err != nil {
+		return nil, invalidModel(path, err)
+	}
 	m := &Model{
 		path:      path,
 		inByName:  make(map[string]int, len(ins)),
@@ -220,6 +223,15 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 	}
 	opts.Log().Debug("onnx: model loaded", "path", path, "inputs", len(m.inputs), "outputs", len(m.outputs), "providers", providers)
 	return m, nil
+}
+
+// usableIO refuses a model without inputs or outputs: onnxruntime_go
+// cannot run one (it indexes the first of each).
+func usableIO(ins, outs []ort.InputOutputInfo) error {
+	if len(ins) == 0 || len(outs) == 0 {
+		return fmt.Errorf("%d inputs and %d outputs: a model needs at least one of each", len(ins), len(outs))
+	}
+	return nil
 }
 
 func invalidModel(path string, err error) error {

@@ -18,6 +18,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"unicode/utf8"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
@@ -64,6 +65,27 @@ type entry struct {
 	DataOffsets []int64 `json:"data_offsets"`
 }
 
+// parseEntry reads a tensor's header entry by its exact keys, ignoring
+// others, as the reference reader does (encoding/json alone would also take
+// "DTYPE" for "dtype").
+func parseEntry(msg json.RawMessage) (entry, error) {
+	var e entry
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(msg, &fields); err != nil {
+		return e, err
+	}
+	for key, dst := range map[string]any{"dtype": &e.DType, "shape": &e.Shape, "data_offsets": &e.DataOffsets} {
+		v, ok := fields[key]
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(v, dst); err != nil {
+			return e, fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	return e, nil
+}
+
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("safetensors: %w: "+format, append([]any{loaders.ErrInvalidModel}, args...)...)
 }
@@ -79,6 +101,9 @@ func Parse(b []byte) (*File, error) {
 	n := binary.LittleEndian.Uint64(b)
 	if n > MaxHeader || n > uint64(len(b)-8) {
 		return nil, invalid("header of %d bytes in a %d-byte file", n, len(b))
+	}
+	if !utf8.Valid(b[8 : 8+n]) {
+		return nil, invalid("header is not UTF-8")
 	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b[8:8+n], &raw); err != nil {
@@ -97,8 +122,8 @@ func Parse(b []byte) (*File, error) {
 			}
 			continue
 		}
-		var e entry
-		if err := json.Unmarshal(msg, &e); err != nil {
+		e, err := parseEntry(msg)
+		if err != nil {
 			return nil, invalid("tensor %q: %v", name, err)
 		}
 		dt, ok := dtypes[e.DType]
@@ -125,7 +150,12 @@ func Parse(b []byte) (*File, error) {
 		f.Tensors[name] = Info{DType: dt, Shape: e.Shape, Begin: begin, End: end}
 		spans = append(spans, span{name, begin, end})
 	}
-	sort.Slice(spans, func(i, j int) bool { return spans[i].begin < spans[j].begin })
+	// By begin, then end: an empty tensor may sit at the offset where the
+	// next one starts (the reference writer puts it there).
+	sort.Slice(spans, func(i, j int) bool {
+		a, b := spans[i], spans[j]
+		return a.begin < b.begin || a.begin == b.begin && (a.end < b.end || a.end == b.end && a.name < b.name)
+	})
 	for i := 1; i < len(spans); i++ {
 		if spans[i].begin < spans[i-1].end {
 			return nil, invalid("tensors %q and %q overlap", spans[i-1].name, spans[i].name)
@@ -140,7 +170,10 @@ func (f *File) Names() []string {
 	for k := range f.Tensors {
 		names = append(names, k)
 	}
-	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(f.Tensors[a].Begin, f.Tensors[b].Begin) })
+	slices.SortFunc(names, func(a, b string) int {
+		ta, tb := f.Tensors[a], f.Tensors[b]
+		return cmp.Or(cmp.Compare(ta.Begin, tb.Begin), cmp.Compare(ta.End, tb.End), cmp.Compare(a, b))
+	})
 	return names
 }
 
@@ -168,6 +201,9 @@ func Write(w io.Writer, ts []*tensor.Tensor, metadata map[string]string) error {
 		}
 		if err := t.Validate(); err != nil {
 			return fmt.Errorf("safetensors: %w", err)
+		}
+		if t.Name == "__metadata__" {
+			return fmt.Errorf("safetensors: a tensor cannot be named __metadata__")
 		}
 		if _, dup := header[t.Name]; dup {
 			return fmt.Errorf("safetensors: duplicate tensor %q", t.Name)
