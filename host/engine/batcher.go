@@ -73,7 +73,10 @@ func (s *Scheduler) batchLoop() {
 				if held == 0 {
 					break
 				}
-				b := s.next(&pending, now, in == nil)
+				// Instances idle besides the one in hand: a due batch is
+				// shared out among them rather than run on one.
+				idle := held + len(s.slots)
+				b := s.next(&pending, now, in == nil, idle)
 				if b == nil {
 					break
 				}
@@ -165,7 +168,12 @@ func (s *Scheduler) add(pending *[]*batch, r *request) {
 
 // next removes and returns the first pending batch that is due, or its due
 // prefix, dropping cancelled requests on the way; nil when none is due.
-func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool) *batch {
+// With idle instances (counting the one that will run it) and no Policy, a
+// batch due whole goes out in idle shares: its first share now, the rest
+// (sealed, due at once) to the next idle instances. A closed loop of as many
+// clients as max_batch_size would otherwise fill one batch, run it on one
+// instance and leave the others idle, call after call.
+func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool, idle int) *batch {
 	p := *pending
 	defer func() { *pending = p }()
 	for i := 0; i < len(p); i++ {
@@ -180,6 +188,12 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool) *batch
 		n := s.take(b, now, draining)
 		if n == 0 {
 			continue
+		}
+		if n == len(b.reqs) && idle > 1 && s.cfg.Policy == nil {
+			if share := (n + idle - 1) / idle; share < n {
+				n = share
+				b.sealed = true // the rest is due too
+			}
 		}
 		out := b
 		if n == len(b.reqs) {

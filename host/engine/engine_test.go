@@ -680,6 +680,35 @@ func TestFullBatchSealsAndStartsAnother(t *testing.T) {
 	}
 }
 
+// TestDueBatchSharedAmongIdleInstances: a full batch with two instances idle
+// runs as two halves at once, not as one batch on one instance while the
+// other idles (a closed loop of max_batch_size clients did that every call).
+func TestDueBatchSharedAmongIdleInstances(t *testing.T) {
+	noLeaks(t)
+	m := &fakeModel{started: make(chan int, 10), release: make(chan struct{})}
+	s := newScheduler(t, m, Config{MaxBatchSize: 8, MaxQueueDelay: time.Hour, Instances: 2})
+	var chans []<-chan result
+	for i := range 8 {
+		chans = append(chans, goInfer(context.Background(), s, req(i+1, 1, 2)))
+	}
+	for range 2 {
+		select {
+		case rows := <-m.started:
+			if rows != 4 {
+				t.Fatalf("a batch of %d rows, want two of 4 running at once", rows)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("two batches did not run at once")
+		}
+	}
+	close(m.release)
+	for _, ch := range chans {
+		if r := wait(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+}
+
 func TestModelErrorReachesEveryCaller(t *testing.T) {
 	errModel := errors.New("device lost")
 	tests := []struct {
