@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -207,7 +208,8 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 		WithName("").
 		WithStartFunctions().
 		WithStdout(inst.stdout).
-		WithStderr(inst.stderr)
+		WithStderr(inst.stderr).
+		WithRandSource(&guestRand{cc: inst.cc})
 	if p.cfg.PreciseClock {
 		mc = mc.WithSysWalltime().WithSysNanotime()
 	} else {
@@ -301,6 +303,11 @@ func waitErr(ctx context.Context) error {
 }
 
 func (p *Pool) acquire(ctx context.Context) (*instance, error) {
+	// A caller already gone takes nothing: wazero would close the
+	// instance at the call's start (and with it a loaded model).
+	if ctx.Err() != nil {
+		return nil, p.errorf("acquire", waitErr(ctx))
+	}
 	select {
 	case p.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -354,6 +361,10 @@ func (p *Pool) run(ctx context.Context, e Entry, in []*tensor.Tensor) ([]*tensor
 	inst, err := p.acquire(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if ctx.Err() != nil { // gone while it waited: the instance stays good
+		p.release(inst, true)
+		return nil, p.errorf(e.String(), waitErr(ctx))
 	}
 	inst.cc.begin(ctx, p.timeout)
 	out, err := p.call(inst.cc, inst, e, in)
@@ -608,4 +619,16 @@ func wireSize(t *tensor.Tensor) int64 {
 		return int64(tensor.StringsSize(t.Strings))
 	}
 	return int64(len(t.Data))
+}
+
+// guestRand is a guest's random_get: the system's random source (wazero's
+// default is a fixed sequence, the same on every node), read in chunks so
+// that a huge request stops at the call's deadline.
+type guestRand struct{ cc *callCtx }
+
+func (g *guestRand) Read(p []byte) (int, error) {
+	if err := g.cc.Err(); err != nil {
+		return 0, err
+	}
+	return rand.Read(p[:min(len(p), 64<<10)])
 }

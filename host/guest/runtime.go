@@ -222,6 +222,17 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 		return nil, err
 	}
 
+	if err := checkModule(wasm); err != nil {
+		return fail(fmt.Errorf("guest: compile %x: %w: %w", digest[:6], ErrABI, err))
+	}
+	if t, err := limitTables(wasm); err != nil {
+		if !errors.Is(err, ErrMemory) {
+			err = fmt.Errorf("%w: %w", ErrABI, err)
+		}
+		return fail(fmt.Errorf("guest: compile %x: %w", digest[:6], err))
+	} else {
+		wasm = t
+	}
 	if pages > 0 {
 		limited, err := limitMemory(wasm, pages)
 		if err != nil {
@@ -274,8 +285,14 @@ func (rt *Runtime) cacheTrouble(err error) bool {
 	if rt.cfg.CacheDir == "" {
 		return false
 	}
+	// Only wazero's own cache errors, or a file error under the cache: a
+	// module's error may quote any text (an export named
+	// "compilationcache" cleared the cache at will).
+	if strings.HasPrefix(err.Error(), "compilationcache") {
+		return true
+	}
 	var pe *fs.PathError
-	return strings.Contains(err.Error(), "compilationcache") || errors.As(err, &pe)
+	return errors.As(err, &pe) && strings.HasPrefix(filepath.Clean(pe.Path), filepath.Clean(rt.cfg.CacheDir)+string(filepath.Separator))
 }
 
 // resetCache deletes the compiled guests in the cache directory (the
