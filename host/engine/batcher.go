@@ -538,7 +538,9 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 }
 
 // infer calls the model, turning a panic into an error for the callers
-// instead of a crash of the node.
+// instead of a crash of the node. A request's own run (under its caller's
+// context) also ends when Close gives up, so that a stop is not held by a
+// long run past its drain: its caller gets ErrClosed.
 func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) (outs []*tensor.Tensor, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -546,7 +548,17 @@ func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs 
 			outs, err = nil, fmt.Errorf("%w: %v", ErrModelPanic, p)
 		}
 	}()
-	return s.model.Infer(ctx, inputs, outputs)
+	if ctx == s.runCtx {
+		return s.model.Infer(ctx, inputs, outputs)
+	}
+	run, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.runCtx, cancel)
+	defer func() { stop(); cancel() }()
+	outs, err = s.model.Infer(run, inputs, outputs)
+	if err != nil && ctx.Err() == nil && s.runCtx.Err() != nil {
+		return nil, fmt.Errorf("stopped while the request ran: %w", ErrClosed)
+	}
+	return outs, err
 }
 
 // sharesMemory says whether any of t's bytes (its Data or a BYTES element)

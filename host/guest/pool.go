@@ -455,6 +455,9 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 		if inst.sess.Exceeded() {
 			return nil, p.errorf(op, fmt.Errorf("%w: host tensor limit: %s", ErrMemory, msg))
 		}
+		if ie := inst.sess.InferErr(); ie != nil {
+			return nil, p.errorf(op, fmt.Errorf("%w: %s (after a model it called failed: %w)", ErrGuest, msg, ie))
+		}
 		return nil, p.errorf(op, fmt.Errorf("%w: %s", ErrGuest, msg))
 	}
 	return p.output(op, inst, res)

@@ -34,7 +34,6 @@ func init() {
 	registerCode(artifact.ErrClosed, codes.Unavailable)
 	registerCode(guest.ErrDeadline, codes.DeadlineExceeded)
 	registerCode(guest.ErrMemory, codes.ResourceExhausted)
-	registerCode(guest.ErrGuest, codes.InvalidArgument)
 	registerCode(guest.ErrABI, codes.FailedPrecondition)
 	registerCode(guest.ErrTrap, codes.Internal)
 	registerCode(guest.ErrBadOutput, codes.Internal)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"log/slog"
 
 	"google.golang.org/grpc"
@@ -53,6 +54,11 @@ func ToStatus(err error) error {
 		if errors.Is(err, c.err) {
 			return status.Error(c.code, err.Error())
 		}
+	}
+	// Last: a guest's own error may wrap the failure it passed on (a
+	// model it called was busy or gone), whose code comes first.
+	if errors.Is(err, guest.ErrGuest) {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }

@@ -7,8 +7,10 @@ import (
 	"slices"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -32,6 +34,9 @@ const rawInputField protowire.Number = 7
 type inferRequest struct {
 	req inference.ModelInferRequest
 	buf *[]byte
+	// bad is why the message did not decode: the handler answers it as
+	// InvalidArgument (a codec error is always Internal in grpc-go).
+	bad error
 }
 
 // wireCodec is the server's codec: the standard proto codec, except for
@@ -68,7 +73,9 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	data.CopyTo(*buf)
 	if err := decodeInferRequest(*buf, &r.req); err != nil {
 		c.pool.Put(buf)
-		return err
+		r.req.Reset()
+		r.bad = err
+		return nil
 	}
 	r.buf = buf
 	return nil
@@ -158,6 +165,9 @@ func modelInferHandler(srv any, ctx context.Context, dec func(any) error, interc
 	in := new(inferRequest)
 	if err := dec(in); err != nil {
 		return nil, err
+	}
+	if in.bad != nil {
+		return nil, status.Error(codes.InvalidArgument, in.bad.Error())
 	}
 	handler := func(ctx context.Context, req any) (any, error) {
 		r := req.(*inferRequest)

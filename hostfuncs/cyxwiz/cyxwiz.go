@@ -23,12 +23,14 @@
 package cyxwiz
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -445,6 +447,22 @@ func hostTensorPin(_ context.Context, s *Session, _ api.Memory, st []uint64) int
 		sl.bytes += more
 		sl.name = int64(len(sl.t.Name))
 	}
+	if !sl.pinned {
+		// A pinned tensor outlives the call, and the call's inputs (and
+		// views of them: reshape, renames) lie in the request's memory,
+		// which the server reuses for other requests once this one is
+		// answered: keep a copy of the host's own.
+		c := *sl.t
+		c.Shape = slices.Clone(c.Shape)
+		c.Data = bytes.Clone(c.Data)
+		if c.Strings != nil {
+			c.Strings = make([][]byte, len(sl.t.Strings))
+			for i, e := range sl.t.Strings {
+				c.Strings[i] = bytes.Clone(e)
+			}
+		}
+		sl.t = &c
+	}
 	sl.pinned = true
 	return 0
 }
@@ -642,6 +660,7 @@ func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int
 	}
 	out, err := s.env.Infer(ctx, string(model), in)
 	if err != nil {
+		s.inferErr = err
 		return s.errno(fmt.Errorf("infer %s: %w", quote(model), err))
 	}
 	if uint32(len(out)) > outCap {

@@ -80,6 +80,8 @@ type Session struct {
 	peak   int64 // the most used has been in this call
 	hit    bool  // a limit was reached during this call
 	errMsg string
+	// inferErr is the last error a model called by infer gave in this call.
+	inferErr error
 	// ctx is the context of the host function running (nil between host
 	// calls): long operations stop when the guest call's deadline passes.
 	ctx context.Context
@@ -147,6 +149,7 @@ func (s *Session) EndCall() {
 	s.peak = s.used
 	s.hit = false
 	s.errMsg = ""
+	s.inferErr = nil
 }
 
 // Close frees every tensor, pinned ones included.
@@ -157,6 +160,11 @@ func (s *Session) Close() {
 
 // Exceeded reports whether a host limit was reached during the call.
 func (s *Session) Exceeded() bool { return s.hit }
+
+// InferErr is the last error that a model called through infer returned
+// in this call, or nil: a guest that then fails passes it on, and its
+// caller's answer should say what went wrong there (queue full, not found).
+func (s *Session) InferErr() error { return s.inferErr }
 
 // LastError is the message of the last host function that failed in this call.
 func (s *Session) LastError() string { return s.errMsg }
