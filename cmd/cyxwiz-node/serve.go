@@ -133,6 +133,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), cfg.Limits.ShutdownTimeout.D())
 	defer cancel()
+	// The cache first: downloads cut short by the cache closing keep their
+	// partial files and resume after the restart; cut short by their
+	// deployments stopping, they would be thrown away.
+	cache.Close()
 	if cerr := models.Close(stopCtx); cerr != nil {
 		log.Warn("stopping deployments", "err", cerr)
 	}

@@ -435,6 +435,12 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 	switch {
 	case resp.StatusCode == http.StatusOK:
 		return resp.Body, resp.ContentLength, 0, resumeInfoOf(resp), nil
+	case resp.StatusCode == http.StatusPartialContent && offset > 0 && encoded(resp):
+		// Ranges of encoded bytes (Go decodes a gzip answer to a plain
+		// request, not to a range request): they cannot follow the decoded
+		// bytes on disk. Start over.
+		resp.Body.Close()
+		return c.open(ctx, src, 0)
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
 		size, ok := restFrom(resp, offset)
 		if !ok {
@@ -778,4 +784,10 @@ func syncDir(dir string) {
 		_ = d.Sync()
 		_ = d.Close()
 	}
+}
+
+// encoded reports whether resp's body is in a content coding Go left as is.
+func encoded(resp *http.Response) bool {
+	ce := resp.Header.Get("Content-Encoding")
+	return ce != "" && !strings.EqualFold(ce, "identity")
 }

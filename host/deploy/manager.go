@@ -570,8 +570,15 @@ func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) 
 func (m *Manager) unload(d *Deployment, ctx context.Context) {
 	d.mu.Lock()
 	sched, model, pins := d.sched, d.model, d.pins
-	d.sched, d.model, d.pins, d.charge = nil, nil, nil, 0
+	d.sched, d.model, d.pins = nil, nil, nil
 	d.mu.Unlock()
+	// The model's memory stays charged until it is closed: a drain may
+	// last long, and admission must not count memory still held.
+	defer func() {
+		d.mu.Lock()
+		d.charge = 0
+		d.mu.Unlock()
+	}()
 	pipe := d.pipe.Swap(nil)
 	if sched != nil {
 		if err := sched.Close(ctx); err != nil {

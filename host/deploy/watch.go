@@ -89,7 +89,13 @@ func (m *Manager) StopWatches() { m.watch.close() }
 // Watch subscribes to deployment changes (of ids, or all when empty). With
 // snapshot, the current status of each watched deployment comes first.
 func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
-	c := make(chan Event, watcherBuffer)
+	var snap []*Deployment
+	if snapshot {
+		snap = m.List()
+	}
+	// Room for the whole snapshot besides the live buffer: a snapshot is
+	// never cut short (it was, silently, past 1024 deployments).
+	c := make(chan Event, watcherBuffer+len(snap))
 	w := &Watcher{C: c, c: c, b: &m.watch}
 	if len(ids) > 0 {
 		w.ids = map[string]bool{}
@@ -105,7 +111,7 @@ func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
 		return w
 	}
 	if snapshot {
-		for _, d := range m.List() {
+		for _, d := range snap {
 			if len(w.ids) == 0 || w.ids[d.id] {
 				select {
 				case c <- Event{Status: d.Status(), Snapshot: true}:

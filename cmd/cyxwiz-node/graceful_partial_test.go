@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
+	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
+)
+
+// A download cut short by a graceful stop (SIGTERM) stays in tmp/ and is
+// resumed by the next run: serve closes the cache before the deployments
+// (closing the deployments first cancelled the fetch as their own, and the
+// partial was deleted).
+func TestGracefulStopKeepsPartialDownload(t *testing.T) {
+	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "cyxwiz-node")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	stateDir, cacheDir := filepath.Join(dir, "state"), filepath.Join(dir, "cache")
+	cfg := filepath.Join(dir, "node.toml")
+	toml := fmt.Sprintf(`[listen]
+grpc = "127.0.0.1:0"
+http = ""
+
+[storage]
+state_dir = %q
+cache_dir = %q
+
+[native]
+onnxruntime = %q
+
+[inference]
+intra_op_threads = 1
+inter_op_threads = 1
+
+[terminal]
+enabled = false
+
+[metrics]
+gpu = false
+`, stateDir, cacheDir, lib)
+	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := artifacttest.New(t)
+	artifacts := filepath.Join(cacheDir, "artifacts")
+
+	n := startDaemon(t, bin, cfg)
+	b := serveModel(srv, "b", bigModel())
+	srv.Stall(b.path)
+	n.assign(t, b)
+	select {
+	case <-srv.Stalled:
+	case <-time.After(crashWait):
+		t.Fatal("the download of b did not start")
+	}
+	half := len(b.data) / 2
+	part := waitPartial(t, filepath.Join(artifacts, "tmp"), int64(half))
+	srv.Unstall(b.path)
+
+	// A graceful stop, as systemd or an operator does it.
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.exited:
+	case <-time.After(crashWait):
+		t.Fatal("daemon did not stop on SIGTERM")
+	}
+	n.conn.Close()
+	_, statErr := os.Stat(part)
+	t.Logf("after SIGTERM: partial %s: %v", filepath.Base(part), statErr)
+	if statErr != nil {
+		t.Errorf("the partial download (%d bytes) was deleted by a graceful stop: %v", half, statErr)
+	}
+
+	n = startDaemon(t, bin, cfg)
+	n.waitServing(t, b.id)
+	n.check(t, b)
+	ranges := srv.Ranges(b.path)
+	t.Logf("requests for b after the restart: Range %q", ranges)
+	if want := []string{"", fmt.Sprintf("bytes=%d-", half)}; !slices.Equal(ranges, want) {
+		t.Errorf("b's requests had Range headers %q, want %q (the cut one, then a resume of the rest)", ranges, want)
+	}
+	n.kill(t)
+}
