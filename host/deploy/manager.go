@@ -566,36 +566,51 @@ func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) 
 }
 
 // unload closes d's engine (draining within ctx) and model and unpins its
-// artifacts.
+// artifacts. When the drain gives up with requests still running (a long
+// model run under its caller's context), the model is closed once they
+// return, in the background: the stop does not wait for them, and d stays
+// charged until then.
 func (m *Manager) unload(d *Deployment, ctx context.Context) {
 	d.mu.Lock()
 	sched, model, pins := d.sched, d.model, d.pins
 	d.sched, d.model, d.pins = nil, nil, nil
 	d.mu.Unlock()
-	// The model's memory stays charged until it is closed: a drain may
-	// last long, and admission must not count memory still held.
-	defer func() {
-		d.mu.Lock()
-		d.charge = 0
-		d.mu.Unlock()
-	}()
 	pipe := d.pipe.Swap(nil)
+	gaveUp := false
 	if sched != nil {
 		if err := sched.Close(ctx); err != nil {
 			d.log.Warn("drain", "err", err)
+			gaveUp = true
 		}
 	}
-	if model != nil {
-		if err := model.Close(); err != nil {
-			d.log.Warn("unload", "err", err)
+	finish := func(ctx context.Context) {
+		if model != nil {
+			if err := model.Close(); err != nil {
+				d.log.Warn("unload", "err", err)
+			}
 		}
-	}
-	pipe.close(ctx)
-	for _, p := range pins {
-		if m.cache != nil {
-			m.cache.Release(p)
+		pipe.close(ctx)
+		for _, p := range pins {
+			if m.cache != nil {
+				m.cache.Release(p)
+			}
 		}
+		// The model's memory stays charged until it is closed: admission
+		// must not count memory still held.
+		d.mu.Lock()
+		d.charge = 0
+		d.mu.Unlock()
 	}
+	if !gaveUp {
+		finish(ctx)
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		finish(m.ctx)
+		d.log.Info("closed after its last request returned")
+	}()
 }
 
 // Get returns a deployment by id.

@@ -168,8 +168,8 @@ func (s *Scheduler) add(pending *[]*batch, r *request) {
 
 // next removes and returns the first pending batch that is due, or its due
 // prefix, dropping cancelled requests on the way; nil when none is due.
-// With idle instances (counting the one that will run it) and no Policy, a
-// batch due whole goes out in idle shares: its first share now, the rest
+// With idle instances (counting the one that will run it), no Policy and
+// not a preferred size, a batch due whole goes out in idle shares: its first share now, the rest
 // (sealed, due at once) to the next idle instances. A closed loop of as many
 // clients as max_batch_size would otherwise fill one batch, run it on one
 // instance and leave the others idle, call after call.
@@ -189,7 +189,7 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool, idle i
 		if n == 0 {
 			continue
 		}
-		if n == len(b.reqs) && idle > 1 && s.cfg.Policy == nil {
+		if n == len(b.reqs) && idle > 1 && s.cfg.Policy == nil && !s.preferredSize(b.rows) {
 			if share := (n + idle - 1) / idle; share < n {
 				n = share
 				b.sealed = true // the rest is due too
@@ -210,6 +210,12 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool, idle i
 		return out // its requests leave the count when a worker claims them
 	}
 	return nil
+}
+
+// preferredSize says whether rows is one of the preferred batch sizes:
+// such a batch is not shared out among instances.
+func (s *Scheduler) preferredSize(rows int) bool {
+	return s.preferred != nil && rows < len(s.preferred) && s.preferred[rows]
 }
 
 // take says how many of b's leading requests to dispatch now, following
@@ -538,9 +544,7 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 }
 
 // infer calls the model, turning a panic into an error for the callers
-// instead of a crash of the node. A request's own run (under its caller's
-// context) also ends when Close gives up, so that a stop is not held by a
-// long run past its drain: its caller gets ErrClosed.
+// instead of a crash of the node.
 func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs []string) (outs []*tensor.Tensor, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -548,17 +552,7 @@ func (s *Scheduler) infer(ctx context.Context, inputs []*tensor.Tensor, outputs 
 			outs, err = nil, fmt.Errorf("%w: %v", ErrModelPanic, p)
 		}
 	}()
-	if ctx == s.runCtx {
-		return s.model.Infer(ctx, inputs, outputs)
-	}
-	run, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.runCtx, cancel)
-	defer func() { stop(); cancel() }()
-	outs, err = s.model.Infer(run, inputs, outputs)
-	if err != nil && ctx.Err() == nil && s.runCtx.Err() != nil {
-		return nil, fmt.Errorf("stopped while the request ran: %w", ErrClosed)
-	}
-	return outs, err
+	return s.model.Infer(ctx, inputs, outputs)
 }
 
 // sharesMemory says whether any of t's bytes (its Data or a BYTES element)

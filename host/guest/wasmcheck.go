@@ -123,6 +123,20 @@ func (r *wreader) skip(n int) {
 // name skips a length-prefixed byte string.
 func (r *wreader) name() { r.skip(r.count(1)) }
 
+// valtype reads a value type: the one-byte forms only. The typed
+// references of the GC and function-references proposals (0x63, 0x64 and
+// rec groups 0x4E) are refused: their encodings are longer, and no guest
+// this node serves needs them.
+func (r *wreader) valtype() {
+	switch t := r.byte(); t {
+	case 0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x70, 0x6F: // i32 i64 f32 f64 v128 funcref externref
+	default:
+		if r.err == nil {
+			r.fail(fmt.Errorf("value type %#x is not supported", t))
+		}
+	}
+}
+
 func (r *wreader) limits() {
 	flags := r.byte()
 	r.u32()
@@ -166,11 +180,22 @@ func (r *wreader) expr() {
 
 func (r *wreader) section(id byte) error {
 	switch id {
+	case 0: // custom
+		if name := r.str(); r.err == nil && name == "name" {
+			r.names()
+		}
+		return r.err
 	case 1: // type
 		for range r.count(3) {
-			r.byte() // 0x60
-			r.skip(r.count(1))
-			r.skip(r.count(1))
+			if form := r.byte(); form != 0x60 && r.err == nil {
+				r.fail(fmt.Errorf("type form %#x is not supported", form))
+			}
+			for range r.count(1) {
+				r.valtype()
+			}
+			for range r.count(1) {
+				r.valtype()
+			}
 		}
 	case 2: // import
 		for range r.count(4) {
@@ -184,7 +209,7 @@ func (r *wreader) section(id byte) error {
 			case 2: // memory
 				r.limits()
 			case 3: // global
-				r.byte()
+				r.valtype()
 				r.byte()
 			case 4: // tag
 				r.byte()
@@ -204,7 +229,7 @@ func (r *wreader) section(id byte) error {
 		return r.err
 	case 6: // global
 		for range r.count(3) {
-			r.byte()
+			r.valtype()
 			r.byte()
 			r.expr()
 		}
@@ -228,7 +253,7 @@ func (r *wreader) section(id byte) error {
 			var locals uint64
 			for range body.count(2) {
 				locals += uint64(body.u32())
-				body.byte()
+				body.valtype()
 			}
 			if body.err != nil {
 				r.fail(body.err)
@@ -252,7 +277,54 @@ func (r *wreader) section(id byte) error {
 			r.name() // the bytes
 		}
 	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail(fmt.Errorf("%d trailing bytes", len(r.b)))
+	}
 	return r.err
+}
+
+// str reads a length-prefixed string.
+func (r *wreader) str() string {
+	n := r.count(1)
+	if r.err != nil {
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+// names checks the "name" custom section, which wazero decodes in full:
+// its function-name and local-name maps are sized from declared counts.
+// Other subsections are skipped.
+func (r *wreader) names() {
+	for r.err == nil && len(r.b) > 0 {
+		id := r.byte()
+		size := r.count(1)
+		if r.err != nil {
+			return
+		}
+		sub := &wreader{b: r.b[:size]}
+		switch id {
+		case 1: // function names: vec(index, name)
+			for range sub.count(2) {
+				sub.u32()
+				sub.name()
+			}
+		case 2: // local names: vec(function, vec(index, name))
+			for range sub.count(2) {
+				sub.u32()
+				for range sub.count(2) {
+					sub.u32()
+					sub.name()
+				}
+			}
+		}
+		if sub.err != nil {
+			r.fail(fmt.Errorf("name section: %w", sub.err))
+		}
+		r.skip(size)
+	}
 }
 
 // element skips one element segment (the eight forms of the binary format).
@@ -268,8 +340,10 @@ func (r *wreader) element() {
 	if flags&1 == 0 { // active: an offset
 		r.expr()
 	}
-	if flags&3 != 0 { // element kind or reference type
-		r.byte()
+	if flags&3 != 0 { // element kind (0x00) or reference type
+		if k := r.byte(); k != 0x00 && k != 0x70 && k != 0x6F && r.err == nil {
+			r.fail(fmt.Errorf("element type %#x is not supported", k))
+		}
 	}
 	if flags&4 == 0 { // function indices
 		for range r.count(1) {

@@ -659,8 +659,8 @@ func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int
 		return s.fail(abi.EPERM, "infer: no model for this guest")
 	}
 	out, err := s.env.Infer(ctx, string(model), in)
+	s.inferErr = err // the latest call's: a guest may fall back after a failure
 	if err != nil {
-		s.inferErr = err
 		return s.errno(fmt.Errorf("infer %s: %w", quote(model), err))
 	}
 	if uint32(len(out)) > outCap {

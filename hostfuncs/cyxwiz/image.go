@@ -110,29 +110,17 @@ const maxScanWork = 16 * 16 << 20
 // conservatively: whatever it cannot be sure of counts as the worst case.
 func decodeCost(src []byte, format string, cfg image.Config) (int64, error) {
 	w, h := int64(cfg.Width), int64(cfg.Height)
-	pixels := w * h
 	if format != "jpeg" {
-		return pngCost(src, cfg.ColorModel, pixels), nil
+		return pngCost(src, cfg.ColorModel, w*h), nil
 	}
-	j := scanJPEG(src)
-	// Planes and coefficients are padded to whole MCUs: up to 32×32 pixels
-	// with 4×4 sampling.
-	padded := ((w + 31) &^ 31) * ((h + 31) &^ 31)
-	comps := int64(j.components)
-	cost := padded * comps // the planes, a byte a sample
+	j := scanJPEG(src, w, h)
 	if j.progressive {
-		cost += padded * comps * 4 // an int32 per coefficient
-		if work := int64(j.scans) * padded; work > maxScanWork {
+		if work := int64(j.scans) * j.samples; work > maxScanWork {
 			return 0, fmt.Errorf("%w: progressive JPEG of %dx%d with %d scans: more decoding work than %d scans of 16 MP",
 				errInvalid, cfg.Width, cfg.Height, j.scans, maxScanWork/(16<<20))
 		}
 	}
-	if comps > 1 {
-		// Conversion to NRGBA, and for 3 or 4 components an RGBA or CMYK
-		// image the decoder makes on its way.
-		cost += pixels * 8
-	}
-	return cost, nil
+	return j.cost, nil
 }
 
 // pngCost is what image/png allocates for a PNG of pixels in model, plus
@@ -163,22 +151,26 @@ func pngCost(src []byte, model color.Model, pixels int64) int64 {
 	return pixels * (bpp + convert)
 }
 
-// jpegInfo is what decodeCost needs from a JPEG's markers.
+// jpegInfo is what decodeCost needs from a JPEG.
 type jpegInfo struct {
 	progressive bool
-	components  int
 	scans       int
+	samples     int64 // the planes' samples, padded to whole MCUs
+	cost        int64 // bytes the decoder and the conversion take
 }
 
 // scanJPEG reads what decodeCost needs from a JPEG without following its
 // structure, so that no arrangement of segments can hide anything: every
-// 0xFF 0xDA counts as a scan, every 0xFF 0xC2 as a progressive frame header,
-// and the components are the most that any frame-header-like bytes declare.
-// Inside entropy-coded data 0xFF is always followed by 0x00 or a restart
-// marker, so the counts can only be too high (for marker-like bytes in
-// metadata), which errs on the safe side.
-func scanJPEG(src []byte) jpegInfo {
-	info := jpegInfo{components: 1}
+// 0xFF 0xDA counts as a scan, and every well-formed frame header (SOF0-2)
+// anywhere in the file is costed, the dearest winning. Inside entropy-coded
+// data 0xFF is always followed by 0x00 or a restart marker, so this can
+// only overestimate (for marker-like bytes in metadata): the safe side. A
+// file with no well-formed frame header is costed as the worst case.
+func scanJPEG(src []byte, w, h int64) jpegInfo {
+	worst := jpegInfo{progressive: true, samples: 4 * pad(w, 32) * pad(h, 32)}
+	worst.cost = worst.samples*5 + w*h*8
+	var info jpegInfo
+	found := false
 	for i := 0; i+1 < len(src); i++ {
 		if src[i] != 0xFF {
 			continue
@@ -186,17 +178,66 @@ func scanJPEG(src []byte) jpegInfo {
 		switch m := src[i+1]; m {
 		case 0xDA:
 			info.scans++
+			worst.scans++
 		case 0xC0, 0xC1, 0xC2:
-			if m == 0xC2 {
+			f, ok := frameCost(src[i+2:], w, h, m == 0xC2, bytes.Contains(src, []byte("Adobe")))
+			if ok && (!found || f.cost > info.cost) {
+				info.progressive, info.samples, info.cost = f.progressive, f.samples, f.cost
+				found = true
+			} else if ok && f.progressive {
 				info.progressive = true
-			}
-			// length u16, precision u8, height u16, width u16, components u8
-			if i+9 < len(src) {
-				info.components = max(info.components, min(int(src[i+9]), 4))
-			} else {
-				info.components = 4
+				info.samples = max(info.samples, f.samples)
 			}
 		}
 	}
+	if !found {
+		return worst
+	}
 	return info
 }
+
+// frameCost costs the frame header b (after its marker) for an image of
+// w×h, as image/jpeg allocates: a plane per component at its sampling
+// (padded to whole MCUs), an int32 per coefficient when progressive, and
+// the conversions to NRGBA (one 4-byte-a-pixel image; one more for CMYK and
+// RGB-coded files, which the decoder converts on its way).
+func frameCost(b []byte, w, h int64, progressive, adobe bool) (jpegInfo, bool) {
+	if len(b) < 8 {
+		return jpegInfo{}, false
+	}
+	n := int(b[7])
+	if n < 1 || n > 4 || int(b[0])<<8|int(b[1]) != 8+3*n || len(b) < 8+3*n {
+		return jpegInfo{}, false
+	}
+	comps := b[8 : 8+3*n]
+	var hmax, vmax int64 = 1, 1
+	for c := range n {
+		hs, vs := int64(comps[3*c+1]>>4), int64(comps[3*c+1]&15)
+		if hs < 1 || hs > 4 || vs < 1 || vs > 4 {
+			return jpegInfo{}, false
+		}
+		hmax, vmax = max(hmax, hs), max(vmax, vs)
+	}
+	mxx, myy := (w+8*hmax-1)/(8*hmax), (h+8*vmax-1)/(8*vmax)
+	f := jpegInfo{progressive: progressive}
+	for c := range n {
+		hs, vs := int64(comps[3*c+1]>>4), int64(comps[3*c+1]&15)
+		f.samples += mxx * hs * 8 * myy * vs * 8
+	}
+	f.cost = f.samples // a byte a sample
+	if progressive {
+		f.cost += 4 * f.samples
+	}
+	rgb := n == 3 && comps[0] == 'R' && comps[3] == 'G' && comps[6] == 'B'
+	switch {
+	case n == 1: // image.Gray: no conversion
+	case n == 4 || rgb || adobe:
+		f.cost += 8 * w * h
+	default:
+		f.cost += 4 * w * h
+	}
+	return f, true
+}
+
+// pad rounds n up to a multiple of m.
+func pad(n, m int64) int64 { return (n + m - 1) / m * m }

@@ -25,7 +25,7 @@ func TestScanJPEGSeesHiddenProgressive(t *testing.T) {
 			t.Fatalf("image/jpeg refuses the test file: %v", err)
 		}
 	}
-	t.Logf("scanJPEG: plain %+v, hidden %+v", scanJPEG(plain), scanJPEG(hidden))
+	t.Logf("scanJPEG: plain %+v, hidden %+v", scanJPEG(plain, 1024, 1024), scanJPEG(hidden, 1024, 1024))
 	hp, _, _, tookP, sp := decodeCharged(t, plain, 64<<20)
 	hh, _, _, tookH, sh := decodeCharged(t, hidden, 64<<20)
 	t.Logf("image_decode: plain %d (%s) in %v; hidden %d (%s) in %v", hp, sp.LastError(), tookP, hh, sh.LastError(), tookH)
@@ -53,7 +53,7 @@ func TestScanJPEGSeesHiddenProgressive(t *testing.T) {
 // plain pixels, held the host ~2.3 s past a 100 ms deadline.
 func TestScanBoundCountsPaddedPixels(t *testing.T) {
 	src := buildJPEG(jpegSpec{w: 1, h: 65535, comps: 1, scans: 4096, refine: true, adobe: -1})
-	if int64(scanJPEG(src).scans)*65535 > maxScanWork {
+	if int64(scanJPEG(src, 1, 65535).scans)*65535 > maxScanWork {
 		t.Fatal("test file past the bound")
 	}
 	s := NewSession(Env{Limits: Limits{MaxBytes: 64 << 20}})

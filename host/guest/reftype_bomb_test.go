@@ -1,0 +1,138 @@
+package guest_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
+)
+
+// Typed references (0x63 ht / 0x64 ht, two bytes) are refused: read as one
+// byte they shifted checkModule by a byte, so (local (ref null func)) hid
+// the 2^23 locals that followed from the locals bound.
+func TestLocalsBombBehindRefTypeRefused(t *testing.T) {
+	m := &zzModule{}
+	zzABIGuest(m)
+	m.addFunc(3, zzCat(
+		[]byte{2},                // two local declarations
+		[]byte{1, 0x63, 0x70},    // 1 x (ref null func)
+		zzU(1<<23), []byte{0x7f}, // 2^23 x i32
+		[]byte{0x0b},
+	))
+	wasm := m.bytes()
+	rt, err := guest.NewRuntime(context.Background(), guest.Config{}, testLog(t)) // no cache: a real compile
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close(context.Background())
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	mod, err := rt.Compile(context.Background(), wasm)
+	took := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if mod != nil {
+		mod.Close(context.Background())
+	}
+	alloc := (after.TotalAlloc - before.TotalAlloc) >> 20
+	t.Logf("%d-byte module: err %v, compile took %v and allocated %d MiB", len(wasm), err, took, alloc)
+	if err == nil && alloc > 64 {
+		t.Fatalf("a %d-byte guest made the host allocate %d MiB (%v) to compile it: the maxLocals check was bypassed", len(wasm), alloc, took)
+	}
+}
+
+// The same shift with 2^32-2 more locals killed the node (wazero makes a
+// []wasm.ValueType of that capacity first). Runs in a child process capped
+// at 8 GiB of address space.
+func TestHugeLocalsBehindRefTypeRefused(t *testing.T) {
+	if os.Getenv("ZZ_REVIEW3_LOCALS") != "" {
+		if err := syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: 8 << 30, Max: 8 << 30}); err != nil {
+			t.Fatal(err)
+		}
+		m := &zzModule{}
+		zzABIGuest(m)
+		m.addFunc(3, zzCat([]byte{2}, []byte{1, 0x63, 0x70}, zzU(1<<32-2), []byte{0x7f}, []byte{0x0b}))
+		rt, err := guest.NewRuntime(context.Background(), guest.Config{}, testLog(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = rt.Compile(context.Background(), m.bytes())
+		fmt.Printf("ZZ-RESULT err=%v\n", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHugeLocalsBehindRefTypeRefused$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "ZZ_REVIEW3_LOCALS=1")
+	out, err := cmd.CombinedOutput()
+	line := string(out)
+	for _, mark := range []string{"ZZ-RESULT", "fatal error"} {
+		if i := strings.Index(line, mark); i >= 0 {
+			line = strings.SplitN(line[i:], "\n", 2)[0]
+			break
+		}
+	}
+	t.Logf("child: %s", line)
+	if err != nil {
+		t.Fatalf("compiling a 120-byte module killed the process (%v): %s", err, line)
+	}
+}
+
+// The same shift in the type section hides a vector bomb of the kind
+// checkModule exists to stop. Type 0 is (func (param (ref null func))),
+// 0x60 1 0x63 0x70 0: checkModule skips one byte for the one parameter and
+// reads the result count from the heap type 0x70 (112), skipping the next
+// 112 bytes, where type 1 declares 2^32-1 parameters. wazero's
+// decodeValueTypes makes a []ValueType of that capacity (32 GiB) first.
+func TestTypeSectionBombBehindRefTypeRefused(t *testing.T) {
+	if os.Getenv("ZZ_REVIEW3_TYPES") != "" {
+		if err := syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: 8 << 30, Max: 8 << 30}); err != nil {
+			t.Fatal(err)
+		}
+		rt, err := guest.NewRuntime(context.Background(), guest.Config{}, testLog(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = rt.Compile(context.Background(), zzReview3TypeBomb())
+		fmt.Printf("ZZ-RESULT err=%v\n", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestTypeSectionBombBehindRefTypeRefused$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "ZZ_REVIEW3_TYPES=1")
+	out, err := cmd.CombinedOutput()
+	line := string(out)
+	for _, mark := range []string{"ZZ-RESULT", "fatal error"} {
+		if i := strings.Index(line, mark); i >= 0 {
+			line = strings.SplitN(line[i:], "\n", 2)[0]
+			break
+		}
+	}
+	t.Logf("child (%d-byte module): %s", len(zzReview3TypeBomb()), line)
+	if err != nil {
+		t.Fatalf("compiling a %d-byte module killed the process (%v): %s", len(zzReview3TypeBomb()), err, line)
+	}
+}
+
+func zzReview3TypeBomb() []byte {
+	hidden := zzCat([]byte{0x60}, zzU(1<<32-1)) // type 1 as wazero reads it
+	types := zzCat(
+		[]byte{2},                      // two types
+		[]byte{0x60, 1, 0x63, 0x70, 0}, // type 0
+		hidden,
+		// with type 0's last byte and hidden, the 112 bytes checkModule
+		// skips; then 3 more that it reads as type 1: 0x00, 0 params, 0 results
+		make([]byte, 112-1-len(hidden)+3),
+	)
+	body := zzCat(zzU(uint64(len(types))), types)
+	return zzCat([]byte("\x00asm\x01\x00\x00\x00"), []byte{1}, body)
+}
