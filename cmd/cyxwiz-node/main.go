@@ -68,8 +68,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if cmd == "check-config" {
-		fmt.Fprintf(stdout, "# %s: ok. Effective values (defaults filled in, paths resolved):\n", *path)
-		if err := toml.NewEncoder(stdout).Encode(cfg); err != nil {
+		fmt.Fprintf(stdout, "# %q: ok. Effective values (defaults filled in, paths resolved, secrets hidden):\n", *path)
+		shown := *cfg
+		if shown.Central.Token != "" {
+			shown.Central.Token = "<set>"
+		}
+		if err := toml.NewEncoder(stdout).Encode(&shown); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // validID is what a node id may look like, written by hand or generated.
@@ -25,33 +27,53 @@ func nodeID(configured, stateDir string) (string, error) {
 		return configured, nil
 	}
 	path := filepath.Join(stateDir, "node-id")
-	// Nodes starting together on a fresh state_dir must all end up with the
-	// id that is kept: the first link wins, the others read it back.
-	for range 3 {
-		b, err := os.ReadFile(path)
-		switch {
-		case err == nil && len(strings.TrimSpace(string(b))) > 0:
-			id := strings.TrimSpace(string(b))
-			if !validID.MatchString(id) {
-				return "", fmt.Errorf("node id file %s holds %.40q, not an id: fix or delete it (a new id is then generated)", path, id)
-			}
-			return id, nil
-		case err != nil && !errors.Is(err, fs.ErrNotExist):
-			return "", fmt.Errorf("node id: %w", err)
-		}
-		id, err := writeNewID(path, err == nil)
-		if errors.Is(err, fs.ErrExist) {
-			continue // another start linked its id first: read that one
-		}
-		return id, err
+	// Nodes starting together on one state_dir take turns: the first makes
+	// the id, the others read it (a lock file, not the store's lock: the
+	// id is needed before the store opens, and the store refuses a second
+	// node anyway).
+	unlock, err := lockFile(filepath.Join(stateDir, ".node-id.lock"))
+	if err != nil {
+		return "", fmt.Errorf("node id: %w", err)
 	}
-	return "", fmt.Errorf("node id: %s keeps changing under this start", path)
+	defer unlock()
+	removeStaleTemps(stateDir)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil && len(strings.TrimSpace(string(b))) > 0:
+		id := strings.TrimSpace(string(b))
+		if !validID.MatchString(id) {
+			return "", fmt.Errorf("node id file %s holds %.40q, not an id: fix or delete it (a new id is then generated)", path, id)
+		}
+		return id, nil
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	// Missing or blank (a truncation, or a write lost to a power cut); a
+	// dangling symlink or anything else that is not a file is the
+	// operator's to fix.
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("node id: %s is not a regular file (%v): fix or delete it", path, fi.Mode().Type())
+	}
+	return writeNewID(path)
+}
+
+// lockFile takes an exclusive lock on path (created if need be), waiting
+// for it; unlock releases it.
+func lockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil // closing releases the lock
 }
 
 // writeNewID generates an id and puts it at path, written whole and synced
-// before it appears there. A blank file left at path is replaced; otherwise
-// an existing path gives fs.ErrExist.
-func writeNewID(path string, replaceBlank bool) (string, error) {
+// before it appears there (it replaces what is there).
+func writeNewID(path string) (string, error) {
 	var raw [16]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", fmt.Errorf("node id: %w", err)
@@ -75,15 +97,7 @@ func writeNewID(path string, replaceBlank bool) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("node id: %w", err)
 	}
-	if replaceBlank {
-		err = os.Rename(f.Name(), path)
-	} else {
-		err = os.Link(f.Name(), path)
-	}
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return "", err
-		}
+	if err = os.Rename(f.Name(), path); err != nil {
 		return "", fmt.Errorf("node id: %w", err)
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil {
@@ -91,4 +105,15 @@ func writeNewID(path string, replaceBlank bool) (string, error) {
 		d.Close()
 	}
 	return id, nil
+}
+
+// removeStaleTemps removes the temporary id files of starts that died
+// before linking them (older than a minute: a concurrent start's is young).
+func removeStaleTemps(dir string) {
+	olds, _ := filepath.Glob(filepath.Join(dir, ".node-id-*"))
+	for _, p := range olds {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > time.Minute {
+			os.Remove(p)
+		}
+	}
 }

@@ -433,6 +433,11 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 		return nil, 0, 0, ri, err
 	}
 	switch {
+	case resp.StatusCode == http.StatusOK && offset > 0 && encoded(resp):
+		// The whole file, answering a range request: Go did not decode it
+		// (it does only for plain requests). Ask again plainly.
+		resp.Body.Close()
+		return c.open(ctx, src, 0)
 	case resp.StatusCode == http.StatusOK:
 		return resp.Body, resp.ContentLength, 0, resumeInfoOf(resp), nil
 	case resp.StatusCode == http.StatusPartialContent && offset > 0 && encoded(resp):
@@ -786,8 +791,10 @@ func syncDir(dir string) {
 	}
 }
 
-// encoded reports whether resp's body is in a content coding Go left as is.
+// encoded reports whether resp's body is gzip that Go left as is: the one
+// coding Go decodes, and only for plain requests, so that bytes on disk from
+// a plain request were decoded while a range answer is not. Other codings
+// are never decoded and resume as they are.
 func encoded(resp *http.Response) bool {
-	ce := resp.Header.Get("Content-Encoding")
-	return ce != "" && !strings.EqualFold(ce, "identity")
+	return strings.EqualFold(strings.TrimSpace(resp.Header.Get("Content-Encoding")), "gzip")
 }

@@ -269,8 +269,11 @@ func (m *Manager) run(ctx context.Context, d *Deployment) {
 	if err == nil {
 		return
 	}
-	if ctx.Err() != nil {
-		return // stopped or node shutting down: Stop or Close sets the state
+	if ctx.Err() != nil || errors.Is(err, artifact.ErrClosed) {
+		// Stopped, or the node shutting down (it closes the cache first,
+		// so that partial downloads are kept): Stop or Close sets the
+		// state, and a restart picks the deployment up again.
+		return
 	}
 	// A fetch deadline (FetchTimeout) ends here as a failure like any other.
 	m.unload(d, context.Background())

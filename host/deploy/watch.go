@@ -89,14 +89,7 @@ func (m *Manager) StopWatches() { m.watch.close() }
 // Watch subscribes to deployment changes (of ids, or all when empty). With
 // snapshot, the current status of each watched deployment comes first.
 func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
-	var snap []*Deployment
-	if snapshot {
-		snap = m.List()
-	}
-	// Room for the whole snapshot besides the live buffer: a snapshot is
-	// never cut short (it was, silently, past 1024 deployments).
-	c := make(chan Event, watcherBuffer+len(snap))
-	w := &Watcher{C: c, c: c, b: &m.watch}
+	w := &Watcher{b: &m.watch}
 	if len(ids) > 0 {
 		w.ids = map[string]bool{}
 		for _, id := range ids {
@@ -106,6 +99,20 @@ func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
 	b := &m.watch
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// The snapshot is read under the broker's lock, so no change falls
+	// between it and the live events; the channel has room for all of it
+	// besides the live buffer (a snapshot was cut short, silently, past
+	// 1024 deployments).
+	var snap []*Deployment
+	if snapshot && !b.closed {
+		for _, d := range m.List() {
+			if len(w.ids) == 0 || w.ids[d.id] {
+				snap = append(snap, d)
+			}
+		}
+	}
+	c := make(chan Event, watcherBuffer+len(snap))
+	w.C, w.c = c, c
 	if b.closed {
 		close(c)
 		return w

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+)
+
+const richConfig = `[node]
+id = "abc"
+labels = { zone = "lab", "a.b" = "x y", "" = "empty", "ünï" = "q\"uote\n", "tab\tkey" = "" }
+[listen]
+grpc = "127.0.0.1:0"
+http = ""
+max_message_size = "1.5MiB"
+[central]
+token = "s3cr3t-token"
+heartbeat_interval = "1h0m0.000000001s"
+[storage]
+cache_max_size = "0"
+state_dir = "rel dir/with space"
+[limits]
+memory_budget = "0.1KB"
+[inference]
+providers = ["cuda", "cpu"]
+cpu_latency = "1.5us"
+cpu_latency_hold = "1h"
+[inference.batching]
+preferred_batch_sizes = [2, 4]
+max_queue_delay_us = 7
+[[models]]
+name = "m1"
+format = "onnx"
+path = "rel/m1.onnx"
+providers = ["cpu"]
+config = { "k.1" = "v", "" = "e", "x" = "line1\nline2" }
+[models.batching]
+max_queue_delay_us = 0
+preferred_batch_sizes = []
+[[models]]
+name = "m2"
+version = "7"
+format = "onnx"
+path = "/abs/m2.onnx"
+[models.config]
+[models.batching]
+instances = 3
+[[models]]
+name = "m3"
+format = "gguf"
+path = "m3.gguf"
+`
+
+// check-config's output, read back, is the same configuration (every key
+// type: maps with odd keys, arrays, pointers, sizes, durations, models
+// with batching/providers/config). Compared as JSON (exported fields).
+func TestCheckConfigRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "n.toml")
+	os.WriteFile(path, []byte(richConfig), 0o644)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-c", path}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	first, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "back.toml") // another folder: paths must not move
+	os.WriteFile(other, out.Bytes(), 0o644)
+	back, err := config.Load(other)
+	if err != nil {
+		t.Fatalf("check-config output does not load: %v\n%s", err, out.String())
+	}
+	if back.Central.Token != "<set>" {
+		t.Errorf("central.token read back as %q, want it hidden as <set>", back.Central.Token)
+	}
+	back.Central.Token = first.Central.Token // hidden on purpose
+	a, _ := json.Marshal(first)
+	b, _ := json.Marshal(back)
+	if !bytes.Equal(a, b) {
+		t.Errorf("round trip differs:\n%s\n%s", a, b)
+	}
+	for i, m := range back.Models {
+		if x, y := first.BatchingFor(first.Models[i]), back.BatchingFor(m); !jsonEq(x, y) {
+			t.Errorf("model %s effective batching %+v, read back %+v", m.Name, x, y)
+		}
+	}
+}
+
+func jsonEq(a, b any) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
+}
+
+// check-config hides central.token (the shared secret between the node and
+// the Central Server): its output ends up in CI logs and pasted issues.
+func TestCheckConfigHidesToken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "n.toml")
+	os.WriteFile(path, []byte("[central]\ntoken = \"s3cr3t-token\"\n"), 0o644)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-c", path}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if strings.Contains(out.String(), "s3cr3t-token") {
+		t.Errorf("check-config prints central.token in clear:\n%s", grepLine(out.String(), "token"))
+	}
+}
+
+// The first line is a TOML comment holding the path, quoted: a path with a
+// newline must not end the comment and break the TOML.
+func TestCheckConfigHeaderPathQuoted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a\n[x")
+	os.WriteFile(path, []byte("[listen]\ngrpc = \"127.0.0.1:0\"\n"), 0o644)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-c", path}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if _, err := config.Parse(out.String(), "/", "out"); err != nil {
+		t.Errorf("check-config output is not a valid config: %v", err)
+	}
+}
+
+func grepLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}

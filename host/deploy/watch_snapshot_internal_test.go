@@ -1,0 +1,69 @@
+package deploy
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+)
+
+// A deployment created while a Watch takes its snapshot is in the snapshot
+// or in the live events: a snapshot taken before the broker's lock missed
+// one whose Assign published in between.
+//
+// The interleaving is forced: the test holds the broker's lock so that
+// Watch stops after its List; an Assign is then made the way Assign does it
+// (registered in byID under m.mu, then m.changed publishes), its publication
+// taking the broker's lock before the waiting Watch gets it. With one P the
+// woken Watch cannot run before the test goroutine blocks.
+func TestWatchSnapshotSeesConcurrentAssign(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	m := NewManager(Config{}, loaders.NewRegistry(), nil, nil, nil)
+	defer m.Close(t.Context())
+
+	m.watch.mu.Lock()
+	got := make(chan *Watcher, 1)
+	go func() { got <- m.Watch([]string{"d"}, true) }()
+	review3WaitBlockedInWatch(t)
+
+	// What Assign does once Watch has listed: register d (startLocked,
+	// without starting its goroutine), release m.mu, publish (m.changed).
+	spec := Spec{Name: "d", Format: "onnx", Model: artifact.Artifact{URI: "file:///nonexistent.onnx"}}
+	d := m.newDeployment("d", OwnerCentral, spec, time.Now())
+	d.cancel = func() {}
+	close(d.done)
+	m.mu.Lock()
+	m.byID[d.id] = d
+	m.byName[spec.Name] = d
+	m.mu.Unlock()
+	m.watch.mu.Unlock()
+	m.changed(d) // Assign's publication of the new deployment
+
+	w := <-got
+	defer w.Close()
+	if len(w.C) == 0 {
+		t.Errorf("deployment %q exists (List has it: %v) and was published, but the watcher of it got neither a snapshot nor a live event",
+			d.id, len(m.List()) == 1)
+	}
+}
+
+// waitBlockedInWatch waits until a goroutine is blocked on a mutex inside
+// Manager.Watch (the broker's lock: m.mu is free, so List never blocks).
+func review3WaitBlockedInWatch(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(deadline) {
+		s := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(s, "\n\n") {
+			if strings.Contains(g, "(*Manager).Watch(") && strings.Contains(g, "sync.(*Mutex).Lock") && !strings.Contains(g, "(*Manager).List(") {
+				return
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("Watch did not block on the broker's lock")
+}
