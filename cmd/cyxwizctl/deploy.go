@@ -251,6 +251,11 @@ func waitSettled(ctx context.Context, c *client, stream cyxwizpb.DeploymentServi
 // before it settled.
 func waitErr(ctx context.Context, c *client, id string, last cyxwizpb.DeploymentState, err error) error {
 	timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 100*time.Millisecond {
+		// A node may end the stream at the deadline it was sent, just
+		// before this side's timer fires.
+		timedOut = true
+	}
 	switch {
 	case c.explicitTimeout && timedOut: // gRPC may see the deadline before ctx does
 		return fmt.Errorf("deployment %s still %s on the node when --timeout %v ran out (%w); follow it with `cyxwizctl watch %s`",
