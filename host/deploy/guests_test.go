@@ -34,8 +34,9 @@ import (
 // guestNode is a manager with ONNX Runtime and a guest runtime, deploying
 // file:// artifacts from a temp dir.
 type guestNode struct {
-	m   *deploy.Manager
-	dir string
+	m     *deploy.Manager
+	dir   string
+	cache *artifact.Cache
 }
 
 func newGuestNode(t *testing.T) *guestNode {
@@ -63,7 +64,7 @@ func newGuestNode(t *testing.T) *guestNode {
 		rt.Close(ctx)
 		cache.Close()
 	})
-	return &guestNode{m: m, dir: dir}
+	return &guestNode{m: m, dir: dir, cache: cache}
 }
 
 // file writes b under the node's dir and returns its file:// artifact.

@@ -264,6 +264,8 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 		return Status{}, fmt.Errorf("swap guests of %s: %w: it is being stopped", d.id, ErrNotReady)
 	}
 	d.swapCancel = cancel
+	pinned := len(d.pins) // the pins this swap takes come after
+	oldGuests := d.spec.Guests
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
@@ -273,10 +275,12 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 	}()
 	paths, err := m.fetchGuests(ctx, d, next)
 	if err != nil {
+		m.unpinSince(d, pinned)
 		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
 	}
 	pipe, err := m.buildPipeline(ctx, d, next, paths)
 	if err != nil {
+		m.unpinSince(d, pinned)
 		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
 	}
 	// Install under m.mu: Close sets m.closed under it and unloads after,
@@ -284,7 +288,14 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 	old, err := m.installGuests(d, next, pipe)
 	if err != nil {
 		pipe.close(context.Background())
+		m.unpinSince(d, pinned)
 		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+	}
+	// The replaced guests' artifacts may leave the cache now.
+	for _, g := range oldGuests {
+		if m.unpin(d, g.Artifact.SHA256, pinned) {
+			pinned-- // the pins from before the swap are one fewer
+		}
 	}
 	go func() { // counted in m.wg by installGuests
 		defer m.wg.Done()
@@ -350,4 +361,40 @@ func (m *Manager) fetchTimeout() time.Duration {
 		return m.cfg.FetchTimeout
 	}
 	return 30 * time.Minute
+}
+
+// unpinSince releases the pins d took from index from on (a swap that
+// failed).
+func (m *Manager) unpinSince(d *Deployment, from int) {
+	d.mu.Lock()
+	if from > len(d.pins) {
+		from = len(d.pins)
+	}
+	taken := slices.Clone(d.pins[from:])
+	d.pins = d.pins[:from]
+	d.mu.Unlock()
+	for _, p := range taken {
+		if m.cache != nil {
+			m.cache.Release(p)
+		}
+	}
+}
+
+// unpin releases one of d's pins of digest among its first before pins
+// (those from before a swap): a replaced guest's. It reports whether it
+// found one.
+func (m *Manager) unpin(d *Deployment, digest string, before int) bool {
+	if digest == "" {
+		return false
+	}
+	d.mu.Lock()
+	i := slices.Index(d.pins[:min(before, len(d.pins))], digest)
+	if i >= 0 {
+		d.pins = slices.Delete(d.pins, i, i+1)
+	}
+	d.mu.Unlock()
+	if i >= 0 && m.cache != nil {
+		m.cache.Release(digest)
+	}
+	return i >= 0
 }

@@ -73,6 +73,44 @@ func TestStopCancelsGuestSwap(t *testing.T) {
 	}
 }
 
+// TestSwapUnpinsReplacedGuests: a guest swap lets go of the guests it
+// replaced, and a failed swap of the ones it fetched: the cache could
+// evict neither before (pins only grew while the deployment lived).
+func TestSwapUnpinsReplacedGuests(t *testing.T) {
+	n := newGuestNode(t)
+	srv := artifacttest.New(t)
+	spec := func(labels string, post artifact.Artifact) deploy.Spec {
+		return deploy.Spec{Name: "m", Format: "onnx", Model: n.file(t, "m.onnx", linear(1)),
+			Config: map[string]string{"labels": labels},
+			Guests: []deploy.Guest{{Name: "post", Roles: []string{"postprocess"}, Artifact: post}}}
+	}
+	post := guesttest.Build(t, "guests/examples/cls-post")
+	v1 := srv.Add("/post1.wasm", post)
+	if st := n.deploy(t, "dep", spec("a,b", v1)); !st.State.Serving() {
+		t.Fatalf("deploy: %v %s", st.State, st.Message)
+	}
+	v2 := srv.Add("/post2.wasm", append(append([]byte{}, post...), 0, 6, 4, 's', 'w', 'a', 'p', 1))
+	if _, err := n.m.Assign("dep", spec("x,y", v2), deploy.OwnerCentral); err != nil {
+		t.Fatalf("swap to v2: %v", err)
+	}
+	// v3 is not a module: fetched (and pinned), then refused at compile.
+	v3 := srv.Add("/post3.wasm", []byte("not wasm"))
+	if _, err := n.m.Assign("dep", spec("p,q", v3), deploy.OwnerCentral); err == nil {
+		t.Fatal("swap to a broken guest succeeded")
+	}
+	for name, a := range map[string]artifact.Artifact{"replaced v1": v1, "failed v3": v3} {
+		if err := n.cache.Release(a.SHA256); !errors.Is(err, artifact.ErrNotFound) {
+			t.Errorf("%s is still pinned (Release: %v)", name, err)
+		}
+	}
+	if err := n.cache.Acquire(v2.SHA256); err != nil { // balance the check below
+		t.Fatal(err)
+	}
+	if err := n.cache.Release(v2.SHA256); err != nil {
+		t.Errorf("v2, serving, is not pinned: %v", err)
+	}
+}
+
 // Two stored deployments that want one model name (one failed, then another
 // id took the name): after a restart the one that served wins, whatever
 // their ids' order, and the other comes back Failed saying why.
