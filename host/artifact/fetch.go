@@ -106,12 +106,23 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 	f.waiters++
 	c.mu.Unlock()
 
-	return c.wait(ctx, f, a, src, progress)
+	path, err := c.wait(ctx, f, a, src, progress)
+	if uri := src.uri(); err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed) && f.uri != uri && !f.retried(uri) {
+		// The shared download ran from another spec's URI and failed: this
+		// one's own URI may work (a dead mirror must not fail everyone).
+		c.log.Warn("shared download from another URI failed; fetching from this one", "uri", src.String(), "digest", d, "err", err)
+		return c.Fetch(ctx, a, progress)
+	}
+	return path, err
 }
 
 // flight is one download shared by every Fetch waiting for its digest.
 type flight struct {
 	digest  string
+	uri     string // what it downloads from
+	// tried lists the URIs whose own attempt followed this flight's
+	// failure (each retries once; guarded by mu).
+	tried map[string]bool
 	cancel  context.CancelCauseFunc
 	waiters int           // guarded by Cache.mu
 	done    chan struct{} // closed when path, size and err are set
@@ -124,6 +135,20 @@ type flight struct {
 	published bool
 	n, total  int64
 	changed   chan struct{} // closed and replaced at each publish
+}
+
+// retried reports whether uri already retried after f failed, and marks it.
+func (f *flight) retried(uri string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.tried[uri] {
+		return true
+	}
+	if f.tried == nil {
+		f.tried = map[string]bool{}
+	}
+	f.tried[uri] = true
+	return false
 }
 
 // publish records progress and wakes the waiters.
@@ -153,7 +178,7 @@ func (f *flight) progress() (ok bool, n, total int64, changed <-chan struct{}) {
 // finished after all.
 func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 	ctx, cancel := context.WithCancelCause(c.ctx)
-	f := &flight{digest: d, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+	f := &flight{digest: d, uri: src.uri(), cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
 	c.flights[d] = f
 	prev := c.running[d]
 	c.running[d] = f
@@ -651,6 +676,14 @@ type source struct {
 	u       *url.URL
 	file    string // absolute path for file:// URIs
 	display string // URI with password and query redacted, for errors and logs
+}
+
+// uri is the full URI (credentials included: never shown).
+func (s source) uri() string {
+	if s.u == nil {
+		return s.file
+	}
+	return s.u.String()
 }
 
 // String returns the redacted URI.

@@ -3,6 +3,7 @@ package artifact_test
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -101,5 +102,47 @@ func TestGzipDownloadResumedAfterRestart(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
 		t.Fatal("cached file differs")
+	}
+}
+
+// TestSameDigestOtherURIFetchesItsOwn: two specs declare one digest at two
+// URIs; the first is a dead mirror (404 after a while). The second Fetch
+// joins the first's download, and when that fails it tries its own URI
+// instead of failing with the first one's error.
+func TestSameDigestOtherURIFetchesItsOwn(t *testing.T) {
+	content := blob(t, 64<<10)
+	d := digest(content)
+	asked := make(chan struct{}, 1)
+	release := make(chan struct{})
+	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		<-release
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(dead.Close)
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(content) }))
+	t.Cleanup(good.Close)
+	c := newCache(t, t.TempDir(), 0)
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.Fetch(context.Background(), artifact.Artifact{URI: dead.URL + "/m", SHA256: d}, nil)
+		first <- err
+	}()
+	<-asked
+	second := make(chan error, 1)
+	go func() {
+		_, err := c.Fetch(context.Background(), artifact.Artifact{URI: good.URL + "/m", SHA256: d}, nil)
+		second <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the second joins the first's download
+	close(release)
+	if err := <-first; !errors.Is(err, artifact.ErrNotFound) {
+		t.Errorf("the dead mirror's fetch: %v, want ErrNotFound", err)
+	}
+	if err := <-second; err != nil {
+		t.Errorf("the good URI's fetch failed with the dead mirror's error: %v", err)
 	}
 }
