@@ -118,11 +118,11 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 
 // flight is one download shared by every Fetch waiting for its digest.
 type flight struct {
-	digest  string
-	uri     string // what it downloads from
+	digest string
+	uri    string // what it downloads from
 	// tried lists the URIs whose own attempt followed this flight's
 	// failure (each retries once; guarded by mu).
-	tried map[string]bool
+	tried   map[string]bool
 	cancel  context.CancelCauseFunc
 	waiters int           // guarded by Cache.mu
 	done    chan struct{} // closed when path, size and err are set
