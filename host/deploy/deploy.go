@@ -103,6 +103,9 @@ type Status struct {
 	Stats    engine.Stats
 	// MemoryBytes is the memory the deployment is charged against the budget.
 	MemoryBytes int64
+	// Seq counts the deployment's changes: a watcher drops a live event
+	// older than its snapshot of the same deployment.
+	Seq uint64
 }
 
 // Deployment is one model on the node.
@@ -123,7 +126,9 @@ type Deployment struct {
 	progress Progress
 	created  time.Time
 	updated  time.Time
-	charge   int64 // bytes charged against the memory budget
+	seq      uint64         // Status.Seq
+	seqs     *atomic.Uint64 // the manager's counter
+	charge   int64          // bytes charged against the memory budget
 	model    loaders.Model
 	info     loaders.Info
 	sched    *engine.Scheduler
@@ -170,11 +175,20 @@ func (d *Deployment) Status() Status {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	st := Status{ID: d.id, Owner: d.owner, Spec: d.spec, State: d.state, Message: d.message, Progress: d.progress,
-		Created: d.created, Updated: d.updated, Info: d.info, MemoryBytes: d.charge}
+		Created: d.created, Updated: d.updated, Info: d.info, MemoryBytes: d.charge, Seq: d.seq}
 	if d.sched != nil {
 		st.Stats = d.sched.Stats()
 	}
 	return st
+}
+
+// bump gives d's status a new sequence number; d.mu must be held.
+func (d *Deployment) bump() {
+	if d.seqs != nil {
+		d.seq = d.seqs.Add(1)
+		return
+	}
+	d.seq++
 }
 
 // Infer runs a request through the deployment's pipeline: the preprocess
@@ -246,6 +260,7 @@ func (d *Deployment) inferNative(ctx context.Context, inputs []*tensor.Tensor, o
 		changed := d.state == Ready
 		if changed {
 			d.state, d.updated = Running, time.Now()
+			d.bump()
 		}
 		d.mu.Unlock()
 		if changed {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
@@ -48,6 +49,8 @@ type Config struct {
 
 // Manager holds every deployment of the node and drives their lives.
 type Manager struct {
+	// seq numbers every deployment change, node-wide (Status.Seq).
+	seq   atomic.Uint64
 	cfg   Config
 	reg   *loaders.Registry
 	cache *artifact.Cache // nil: only file:// URIs without digest work
@@ -197,6 +200,8 @@ func (m *Manager) newDeployment(id, owner string, spec Spec, now time.Time) *Dep
 		created: now, updated: now, done: make(chan struct{}),
 		log: m.log.With("deployment", id, "model", spec.Name)}
 	d.notify = m.changed
+	d.seqs = &m.seq
+	d.seq = m.seq.Add(1)
 	return d
 }
 
@@ -455,6 +460,7 @@ func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, 
 func (m *Manager) set(d *Deployment, s State, msg string) {
 	d.mu.Lock()
 	d.state, d.message, d.updated = s, msg, time.Now()
+	d.bump()
 	if s != Fetching && s != Loading {
 		d.progress = Progress{}
 	}
@@ -471,6 +477,7 @@ func (m *Manager) setProgress(d *Deployment, s State, msg string, p Progress) {
 	d.mu.Lock()
 	changedState := d.state != s
 	d.state, d.message, d.progress, d.updated = s, msg, p, time.Now()
+	d.bump()
 	d.mu.Unlock()
 	if changedState {
 		d.log.Info("deployment state", "state", s.String(), "message", msg)

@@ -329,6 +329,7 @@ func (m *Manager) installGuests(d *Deployment, next Spec, pipe *pipeline) (*pipe
 	}
 	d.mu.Lock()
 	d.spec.Guests, d.spec.Config = next.Guests, next.Config // the rest is equal (swappable)
+	d.bump()
 	d.mu.Unlock()
 	m.wg.Add(1)
 	return d.pipe.Swap(pipe), nil

@@ -20,6 +20,9 @@ type Watcher struct {
 	b *broker
 	// ids filters events; empty = all deployments.
 	ids map[string]bool
+	// snap holds the Seq of each deployment in the snapshot: a live event
+	// published after it was read but made before is dropped.
+	snap map[string]uint64
 	// Overflowed is set (before C closes) when the watcher fell more than
 	// its buffer behind and was dropped.
 	overflowed bool
@@ -50,6 +53,9 @@ func (b *broker) publish(e Event) {
 	defer b.mu.Unlock()
 	for w := range b.watchers {
 		if len(w.ids) > 0 && !w.ids[e.Status.ID] {
+			continue
+		}
+		if seq, ok := w.snap[e.Status.ID]; ok && e.Status.Seq <= seq {
 			continue
 		}
 		select {
@@ -118,12 +124,13 @@ func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
 		return w
 	}
 	if snapshot {
+		w.snap = make(map[string]uint64, len(snap))
 		for _, d := range snap {
-			if len(w.ids) == 0 || w.ids[d.id] {
-				select {
-				case c <- Event{Status: d.Status(), Snapshot: true}:
-				default:
-				}
+			st := d.Status()
+			w.snap[d.id] = st.Seq
+			select {
+			case c <- Event{Status: st, Snapshot: true}:
+			default:
 			}
 		}
 	}

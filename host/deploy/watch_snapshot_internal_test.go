@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"log/slog"
 	"runtime"
 	"strings"
 	"testing"
@@ -66,4 +67,39 @@ func review3WaitBlockedInWatch(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Fatal("Watch did not block on the broker's lock")
+}
+
+// TestWatchDropsLiveEventsOlderThanSnapshot: changed() reads a status,
+// persists it (an fsync) and only then publishes it, so a watcher whose
+// snapshot was read in between saw Ready, then a live Loading, then Ready
+// again. Live events not newer than the snapshot's are dropped.
+func TestWatchDropsLiveEventsOlderThanSnapshot(t *testing.T) {
+	m := &Manager{byID: map[string]*Deployment{}, byName: map[string]*Deployment{}, log: slog.New(slog.DiscardHandler)}
+	d := m.newDeployment("d", OwnerCentral, Spec{Name: "x"}, time.Now())
+	m.byID["d"] = d
+	old := d.Status() // read by a changed() that has not published yet
+	m.set2(d, Ready)
+	w := m.Watch(nil, true)
+	defer w.Close()
+	snap := <-w.C
+	if !snap.Snapshot || snap.Status.State != Ready {
+		t.Fatalf("snapshot %+v", snap)
+	}
+	m.watch.publish(Event{Status: old}) // the late, older publication
+	d.mu.Lock()
+	d.state = Running
+	d.bump()
+	d.mu.Unlock()
+	m.watch.publish(Event{Status: d.Status()})
+	if e := <-w.C; e.Status.State != Running {
+		t.Fatalf("after the snapshot (Ready): live %v, want the older Pending dropped and Running delivered", e.Status.State)
+	}
+}
+
+// set2 changes d's state as set does, without persisting or publishing.
+func (m *Manager) set2(d *Deployment, s State) {
+	d.mu.Lock()
+	d.state = s
+	d.bump()
+	d.mu.Unlock()
 }
