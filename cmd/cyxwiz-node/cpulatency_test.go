@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -43,10 +42,7 @@ func TestCPULatencyDaemon(t *testing.T) {
 		t.Skipf("another process holds a CPU latency limit (%d µs)", v)
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "cyxwiz-node")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := daemonBinary(t)
 	cfg := filepath.Join(dir, "node.toml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"\"\n[storage]\nstate_dir = %q\ncache_dir = %q\n[inference]\ncpu_latency = \"0us\"\ncpu_latency_hold = \"50ms\"\n",
 		filepath.Join(dir, "s"), filepath.Join(dir, "c"))), 0o644)

@@ -22,7 +22,6 @@ import (
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
-	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
 	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
 	"github.com/cyxwiz/cyxwiz-node/proto/inference"
@@ -37,38 +36,8 @@ const crashWait = 30 * time.Second
 // ever acknowledged comes back Ready and answers correctly; a partial
 // download is thrown away, never used.
 func TestCrashRecovery(t *testing.T) {
-	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "cyxwiz-node")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	stateDir, cacheDir := filepath.Join(dir, "state"), filepath.Join(dir, "cache")
-	cfg := filepath.Join(dir, "node.toml")
-	toml := fmt.Sprintf(`[listen]
-grpc = "127.0.0.1:0"
-http = ""
-
-[storage]
-state_dir = %q
-cache_dir = %q
-
-[native]
-onnxruntime = %q
-
-[inference]
-intra_op_threads = 1
-inter_op_threads = 1
-
-[terminal]
-enabled = false
-
-[metrics]
-gpu = false
-`, stateDir, cacheDir, lib)
-	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bin := daemonBinary(t)
+	cfg, stateDir, cacheDir := nodeConfig(t)
 	srv := artifacttest.New(t)
 	artifacts := filepath.Join(cacheDir, "artifacts")
 

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
-	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
 )
 
 // A download cut short by a graceful stop (SIGTERM) stays in tmp/ and is
@@ -19,38 +17,8 @@ import (
 // (closing the deployments first cancelled the fetch as their own, and the
 // partial was deleted).
 func TestGracefulStopKeepsPartialDownload(t *testing.T) {
-	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "cyxwiz-node")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	stateDir, cacheDir := filepath.Join(dir, "state"), filepath.Join(dir, "cache")
-	cfg := filepath.Join(dir, "node.toml")
-	toml := fmt.Sprintf(`[listen]
-grpc = "127.0.0.1:0"
-http = ""
-
-[storage]
-state_dir = %q
-cache_dir = %q
-
-[native]
-onnxruntime = %q
-
-[inference]
-intra_op_threads = 1
-inter_op_threads = 1
-
-[terminal]
-enabled = false
-
-[metrics]
-gpu = false
-`, stateDir, cacheDir, lib)
-	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bin := daemonBinary(t)
+	cfg, _, cacheDir := nodeConfig(t)
 	srv := artifacttest.New(t)
 	artifacts := filepath.Join(cacheDir, "artifacts")
 

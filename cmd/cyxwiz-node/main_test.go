@@ -45,10 +45,7 @@ func TestCheckConfig(t *testing.T) {
 // within 5 s.
 func TestDaemonLifecycle(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "cyxwiz-node")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := daemonBinary(t)
 	cfg := filepath.Join(dir, "node.toml")
 	os.WriteFile(cfg, []byte("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n"), 0o644)
 	cmd := exec.Command(bin, "serve", "-c", cfg)

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
-	"github.com/cyxwiz/cyxwiz-node/loaders/loadertest"
 )
 
 // A graceful stop during downloads keeps every deployment's stored state
@@ -19,38 +16,8 @@ import (
 // ERROR). Two downloads at once (max_concurrent_fetches is 2) make it
 // reliable.
 func TestGracefulStopDuringFetchNotFailed(t *testing.T) {
-	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "cyxwiz-node")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	stateDir, cacheDir := filepath.Join(dir, "state"), filepath.Join(dir, "cache")
-	cfg := filepath.Join(dir, "node.toml")
-	toml := fmt.Sprintf(`[listen]
-grpc = "127.0.0.1:0"
-http = ""
-
-[storage]
-state_dir = %q
-cache_dir = %q
-
-[native]
-onnxruntime = %q
-
-[inference]
-intra_op_threads = 1
-inter_op_threads = 1
-
-[terminal]
-enabled = false
-
-[metrics]
-gpu = false
-`, stateDir, cacheDir, lib)
-	if err := os.WriteFile(cfg, []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bin := daemonBinary(t)
+	cfg, stateDir, _ := nodeConfig(t)
 	srv := artifacttest.New(t)
 	n := startDaemon(t, bin, cfg)
 	ms := []crashModel{serveModel(srv, "b", bigModel()), serveModel(srv, "c", linearModel(7))}

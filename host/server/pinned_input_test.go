@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -19,81 +17,38 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/proto/inference"
 )
 
-// zzPinGuest is a preprocess guest that keeps its first call's input as
-// instance state (tensor_pin, which ABI.md allows for a call input: "a call
-// input once pinned") and feeds that reference tensor to the model on every
-// call.
-const zzPinGuest = `package main
-
-import "github.com/cyxwiz/cyxwiz-node/guests/sdk"
-
-func init() { sdk.Register(sdk.Handlers{Preprocess: pre}) }
-
-func main() {}
-
-var ref *sdk.Tensor
-
-func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
-	if ref == nil {
-		if err := in[0].Pin(); err != nil {
-			return nil, err
-		}
-		ref = in[0]
-	}
-	return []*sdk.Tensor{ref}, nil
-}
-`
-
-// zzBuildGuest builds a guest from source in its own module that replaces
-// this one (guesttest.Build only takes folders of this module).
-func zzBuildGuest(t *testing.T, src string) string {
+// guestArtifact builds the guest in testdata/guests/name (guesttest
+// caches it between runs), writes it to a file and returns its artifact.
+func guestArtifact(t *testing.T, name string) artifact.Artifact {
 	t.Helper()
-	root := guesttest.Root(t)
-	dir := t.TempDir()
-	gomod := "module zzguest\n\ngo 1.24\n\nrequire github.com/cyxwiz/cyxwiz-node v0.0.0\n\nreplace github.com/cyxwiz/cyxwiz-node => " + root + "\n"
-	sum, err := os.ReadFile(filepath.Join(root, "go.sum"))
-	if err != nil {
+	wasm := guesttest.Build(t, "host/server/testdata/guests/"+name)
+	path := filepath.Join(t.TempDir(), name+".wasm")
+	if err := os.WriteFile(path, wasm, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for name, b := range map[string][]byte{"go.mod": []byte(gomod), "go.sum": sum, "main.go": []byte(src)} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(dir, "guest.wasm")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-buildmode=c-shared", "-trimpath", "-o", out, ".")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0", "GOFLAGS=-mod=mod", "GOPROXY=off")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build guest: %v\n%s", err, msg)
-	}
-	return out
+	return artifact.Artifact{URI: "file://" + path}
 }
 
-// zzPinNode serves deployment "pin" (slowModel behind zzPinGuest as its
-// preprocess guest) and "oth" (slowModel, no guest) over gRPC.
-func zzPinNode(t *testing.T) inference.GRPCInferenceServiceClient {
+// preGuest is a deployment spec's one preprocess guest.
+func preGuest(a artifact.Artifact) []deploy.Guest {
+	return []deploy.Guest{{Name: "pre", Artifact: a, Roles: []string{"preprocess"}, Instances: 1}}
+}
+
+// serveGuests deploys specs (format "slow", all on model) on a node with a
+// guest runtime, waits until each serves, and serves them over gRPC.
+func serveGuests(t *testing.T, model *slowModel, specs []deploy.Spec) inference.GRPCInferenceServiceClient {
 	t.Helper()
-	wasm := zzBuildGuest(t, zzPinGuest)
 	rt, err := guest.NewRuntime(context.Background(), guest.Config{CallTimeout: 5 * time.Second}, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := loaders.NewRegistry(slowLoader{&slowModel{}})
-	models := deploy.NewManager(deploy.Config{Guests: rt, GuestInstances: 1}, reg, nil, nil, quietLog())
+	models := deploy.NewManager(deploy.Config{Guests: rt, GuestInstances: 1}, loaders.NewRegistry(slowLoader{model}), nil, nil, quietLog())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		models.Close(ctx)
 		rt.Close(ctx)
 	})
-	specs := []deploy.Spec{
-		{Name: "pin", Format: "slow", Model: artifact.Artifact{URI: "file:///mem"},
-			Guests:   []deploy.Guest{{Name: "pre", Artifact: artifact.Artifact{URI: "file://" + wasm}, Roles: []string{"preprocess"}, Instances: 1}},
-			Batching: engine.Config{Instances: 1, QueueCapacity: 8}},
-		{Name: "oth", Format: "slow", Model: artifact.Artifact{URI: "file:///mem2"},
-			Batching: engine.Config{Instances: 1, QueueCapacity: 8}},
-	}
 	for _, spec := range specs {
 		if _, err := models.Assign(spec.Name, spec, deploy.OwnerOperator); err != nil {
 			t.Fatal(err)
@@ -107,6 +62,18 @@ func zzPinNode(t *testing.T) inference.GRPCInferenceServiceClient {
 	}
 	_, conn, _ := startServer(t, testConfig(t), Services{Inference: NewInference(models)})
 	return inference.NewGRPCInferenceServiceClient(conn)
+}
+
+// zzPinNode serves deployment "pin" (slowModel behind the pin guest as its
+// preprocess guest) and "oth" (slowModel, no guest) over gRPC.
+func zzPinNode(t *testing.T) inference.GRPCInferenceServiceClient {
+	t.Helper()
+	return serveGuests(t, &slowModel{}, []deploy.Spec{
+		{Name: "pin", Format: "slow", Model: artifact.Artifact{URI: "file:///mem"}, Guests: preGuest(guestArtifact(t, "pin")),
+			Batching: engine.Config{Instances: 1, QueueCapacity: 8}},
+		{Name: "oth", Format: "slow", Model: artifact.Artifact{URI: "file:///mem2"},
+			Batching: engine.Config{Instances: 1, QueueCapacity: 8}},
+	})
 }
 
 // zzRows: 600x2 FP32 = 4800 bytes, passed to a guest by handle (> 4 KiB).
