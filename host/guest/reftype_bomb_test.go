@@ -2,12 +2,7 @@ package guest_test
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
 	"runtime"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,37 +48,10 @@ func TestLocalsBombBehindRefTypeRefused(t *testing.T) {
 // []wasm.ValueType of that capacity first). Runs in a child process capped
 // at 8 GiB of address space.
 func TestHugeLocalsBehindRefTypeRefused(t *testing.T) {
-	if os.Getenv("ZZ_REVIEW3_LOCALS") != "" {
-		if err := syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: 8 << 30, Max: 8 << 30}); err != nil {
-			t.Fatal(err)
-		}
-		m := &zzModule{}
-		zzABIGuest(m)
-		m.addFunc(3, zzCat([]byte{2}, []byte{1, 0x63, 0x70}, zzU(1<<32-2), []byte{0x7f}, []byte{0x0b}))
-		rt, err := guest.NewRuntime(context.Background(), guest.Config{}, testLog(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = rt.Compile(context.Background(), m.bytes())
-		fmt.Printf("ZZ-RESULT err=%v\n", err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHugeLocalsBehindRefTypeRefused$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "ZZ_REVIEW3_LOCALS=1")
-	out, err := cmd.CombinedOutput()
-	line := string(out)
-	for _, mark := range []string{"ZZ-RESULT", "fatal error"} {
-		if i := strings.Index(line, mark); i >= 0 {
-			line = strings.SplitN(line[i:], "\n", 2)[0]
-			break
-		}
-	}
-	t.Logf("child: %s", line)
-	if err != nil {
-		t.Fatalf("compiling a 120-byte module killed the process (%v): %s", err, line)
-	}
+	m := &zzModule{}
+	zzABIGuest(m)
+	m.addFunc(3, zzCat([]byte{2}, []byte{1, 0x63, 0x70}, zzU(1<<32-2), []byte{0x7f}, []byte{0x0b}))
+	t.Logf("child: %s", compileInChild(t, m.bytes()).line)
 }
 
 // The same shift in the type section hides a vector bomb of the kind
@@ -93,34 +61,7 @@ func TestHugeLocalsBehindRefTypeRefused(t *testing.T) {
 // 112 bytes, where type 1 declares 2^32-1 parameters. wazero's
 // decodeValueTypes makes a []ValueType of that capacity (32 GiB) first.
 func TestTypeSectionBombBehindRefTypeRefused(t *testing.T) {
-	if os.Getenv("ZZ_REVIEW3_TYPES") != "" {
-		if err := syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: 8 << 30, Max: 8 << 30}); err != nil {
-			t.Fatal(err)
-		}
-		rt, err := guest.NewRuntime(context.Background(), guest.Config{}, testLog(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = rt.Compile(context.Background(), zzReview3TypeBomb())
-		fmt.Printf("ZZ-RESULT err=%v\n", err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestTypeSectionBombBehindRefTypeRefused$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "ZZ_REVIEW3_TYPES=1")
-	out, err := cmd.CombinedOutput()
-	line := string(out)
-	for _, mark := range []string{"ZZ-RESULT", "fatal error"} {
-		if i := strings.Index(line, mark); i >= 0 {
-			line = strings.SplitN(line[i:], "\n", 2)[0]
-			break
-		}
-	}
-	t.Logf("child (%d-byte module): %s", len(zzReview3TypeBomb()), line)
-	if err != nil {
-		t.Fatalf("compiling a %d-byte module killed the process (%v): %s", len(zzReview3TypeBomb()), err, line)
-	}
+	t.Logf("child (%d-byte module): %s", len(zzReview3TypeBomb()), compileInChild(t, zzReview3TypeBomb()).line)
 }
 
 func zzReview3TypeBomb() []byte {

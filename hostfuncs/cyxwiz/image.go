@@ -171,6 +171,7 @@ func scanJPEG(src []byte, w, h int64) jpegInfo {
 	worst.cost = worst.samples*5 + w*h*8
 	var info jpegInfo
 	found := false
+	adobe := bytes.Contains(src, []byte("Adobe"))
 	for i := 0; i+1 < len(src); i++ {
 		if src[i] != 0xFF {
 			continue
@@ -180,7 +181,7 @@ func scanJPEG(src []byte, w, h int64) jpegInfo {
 			info.scans++
 			worst.scans++
 		case 0xC0, 0xC1, 0xC2:
-			f, ok := frameCost(src[i+2:], w, h, m == 0xC2, bytes.Contains(src, []byte("Adobe")))
+			f, ok := frameCost(src[i+2:], w, h, m == 0xC2, adobe)
 			if ok && (!found || f.cost > info.cost) {
 				info.progressive, info.samples, info.cost = f.progressive, f.samples, f.cost
 				found = true
