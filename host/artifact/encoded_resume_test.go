@@ -20,11 +20,11 @@ import (
 // encodedServer serves body with Content-Encoding: enc. Range requests get
 // a 206 of the encoded bytes, or (ignoreRange) the whole encoded body with
 // a 200. While stall is set a plain request hangs after half the body.
-func review3EncodedServer(t *testing.T, body []byte, enc string, ignoreRange bool, stall *atomic.Bool, ranges *atomic.Int64) *httptest.Server {
-	return review3EncodedServerCounting(t, body, enc, ignoreRange, stall, ranges, new(atomic.Int64))
+func encodedServer(t *testing.T, body []byte, enc string, ignoreRange bool, stall *atomic.Bool, ranges *atomic.Int64) *httptest.Server {
+	return encodedServerCounting(t, body, enc, ignoreRange, stall, ranges, new(atomic.Int64))
 }
 
-func review3EncodedServerCounting(t *testing.T, body []byte, enc string, ignoreRange bool, stall *atomic.Bool, ranges, plain *atomic.Int64) *httptest.Server {
+func encodedServerCounting(t *testing.T, body []byte, enc string, ignoreRange bool, stall *atomic.Bool, ranges, plain *atomic.Int64) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Range") == "" {
 			plain.Add(1)
@@ -58,7 +58,7 @@ func review3EncodedServerCounting(t *testing.T, body []byte, enc string, ignoreR
 
 // interruptThenResume fetches a with a stalled server, closes the cache
 // (the partial is kept), and fetches again with a new cache on dir.
-func review3InterruptThenResume(t *testing.T, a artifact.Artifact, stall *atomic.Bool) (string, error) {
+func interruptThenResume(t *testing.T, a artifact.Artifact, stall *atomic.Bool) (string, error) {
 	dir := t.TempDir()
 	stall.Store(true)
 	c1 := newCache(t, dir, 0)
@@ -80,6 +80,9 @@ func review3InterruptThenResume(t *testing.T, a artifact.Artifact, stall *atomic
 	if err := <-done; !errors.Is(err, artifact.ErrClosed) {
 		t.Fatalf("interrupted fetch: %v", err)
 	}
+	if _, err := os.Stat(part); err != nil {
+		t.Fatalf("partial not kept: %v", err)
+	}
 	stall.Store(false)
 	return newCache(t, dir, 0).Fetch(t.Context(), a, nil)
 }
@@ -95,10 +98,10 @@ func TestGzipIgnoredRangeAfterRestart(t *testing.T) {
 	zw.Close()
 	var stall atomic.Bool
 	var ranges atomic.Int64
-	srv := review3EncodedServer(t, zb.Bytes(), "gzip", true, &stall, &ranges)
+	srv := encodedServer(t, zb.Bytes(), "gzip", true, &stall, &ranges)
 	a := artifact.Artifact{URI: srv.URL + "/model.bin", SHA256: digest(content)}
 	fetchOK(t, newCache(t, t.TempDir(), 0), a, content) // uninterrupted: fine
-	_, err := review3InterruptThenResume(t, a, &stall)
+	_, err := interruptThenResume(t, a, &stall)
 	t.Logf("resumed after restart: %v (range requests %d)", err, ranges.Load())
 	if err != nil {
 		t.Errorf("a fetch that works uninterrupted fails once resumed after a restart: %v", err)
@@ -111,9 +114,9 @@ func TestUndecodedEncodingResumes(t *testing.T) {
 	body := blob(t, 256<<10) // the "br" bytes as stored; the digest is theirs
 	var stall atomic.Bool
 	var ranges, plain atomic.Int64
-	srv := review3EncodedServerCounting(t, body, "br", false, &stall, &ranges, &plain)
+	srv := encodedServerCounting(t, body, "br", false, &stall, &ranges, &plain)
 	a := artifact.Artifact{URI: srv.URL + "/model.bin", SHA256: digest(body)}
-	path, err := review3InterruptThenResume(t, a, &stall)
+	path, err := interruptThenResume(t, a, &stall)
 	if err != nil {
 		t.Fatal(err)
 	}

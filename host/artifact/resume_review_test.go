@@ -5,12 +5,9 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,74 +26,18 @@ func TestGzipDownloadResumedAfterRestart(t *testing.T) {
 	zw := gzip.NewWriter(&zb)
 	zw.Write(content)
 	zw.Close()
-	gz := zb.Bytes()
-	d := digest(content)
 	var stall atomic.Bool
-	var rangesAsked atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Encoding", "gzip")
-		w.Header().Set("Accept-Ranges", "bytes")
-		var from int
-		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err == nil && from > 0 {
-			rangesAsked.Add(1)
-			if from >= len(gz) {
-				w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
-				return
-			}
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(gz)-1, len(gz)))
-			w.Header().Set("Content-Length", strconv.Itoa(len(gz)-from))
-			w.WriteHeader(http.StatusPartialContent)
-			w.Write(gz[from:])
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(gz)))
-		w.WriteHeader(http.StatusOK)
-		if !stall.Load() {
-			w.Write(gz)
-			return
-		}
-		w.Write(gz[:len(gz)/2])
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-	}))
-	t.Cleanup(srv.Close)
-	a := artifact.Artifact{URI: srv.URL + "/model.bin", SHA256: d}
+	var ranges atomic.Int64
+	srv := encodedServer(t, zb.Bytes(), "gzip", false, &stall, &ranges)
+	a := artifact.Artifact{URI: srv.URL + "/model.bin", SHA256: digest(content)}
 
 	// Uninterrupted, the fetch works: the digest is the decoded content's.
 	fetchOK(t, newCache(t, t.TempDir(), 0), a, content)
 
 	// Interrupted by the node stopping (Close keeps the partial), then
 	// resumed by the next run.
-	dir := t.TempDir()
-	stall.Store(true)
-	c1 := newCache(t, dir, 0)
-	done := make(chan error, 1)
-	go func() { _, err := c1.Fetch(t.Context(), a, nil); done <- err }()
-	part := filepath.Join(dir, "tmp", d+".part")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if fi, err := os.Stat(part); err == nil && fi.Size() > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no partial download")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
-	c1.Close()
-	if err := <-done; !errors.Is(err, artifact.ErrClosed) {
-		t.Fatalf("interrupted fetch: %v", err)
-	}
-	fi, err := os.Stat(part)
-	if err != nil {
-		t.Fatalf("partial not kept: %v", err)
-	}
-	t.Logf("partial kept: %d decoded bytes (compressed object %d bytes)", fi.Size(), len(gz))
-	stall.Store(false)
-	c2 := newCache(t, dir, 0)
-	path, err := c2.Fetch(t.Context(), a, nil)
-	t.Logf("resumed fetch after restart: %v (range requests %d)", err, rangesAsked.Load())
+	path, err := interruptThenResume(t, a, &stall)
+	t.Logf("resumed fetch after restart: %v (range requests %d)", err, ranges.Load())
 	if err != nil {
 		t.Fatalf("a fetch that works uninterrupted fails once resumed after a restart: %v", err)
 	}

@@ -28,7 +28,7 @@ func TestWatchSnapshotSeesConcurrentAssign(t *testing.T) {
 	m.watch.mu.Lock()
 	got := make(chan *Watcher, 1)
 	go func() { got <- m.Watch([]string{"d"}, true) }()
-	review3WaitBlockedInWatch(t)
+	waitBlockedInWatch(t)
 
 	// What Assign does once Watch has listed: register d (startLocked,
 	// without starting its goroutine), release m.mu, publish (m.changed).
@@ -53,7 +53,7 @@ func TestWatchSnapshotSeesConcurrentAssign(t *testing.T) {
 
 // waitBlockedInWatch waits until a goroutine is blocked on a mutex inside
 // Manager.Watch (the broker's lock: m.mu is free, so List never blocks).
-func review3WaitBlockedInWatch(t *testing.T) {
+func waitBlockedInWatch(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	buf := make([]byte, 1<<20)

@@ -61,10 +61,10 @@ func TestHugeLocalsBehindRefTypeRefused(t *testing.T) {
 // 112 bytes, where type 1 declares 2^32-1 parameters. wazero's
 // decodeValueTypes makes a []ValueType of that capacity (32 GiB) first.
 func TestTypeSectionBombBehindRefTypeRefused(t *testing.T) {
-	t.Logf("child (%d-byte module): %s", len(zzReview3TypeBomb()), compileInChild(t, zzReview3TypeBomb()).line)
+	t.Logf("child (%d-byte module): %s", len(typeBomb()), compileInChild(t, typeBomb()).line)
 }
 
-func zzReview3TypeBomb() []byte {
+func typeBomb() []byte {
 	hidden := zzCat([]byte{0x60}, zzU(1<<32-1)) // type 1 as wazero reads it
 	types := zzCat(
 		[]byte{2},                      // two types
