@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,7 +38,11 @@ import (
 //	   ModelInfer over loopback gRPC at concurrency 1 (latency added to A)
 //	   the same request to a null model that computes nothing: the round
 //	   trip's floor on this machine, which added latency cannot go below
+//	A' A with the goroutine parked for the floor after each run, as a
+//	   served model's thread is between requests: a run after its thread
+//	   slept is slower than back to back, on this VM by tens of µs
 //	   ModelInfer at concurrency 16 with dynamic batching (rate, vs B)
+//	   the transport's CPU per request at c=16 (null model)
 //	   A, c=1 and the null model again with inference.cpu_latency = "0us"
 //	   in force, where the process may set it (root)
 //
@@ -165,7 +171,7 @@ func BenchmarkServing(b *testing.B) {
 	rounds := envInt("BENCH_ROUNDS", 6)
 	slice := phase / time.Duration(rounds) * 2
 	d, _ := models.Model("ppocr-cls", "")
-	var aLat, gLat, nLat []time.Duration
+	var aLat, gLat, nLat, aIdle []time.Duration
 	var engineQueue, engineCompute time.Duration
 	var engineN uint64
 	// The same three, with inference.cpu_latency = "0us" in force (idle
@@ -174,7 +180,7 @@ func BenchmarkServing(b *testing.B) {
 	if qosErr == nil {
 		defer qos.Close()
 	}
-	var aLatQ, gLatQ, nLatQ []time.Duration
+	var aLatQ, gLatQ, nLatQ, aIdleQ []time.Duration
 	inferOK := func() {
 		if err := infer(); err != nil {
 			b.Fatal(err)
@@ -189,6 +195,7 @@ func BenchmarkServing(b *testing.B) {
 		engineCompute += st1.ComputeTime - st0.ComputeTime
 		engineN += st1.Executions - st0.Executions
 		nLat = append(nLat, timeLoop(slice/4, inferNull)...)
+		aIdle = append(aIdle, idleLoop(slice/2, pct(nLat, 50), inproc)...)
 		if qos != nil {
 			if err := qos.Set(0); err != nil {
 				b.Fatal(err)
@@ -196,6 +203,7 @@ func BenchmarkServing(b *testing.B) {
 			aLatQ = append(aLatQ, timeLoop(slice/2, inproc)...)
 			gLatQ = append(gLatQ, timeLoop(slice/2, inferOK)...)
 			nLatQ = append(nLatQ, timeLoop(slice/4, inferNull)...)
+			aIdleQ = append(aIdleQ, idleLoop(slice/2, pct(nLatQ, 50), inproc)...)
 			if err := qos.Reset(); err != nil {
 				b.Fatal(err)
 			}
@@ -211,12 +219,16 @@ func BenchmarkServing(b *testing.B) {
 		engineQueue/n1, engineCompute/n1)
 	nP50, nP99 := pct(nLat, 50), pct(nLat, 99)
 	fmt.Printf("   gRPC ModelInfer c=1, null model (same request, no compute): p50 %v  p99 %v  = the round trip's floor\n", nP50, nP99)
+	idleP50 := pct(aIdle, 50)
+	fmt.Printf("A' in-process batch 1, the thread parked for the floor between runs: run p50 %v (%+v vs A); gRPC c=1 adds %v to it\n",
+		idleP50, idleP50-aP50, gP50-idleP50)
 	qosKeys := " cpu_latency0=unavailable"
 	if qos != nil {
-		aQ, gQ, nQ := pct(aLatQ, 50), pct(gLatQ, 50), pct(nLatQ, 50)
-		fmt.Printf("   with inference.cpu_latency = \"0us\" (idle CPUs poll), interleaved: A p50 %v, gRPC c=1 p50 %v  p99 %v  added p50 %v, null model p50 %v\n",
-			aQ, gQ, pct(gLatQ, 99), gQ-aQ, nQ)
-		qosKeys = fmt.Sprintf(" added_p50_cpu_latency0_us=%d floor_p50_cpu_latency0_us=%d", (gQ - aQ).Microseconds(), nQ.Microseconds())
+		aQ, gQ, nQ, iQ := pct(aLatQ, 50), pct(gLatQ, 50), pct(nLatQ, 50), pct(aIdleQ, 50)
+		fmt.Printf("   with inference.cpu_latency = \"0us\" (idle CPUs poll), interleaved: A p50 %v, gRPC c=1 p50 %v  p99 %v  added p50 %v, null model p50 %v, A' p50 %v (gRPC adds %v to it)\n",
+			aQ, gQ, pct(gLatQ, 99), gQ-aQ, nQ, iQ, gQ-iQ)
+		qosKeys = fmt.Sprintf(" added_p50_cpu_latency0_us=%d floor_p50_cpu_latency0_us=%d added_vs_parked_p50_cpu_latency0_us=%d",
+			(gQ - aQ).Microseconds(), nQ.Microseconds(), (gQ - iQ).Microseconds())
 		b.ReportMetric(float64((gQ - aQ).Microseconds()), "added_p50_cpu_latency0_us")
 	} else {
 		fmt.Printf("   inference.cpu_latency not measured: %v\n", qosErr)
@@ -245,6 +257,18 @@ func BenchmarkServing(b *testing.B) {
 		_, err := d.Infer(sctx, []*tensor.Tensor{x1}, nil)
 		return err
 	}
+	// The transport's CPU per request at c=16, from the null model: the
+	// share of both cores that the ONNX runs cannot have. The load
+	// generator's own gRPC work runs in this process and is counted.
+	nullCall := func() error {
+		c := conns[int(next.Add(1))%len(conns)]
+		var resp inference.ModelInferResponse
+		return c.Invoke(ctx, inference.GRPCInferenceService_ModelInfer_FullMethodName, &nullWire, &resp, pre)
+	}
+	cpu0 := processCPU()
+	t0 := time.Now()
+	nullRate := parallelRate(slice, 16, nullCall)
+	nullCPU := time.Duration(float64(processCPU()-cpu0) / (nullRate * time.Since(t0).Seconds()))
 	var bImgs, cReqs, eReqs float64
 	var eStats, cStats batchCount
 	for range rounds {
@@ -261,14 +285,17 @@ func BenchmarkServing(b *testing.B) {
 	fmt.Printf("B  limit (%s, interleaved with c=16): %.0f img/s\n", bestAt, best)
 	fmt.Printf("   engine c=16 in-process, no gRPC: %.0f req/s = %.2f × B  (executions %d, batch sizes %v)\n", e16, e16/best, eStats.executions, eStats.sizes)
 	fmt.Printf("   gRPC ModelInfer c=16, dynamic batching: %.0f req/s  (executions %d, batch sizes %v)\n", c16, cStats.executions, cStats.sizes)
+	fmt.Printf("   transport at c=16 (null model, client and server in this process): %.0f req/s, %v CPU per request = %.1f%% of %d cores at the c=16 rate\n",
+		nullRate, nullCPU, 100*nullCPU.Seconds()*c16/float64(runtime.NumCPU()), runtime.NumCPU())
 
 	ratio := c16 / best
 	b.ReportMetric(float64(added.Microseconds()), "added_p50_us")
 	b.ReportMetric(ratio, "c16_vs_limit")
 	b.ReportMetric(e16/best, "engine_c16_vs_limit")
 	b.ReportMetric(float64(nP50.Microseconds()), "floor_p50_us")
-	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f engine_c16_vs_limit=%.2f floor_p50_us=%d a_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f%s\n",
-		added.Microseconds(), ratio, e16/best, nP50.Microseconds(), aP50.Microseconds(), aP99.Microseconds(), gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16, qosKeys)
+	fmt.Printf("bench-onnx: added_p50_us=%d c16_vs_limit=%.2f engine_c16_vs_limit=%.2f floor_p50_us=%d added_vs_parked_p50_us=%d a_p50_us=%d a_parked_p50_us=%d a_p99_us=%d grpc_p50_us=%d grpc_p99_us=%d a_rps=%.0f limit_rps=%.0f c16_rps=%.0f transport_cpu_us=%d%s\n",
+		added.Microseconds(), ratio, e16/best, nP50.Microseconds(), (gP50 - idleP50).Microseconds(), aP50.Microseconds(), idleP50.Microseconds(), aP99.Microseconds(),
+		gP50.Microseconds(), gP99.Microseconds(), aRate, best, c16, nullCPU.Microseconds(), qosKeys)
 }
 
 // nullLoader loads models that take the classifier's input and compute
@@ -342,6 +369,30 @@ func (preEncoded) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // timeLoop calls f until d has passed and returns each call's duration.
+// idleLoop is timeLoop with the goroutine parked for gap after each call,
+// as a served model's thread is while the reply and the next request
+// cross the transport; only the calls are timed.
+func idleLoop(d, gap time.Duration, f func()) []time.Duration {
+	var out []time.Duration
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		s := time.Now()
+		f()
+		out = append(out, time.Since(s))
+		time.Sleep(gap)
+	}
+	return out
+}
+
+// processCPU is the user and system time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func timeLoop(d time.Duration, f func()) []time.Duration {
 	var out []time.Duration
 	end := time.Now().Add(d)
