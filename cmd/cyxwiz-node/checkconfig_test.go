@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 )
 
 const richConfig = `[node]
@@ -134,4 +136,42 @@ func grepLine(s, sub string) string {
 		}
 	}
 	return ""
+}
+
+// A [[models]] format no loader knows is a bad value: check-config says so
+// (it printed "ok") and serve refuses to start (it served without the
+// model, one log line saying why). A known format that cannot load here
+// (gguf) stays a deployment that fails with its reason.
+func TestUnknownModelFormatRefused(t *testing.T) {
+	// The port is taken: a serve that got past the check fails, and does
+	// not run on.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "n.toml")
+	os.WriteFile(path, []byte("[listen]\ngrpc = \""+taken.Addr().String()+"\"\nhttp = \"\"\n[[models]]\nname = \"a\"\nformat = \"gguf\"\npath = \"a.gguf\"\n[[models]]\nname = \"b\"\nformat = \"onnxx\"\npath = \"b.onnx\"\n"), 0o644)
+	for _, cmd := range []string{"check-config", "serve"} {
+		var out, errOut bytes.Buffer
+		code := run([]string{cmd, "-c", path}, &out, &errOut)
+		if code != 1 || !strings.Contains(errOut.String(), `models[1].format: unknown format "onnxx"`) || !strings.Contains(errOut.String(), path) {
+			t.Errorf("%s: exit %d, stderr %q; want 1 and the key, the value and the file", cmd, code, errOut.String())
+		}
+		if strings.Contains(errOut.String(), "models[0]") {
+			t.Errorf("%s: gguf refused: %q", cmd, errOut.String())
+		}
+	}
+}
+
+// guests.memory_limit_pages is bounded as the guest runtime bounds it:
+// the largest value the check accepts starts the runtime.
+func TestGuestPagesBoundMatchesRuntime(t *testing.T) {
+	if err := (guest.Config{MemoryLimitPages: config.MaxGuestMemoryPages}).Validate(); err != nil {
+		t.Errorf("config accepts guests.memory_limit_pages = %d, the guest runtime refuses it: %v", config.MaxGuestMemoryPages, err)
+	}
+	if err := (guest.Config{MemoryLimitPages: config.MaxGuestMemoryPages + 1}).Validate(); err == nil {
+		t.Errorf("the guest runtime takes %d pages, config stops at %d", config.MaxGuestMemoryPages+1, config.MaxGuestMemoryPages)
+	}
 }

@@ -14,12 +14,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/server"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
 )
 
 const usage = `usage: cyxwiz-node <command> [flags]
@@ -63,6 +65,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg, err := config.Load(*path)
+	if err == nil {
+		err = checkFormats(*path, cfg, newRegistry(cfg))
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -131,3 +136,23 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 }
 
 var errStartup = errors.New("start-up failed")
+
+// checkFormats refuses [[models]] whose format no loader of this build
+// knows: the config package cannot tell, and such a model was accepted by
+// check-config, then only logged as not served.
+func checkFormats(path string, cfg *config.Config, reg *loaders.Registry) error {
+	var problems []string
+	for i, m := range cfg.Models {
+		if !reg.Known(m.Format) {
+			var known []string
+			for _, f := range reg.Formats() {
+				known = append(known, f.Format)
+			}
+			problems = append(problems, fmt.Sprintf("models[%d].format: unknown format %q (known: %s)", i, m.Format, strings.Join(known, ", ")))
+		}
+	}
+	if len(problems) > 0 {
+		return &config.Error{File: path, Problems: problems}
+	}
+	return nil
+}

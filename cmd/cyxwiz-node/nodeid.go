@@ -8,20 +8,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"time"
-)
 
-// validID is what a node id may look like, written by hand or generated.
-var validID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+)
 
 // nodeID returns the node's identity: the configured one, or the one kept
 // in stateDir/node-id, generated and written there on first start.
 func nodeID(configured, stateDir string) (string, error) {
 	if configured != "" {
-		if !validID.MatchString(configured) {
+		if !config.ValidNodeID(configured) {
 			return "", fmt.Errorf("node.id %q: want 1 to 128 letters, digits, '.', '_' or '-'", configured)
 		}
 		return configured, nil
@@ -41,7 +39,7 @@ func nodeID(configured, stateDir string) (string, error) {
 	switch {
 	case err == nil && len(strings.TrimSpace(string(b))) > 0:
 		id := strings.TrimSpace(string(b))
-		if !validID.MatchString(id) {
+		if !config.ValidNodeID(id) {
 			return "", fmt.Errorf("node id file %s holds %.40q, not an id: fix or delete it (a new id is then generated)", path, id)
 		}
 		return id, nil

@@ -94,10 +94,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		GuestInstances:    cfg.Guests.Instances,
 		AllowPreciseClock: cfg.Guests.AllowPreciseClock,
 	}, reg, cache, st, log)
-	deployStatic(cfg, models, log)
-	if err := models.Restore(); err != nil {
-		models.Close(context.Background()) // the static models are loading
-		return fmt.Errorf("%w: %w", errStartup, err)
+	// stopDeployments ends what the deployments started, the cache first:
+	// downloads cut short by the cache closing keep their partial files and
+	// resume after the restart; cut short by their deployments stopping,
+	// they would be thrown away.
+	stopDeployments := func(ctx context.Context) error {
+		cache.Close()
+		return models.Close(ctx)
 	}
 
 	svc := server.Services{
@@ -118,9 +121,27 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			log.Info("cpu latency limit held while requests arrive", "limit", limit.D(), "hold", cfg.Inference.CPULatencyHold.D())
 		}
 	}
+	// The listeners are bound before any deployment starts: a port in use
+	// fails the start before static models load and restored downloads
+	// begin (and are then cut short).
 	srv, err := server.New(cfg, svc, log)
 	if err != nil {
-		models.Close(context.Background())
+		models.Close(context.Background()) // nothing started: returns at once
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+	if ctx.Err() != nil {
+		// Stopped during start-up (SIGTERM while the store lock or the
+		// guest runtime was awaited): start no deployment, whose model
+		// load the stop would then have to wait for.
+		log.Info("stopped during start-up")
+		models.Close(context.Background()) // nothing started: returns at once
+		closeUnserved(srv)
+		return nil
+	}
+	deployStatic(cfg, models, log)
+	if err := models.Restore(); err != nil {
+		stopDeployments(context.Background()) // the static models are loading
+		closeUnserved(srv)
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 
@@ -133,14 +154,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	stopCtx, cancel := context.WithTimeout(context.Background(), cfg.Limits.ShutdownTimeout.D())
 	defer cancel()
-	// The cache first: downloads cut short by the cache closing keep their
-	// partial files and resume after the restart; cut short by their
-	// deployments stopping, they would be thrown away.
-	cache.Close()
-	if cerr := models.Close(stopCtx); cerr != nil {
+	if cerr := stopDeployments(stopCtx); cerr != nil {
 		log.Warn("stopping deployments", "err", cerr)
 	}
 	return err
+}
+
+// closeUnserved releases the listeners of a server that never served.
+func closeUnserved(srv *server.Server) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	srv.Run(ctx) //nolint:errcheck // stops at once; nothing was served
 }
 
 // deployStatic assigns the operator's [[models]]; they load in the

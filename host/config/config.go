@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -78,7 +79,7 @@ type Storage struct {
 	StateDir string `toml:"state_dir"`
 	// CacheDir holds fetched artifacts (by digest) and compiled guests. Default: "var/cache".
 	CacheDir string `toml:"cache_dir"`
-	// ModelDir is where file:// model URIs without a folder are looked up. Default: "var/models".
+	// ModelDir is reserved for model files; nothing uses it yet. Default: "var/models".
 	ModelDir string `toml:"model_dir"`
 	// CacheMaxSize is the artifact cache budget; unused artifacts are evicted LRU. Default: "10GiB".
 	CacheMaxSize ByteSize `toml:"cache_max_size"`
@@ -344,8 +345,15 @@ func (c *Config) validate() []string {
 			}
 			return
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
 			bad(key, "want host:port, got %q", addr)
+			return
+		}
+		// What net.Listen and net.Dial accept: a number up to 65535 or a
+		// service name ("127.0.0.1:99999" used to pass here and fail at start).
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			bad(key, "bad port in %q: %v", addr, err)
 		}
 	}
 	positive := func(key string, v int) {
@@ -370,6 +378,12 @@ func (c *Config) validate() []string {
 	checkAddr("listen.grpc", c.Listen.GRPC, true)
 	checkAddr("listen.http", c.Listen.HTTP, false)
 	checkAddr("central.address", c.Central.Address, false)
+	if sameListenAddr(c.Listen.GRPC, c.Listen.HTTP) {
+		bad("listen.http", "%q is also listen.grpc's address (%q): the node cannot bind both", c.Listen.HTTP, c.Listen.GRPC)
+	}
+	if c.Node.ID != "" && !ValidNodeID(c.Node.ID) {
+		bad("node.id", "want 1 to 128 letters, digits, '.', '_' or '-', got %q", c.Node.ID)
+	}
 	if c.Listen.MaxMessageSize < 1<<20 {
 		bad("listen.max_message_size", "must be at least 1MiB, got %v", c.Listen.MaxMessageSize)
 	}
@@ -410,8 +424,8 @@ func (c *Config) validate() []string {
 		bad("inference.cpu_latency_hold", "must be > 0 and <= 1h, got %v", h.D())
 	}
 	positive("guests.memory_limit_pages", c.Guests.MemoryLimitPages)
-	if c.Guests.MemoryLimitPages > 65536 {
-		bad("guests.memory_limit_pages", "must be <= 65536 (4 GiB), got %d", c.Guests.MemoryLimitPages)
+	if c.Guests.MemoryLimitPages > MaxGuestMemoryPages {
+		bad("guests.memory_limit_pages", "must be <= %d (2 GiB), got %d", MaxGuestMemoryPages, c.Guests.MemoryLimitPages)
 	}
 	if c.Guests.CallTimeout <= 0 {
 		bad("guests.call_timeout", "must be > 0")
@@ -459,6 +473,36 @@ func (c *Config) validate() []string {
 		}
 	}
 	return p
+}
+
+// MaxGuestMemoryPages is the most guests.memory_limit_pages may be: the
+// guest runtime's bound (guest.Config.Validate), 2 GiB of 64 KiB pages.
+const MaxGuestMemoryPages = 32768
+
+// validNodeID is what a node id may look like, written by hand or generated.
+var validNodeID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// ValidNodeID reports whether id may be a node's identity (node.id, or the
+// one kept in storage.state_dir/node-id): 1 to 128 letters, digits, '.',
+// '_' or '-'.
+func ValidNodeID(id string) bool { return validNodeID.MatchString(id) }
+
+// sameListenAddr reports whether two listen addresses would take the same
+// TCP port: the same non-zero port on the same host, or on a wildcard host
+// ("", "0.0.0.0", "::") and any other.
+func sameListenAddr(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	na, err1 := net.LookupPort("tcp", pa)
+	nb, err2 := net.LookupPort("tcp", pb)
+	if err1 != nil || err2 != nil || na == 0 || na != nb {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wild(ha) || wild(hb)
 }
 
 func checkProviders(key string, ps []string) []string {
@@ -512,6 +556,10 @@ func (b Batching) validate(key string) []string {
 	var p []string
 	if b.MaxBatchSize < 0 {
 		p = append(p, fmt.Sprintf("%s.max_batch_size: must be >= 0, got %d", key, b.MaxBatchSize))
+	}
+	if len(b.PreferredBatchSizes) > 0 && b.MaxBatchSize <= 1 {
+		// The engine refuses preferred sizes without batching.
+		p = append(p, fmt.Sprintf("%s.preferred_batch_sizes: need max_batch_size > 1 (batching on), got max_batch_size %d", key, b.MaxBatchSize))
 	}
 	for i, s := range b.PreferredBatchSizes {
 		if s <= 0 || (b.MaxBatchSize > 1 && s > b.MaxBatchSize) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -231,5 +232,103 @@ func TestBatchingBoundsMatchEngine(t *testing.T) {
 	}
 	if engine.QueueCapacityLimit != 1<<20 || engine.InstancesLimit != 1024 || engine.MaxBatchSizeLimit != 1<<16 {
 		t.Error("engine limits changed: update Batching.validate")
+	}
+}
+
+// Values check-config used to accept and serve then refused at start-up:
+// the check must refuse them too, naming the key.
+func TestRefusedAtStartIsRefusedByCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name, toml string
+		want       []string
+	}{
+		// net.Listen: "address 99999: invalid port".
+		{"port out of range", "[listen]\ngrpc = \"127.0.0.1:99999\"\n", []string{"listen.grpc", "port"}},
+		{"port not a number", "[listen]\nhttp = \"127.0.0.1:nope\"\n", []string{"listen.http", "port"}},
+		{"central port", "[central]\naddress = \"central:70000\"\n", []string{"central.address", "port"}},
+		// The second listener finds the port taken.
+		{"grpc and http share a port", "[listen]\ngrpc = \"127.0.0.1:9090\"\n", []string{"listen.http", "listen.grpc"}},
+		{"http on grpc's wildcard port", "[listen]\ngrpc = \"0.0.0.0:8000\"\nhttp = \"127.0.0.1:8000\"\n", []string{"listen.http"}},
+		// nodeID: "want 1 to 128 letters...".
+		{"node id with a space", "[node]\nid = \"node 1\"\n", []string{"node.id", "node 1"}},
+		{"node id too long", "[node]\nid = \"" + strings.Repeat("a", 129) + "\"\n", []string{"node.id"}},
+		// guest.NewRuntime: "memory_limit_pages: 40000 is over 32768".
+		{"guest pages over 2 GiB", "[guests]\nmemory_limit_pages = 40000\n", []string{"guests.memory_limit_pages", "32768"}},
+		// engine.Config.Validate: "preferred_batch_sizes: need max_batch_size > 1".
+		{"preferred without batching", "[inference.batching]\nmax_batch_size = 1\npreferred_batch_sizes = [1]\n", []string{"inference.batching.preferred_batch_sizes", "max_batch_size > 1"}},
+		{"model preferred without batching", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[models.batching]\nmax_batch_size = 0\npreferred_batch_sizes = [4]\n", []string{"models[0].batching.preferred_batch_sizes"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.toml, "/base", "node.toml")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+	// What stays accepted.
+	for _, ok := range []string{
+		"[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n", // two ephemeral ports
+		"[listen]\ngrpc = \"127.0.0.1:http\"\n",                      // a service name
+		"[listen]\ngrpc = \"127.0.0.1:9090\"\nhttp = \"127.0.0.2:9090\"\n",
+		"[node]\nid = \"node-1.lab_a\"\n",
+		"[guests]\nmemory_limit_pages = 32768\n",
+		"[inference.batching]\nmax_batch_size = 2\npreferred_batch_sizes = [2]\n",
+	} {
+		if _, err := Parse(ok, "/base", "node.toml"); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}
+
+// Whatever batching the config check accepts, the engine takes, and the
+// other way round (the two validations side by side).
+func TestBatchingAgreesWithEngine(t *testing.T) {
+	for _, max := range []int{0, 1, 2, 8} {
+		for _, pref := range [][]int{nil, {1}, {2}, {8}, {9}} {
+			b := Batching{MaxBatchSize: max, PreferredBatchSizes: pref, QueueCapacity: 1, Instances: 1}
+			e := engine.Config{MaxBatchSize: max, PreferredBatchSizes: pref, QueueCapacity: 1, Instances: 1}
+			cfgOK, engOK := len(b.validate("b")) == 0, e.Validate() == nil
+			if cfgOK != engOK {
+				t.Errorf("max_batch_size %d, preferred %v: config accepts: %v, engine accepts: %v (%v)", max, pref, cfgOK, engOK, e.Validate())
+			}
+		}
+	}
+}
+
+// Sizes are exact: whole numbers bit for bit, decimal fractions rounded to
+// the nearest byte (truncated, 4.1*1e9 was 4099999999 in float64).
+func TestByteSizeExact(t *testing.T) {
+	for in, want := range map[string]ByteSize{
+		"9007199254740993":    9007199254740993, // 2^53+1
+		"9007199254740993B":   9007199254740993,
+		"9223372036854775807": math.MaxInt64,
+		"4.1GB":               4_100_000_000,
+		"4.1MB":               4_100_000,
+		"1.005KB":             1005,
+		"8191TiB":             8191 << 40,
+		"0.5KiB":              512,
+	} {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
+			t.Errorf("%q: got %d, %v; want %d", in, int64(s), err, int64(want))
+		}
+	}
+	for _, in := range []string{"9223372036854775808", "8388608TiB", "-1", "-0.5KiB"} {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q: accepted as %d", in, int64(s))
+		}
+	}
+	// What String writes reads back the same (check-config's round trip).
+	for _, v := range []ByteSize{9007199254740993, math.MaxInt64, 1<<62 + 1, 3 << 30} {
+		var back ByteSize
+		if err := back.UnmarshalText([]byte(v.String())); err != nil || back != v {
+			t.Errorf("%d written %q read back as %d, %v", int64(v), v.String(), int64(back), err)
+		}
 	}
 }

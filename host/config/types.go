@@ -53,12 +53,24 @@ func (s *ByteSize) UnmarshalText(b []byte) error {
 			break
 		}
 	}
-	v, err := strconv.ParseFloat(num, 64)
-	// NaN fails every comparison: check for the good range, not the bad.
-	if err != nil || !(v >= 0 && v*float64(mult) < math.MaxInt64) {
-		return fmt.Errorf("want a size such as \"64MiB\" or \"10GiB\" (under 8EiB), got %q", text)
+	bad := fmt.Errorf("want a size such as \"64MiB\" or \"10GiB\" (under 8EiB), got %q", text)
+	// A whole number is taken exactly: through a float64, "9007199254740993"
+	// lost its last bit, so check-config's "...B" did not read back the same.
+	if n, err := strconv.ParseInt(num, 10, 64); err == nil {
+		if n < 0 || n > math.MaxInt64/mult {
+			return bad
+		}
+		*s = ByteSize(n * mult)
+		return nil
 	}
-	*s = ByteSize(v * float64(mult))
+	v, err := strconv.ParseFloat(num, 64)
+	// Rounded, not truncated: 4.1*1e9 is 4099999999.9999995 in float64.
+	v = math.Round(v * float64(mult))
+	// NaN fails every comparison: check for the good range, not the bad.
+	if err != nil || !(v >= 0 && v < math.MaxInt64) {
+		return bad
+	}
+	*s = ByteSize(v)
 	return nil
 }
 

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/config"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/store"
+)
+
+// A start whose gRPC port is taken fails before any deployment starts:
+// no static model is assigned and nothing is restored (restored downloads
+// began, and were then cut short with their partial files thrown away, by
+// the start-up failing). Seen through a stored deployment that Restore
+// marks Failed at once (it wants the static model's name).
+func TestPortInUseStartsNothing(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg, dbPath := startupConfig(t, taken.Addr().String())
+	var logs bytes.Buffer
+	err = serve(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if !errors.Is(err, errStartup) || !strings.Contains(err.Error(), "listen grpc") {
+		t.Fatalf("serve with its port taken: %v, want a start-up error naming the listener", err)
+	}
+	if strings.Contains(logs.String(), "deployment=") {
+		t.Errorf("a start that could not bind its port started deployments:\n%s", logs.String())
+	}
+	if got := storedState(t, dbPath, "dep-m"); got != "Ready" {
+		t.Errorf("a start that could not bind its port restored dep-m (stored state now %s)", got)
+	}
+}
+
+// A stop requested during start-up (SIGTERM while the store lock or the
+// guest runtime was awaited) starts no deployment: it started them all
+// and then waited for their model loads before exiting (0, as any stop).
+func TestStopDuringStartupStartsNothing(t *testing.T) {
+	cfg, dbPath := startupConfig(t, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var logs bytes.Buffer
+	if err := serve(ctx, cfg, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
+		t.Fatalf("serve stopped during start-up: %v, want a clean stop", err)
+	}
+	if strings.Contains(logs.String(), "deployment=") {
+		t.Errorf("a start stopped before serving started deployments:\n%s", logs.String())
+	}
+	if got := storedState(t, dbPath, "dep-m"); got != "Ready" {
+		t.Errorf("a start stopped before serving restored dep-m (stored state now %s)", got)
+	}
+}
+
+// startupConfig is a node on grpc with a static model "m", whose state_dir
+// holds a deployment dep-m stored Ready: a start that restores it logs so
+// at once. It returns the config and the store's path.
+func startupConfig(t *testing.T, grpc string) (*config.Config, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, err := config.Parse(fmt.Sprintf(`[listen]
+grpc = %q
+http = ""
+[[models]]
+name = "m"
+format = "onnx"
+path = "m.onnx"
+`, grpc), dir, "node.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(cfg.Storage.StateDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.Storage.StateDir, "deployments.db")
+	spec, _ := json.Marshal(deploy.Spec{Name: "m", Format: "onnx",
+		Model: artifact.Artifact{URI: "file://" + filepath.Join(dir, "other.onnx")}})
+	st, err := store.Open(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	if err := st.Put(store.Record{ID: "dep-m", Spec: spec, Desired: store.DesiredRunning, State: "Ready",
+		Message: "serving", Created: now, Updated: now, Owner: deploy.OwnerCentral}); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, dbPath
+}
