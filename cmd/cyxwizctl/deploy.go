@@ -300,21 +300,44 @@ func printStatusLine(w io.Writer, st *cyxwizpb.DeploymentStatus) {
 	fmt.Fprintf(w, "%s: %s (%s)\n", st.DeploymentId, stateName(st.State), st.Message)
 }
 
-// progressBar draws one line that it rewrites while fetching/loading.
+// progressBar shows a deployment's way to Ready. On a terminal it draws one
+// line that it rewrites; elsewhere (a pipe, a log file) it writes a line
+// each time the state or phase changes, and no carriage returns.
 type progressBar struct {
 	w     io.Writer
-	drawn bool
+	tty   bool
+	drawn bool   // tty: a line is on the screen without its newline
+	last  string // not tty: the state and phase last written
 }
 
-func newProgressBar(w io.Writer) *progressBar { return &progressBar{w: w} }
+func newProgressBar(w io.Writer) *progressBar { return &progressBar{w: w, tty: isTerminal(w)} }
+
+// isTerminal reports whether w is a character device, as a terminal is.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
 
 func (p *progressBar) update(st *cyxwizpb.DeploymentStatus) {
 	line := fmt.Sprintf("%-9s %s", stateName(st.State), st.Message)
+	phase := ""
 	if pr := st.Progress; pr != nil && pr.TotalBytes > 0 {
+		phase = pr.Phase
 		frac := min(float64(pr.DoneBytes)/float64(pr.TotalBytes), 1) // a server may overshoot
 		n := int(frac * 30)
 		line = fmt.Sprintf("%-9s [%s%s] %3.0f%% %s/%s %s", stateName(st.State), strings.Repeat("#", n), strings.Repeat(".", 30-n),
 			frac*100, humanBytes(pr.DoneBytes), humanBytes(pr.TotalBytes), pr.Phase)
+	}
+	if !p.tty {
+		if key := st.State.String() + "\x00" + phase; key != p.last {
+			p.last = key
+			fmt.Fprintln(p.w, strings.TrimRight(line, " "))
+		}
+		return
 	}
 	fmt.Fprintf(p.w, "\r%-80s", line)
 	p.drawn = true

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -15,7 +16,7 @@ func init() {
 		about:   "It prints the node's health status and exits 0 for SERVING, 1 otherwise.",
 		run:     runHealth,
 	})
-	register("info", command{summary: "print the node's name, version and protocol extensions", run: runInfo})
+	register("info", command{summary: "print the server's name, version and KServe protocol extensions", run: runInfo})
 }
 
 func runHealth(ctx context.Context, c *client, args []string) error {
@@ -41,6 +42,10 @@ func runInfo(ctx context.Context, c *client, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "%s %s %s\n", md.Name, md.Version, joinNonEmpty(",", md.Extensions...))
+	line := md.Name + " " + md.Version
+	if len(md.Extensions) > 0 {
+		line += " (extensions: " + strings.Join(md.Extensions, ", ") + ")"
+	}
+	fmt.Fprintln(c.out, line)
 	return nil
 }

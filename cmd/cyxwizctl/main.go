@@ -128,6 +128,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stderr, fs)
 		return 2
 	}
+	// --addr and --timeout may follow the command too.
+	global, cmdArgs := hoistGlobal(fs, fs.Args()[1:])
+	if err := fs.Parse(global); err != nil {
+		fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
+		return 2
+	}
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)))
 	if err != nil {
@@ -143,7 +149,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = c.deadline(ctx, 0)
 		defer cancel()
 	}
-	return exitStatus(cmd.run(ctx, c, fs.Args()[1:]), name, stderr)
+	return exitStatus(cmd.run(ctx, c, cmdArgs), name, stderr)
+}
+
+// hoistGlobal takes the flags of fs (--addr, --timeout), with their values,
+// out of a command's arguments, up to a "--" that ends the flags. No
+// command has a flag of the same name.
+func hoistGlobal(fs *flag.FlagSet, args []string) (global, rest []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return global, append(rest, args[i:]...)
+		}
+		name, _, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if !strings.HasPrefix(a, "-") || name == "" || fs.Lookup(name) == nil {
+			rest = append(rest, a)
+			continue
+		}
+		global = append(global, a)
+		if !hasValue && i+1 < len(args) {
+			i++
+			global = append(global, args[i])
+		}
+	}
+	return global, rest
 }
 
 // exitStatus reports err on stderr and returns the exit status for it.
@@ -170,13 +199,3 @@ type usageError string
 func (u usageError) Error() string { return string(u) }
 
 func usagef(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
-
-func joinNonEmpty(sep string, parts ...string) string {
-	var out []string
-	for _, p := range parts {
-		if p != "" {
-			out = append(out, p)
-		}
-	}
-	return strings.Join(out, sep)
-}
