@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"unicode/utf8"
 )
 
 // Version is the ABI version: the value cyxwiz_abi_version must return.
@@ -204,8 +205,9 @@ const headerLen = 12
 
 // Encode appends the encoding of list to dst. Names longer than MaxNameLen
 // and shapes of more than 255 dimensions cannot be framed: Encode cuts them
-// there (callers refuse such tensors first), so that the framing never
-// disagrees with the bytes written.
+// there (a name at the last character boundary before; callers refuse such
+// tensors first), so that the framing never disagrees with the bytes
+// written.
 func Encode(dst []byte, list []Tensor) []byte {
 	dst = append(dst, Magic...)
 	dst = append(dst, Version, 0, 0, 0)
@@ -214,7 +216,11 @@ func Encode(dst []byte, list []Tensor) []byte {
 		t := &list[i]
 		name, shape := t.Name, t.Shape
 		if len(name) > MaxNameLen {
-			name = name[:MaxNameLen]
+			cut := MaxNameLen
+			for cut > 0 && !utf8.RuneStart(name[cut]) {
+				cut-- // between characters, so that the name stays UTF-8
+			}
+			name = name[:cut]
 		}
 		if len(shape) > 255 {
 			shape = shape[:255]
@@ -291,7 +297,7 @@ func DecodeStrings(b []byte, want int64) ([][]byte, error) {
 	return out, nil
 }
 
-// Decode parses a tensor list. Names, data and BYTES elements alias b, so
+// Decode parses a tensor list. Names must be UTF-8. Data and BYTES elements alias b, so
 // the caller keeps b unchanged while it uses the result. Every length is
 // checked against what is left of b; inline fixed-width data must match its
 // shape (size is the element width of a dtype, 0 when unknown or BYTES).
@@ -319,6 +325,11 @@ func Decode(b []byte, size func(dtype uint8) int) ([]Tensor, error) {
 		b = b[2:]
 		if len(b) < nl+4 {
 			return nil, fmt.Errorf("%w: entry %d: truncated name", ErrCodec, i)
+		}
+		if !utf8.Valid(b[:nl]) {
+			// A name is UTF-8 (ABI.md): one that is not would reach a
+			// KServe response, whose strings protobuf refuses to marshal.
+			return nil, fmt.Errorf("%w: entry %d: name %q is not UTF-8", ErrCodec, i, b[:min(nl, 64)])
 		}
 		t.Name = string(b[:nl])
 		b = b[nl:]

@@ -60,6 +60,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"negative dim", Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{-1}}})},
 		{"bytes count", Encode(nil, []Tensor{{Name: "s", DType: DTypeBytes, Shape: []int64{3}, Strings: [][]byte{{1}}}})},
 		{"handle zero", mut(func(b []byte) []byte { b[16] = KindHandle; return b })},
+		// ABI.md: names are UTF-8. A guest's output named otherwise would
+		// be passed on to a KServe response that protobuf cannot marshal.
+		{"name not UTF-8", Encode(nil, []Tensor{{Name: "y\xff", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}})},
+		{"handle name not UTF-8", Encode(nil, []Tensor{{Name: "\xc3", DType: DTypeFP32, Handle: 3}})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,5 +113,17 @@ func TestEncodeCutsWhatItCannotFrame(t *testing.T) {
 	}
 	if got := list[0]; got.Name != name[:MaxNameLen] || got.DType != DTypeInt64 || len(got.Shape) != 1 || !bytes.Equal(got.Data, data) {
 		t.Fatalf("decoded %d-byte name, dtype %d, shape %v, data %v", len(got.Name), got.DType, got.Shape, got.Data)
+	}
+}
+
+// A long name is cut between characters: what Encode frames, Decode takes.
+func TestEncodeCutsNamesBetweenCharacters(t *testing.T) {
+	name := strings.Repeat("é", MaxNameLen/2+1) // the cut falls inside an é
+	list, err := Decode(Encode(nil, []Tensor{{Name: name, DType: DTypeInt64, Shape: []int64{1}, Data: make([]byte, 8)}}), Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := list[0].Name; len(got) != MaxNameLen-1 || !strings.HasPrefix(name, got) {
+		t.Fatalf("decoded a %d-byte name, want the first %d bytes", len(got), MaxNameLen-1)
 	}
 }

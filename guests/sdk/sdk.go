@@ -81,11 +81,40 @@ type Tensor struct {
 	name   string
 	dtype  DType
 	shape  []int64
-	h      uint32 // host handle, 0 for a guest tensor
-	known  bool   // name, dtype, shape are filled in
-	loaded bool   // data/strs hold the elements
+	ref    *hostRef // the host tensor, nil for a guest tensor not uploaded
+	known  bool     // name, dtype, shape are filled in
+	loaded bool     // data/strs hold the elements
 	data   []byte
 	strs   [][]byte
+}
+
+// hostRef is a host tensor handle, shared by a tensor and its Named copies.
+// A handle lives until the end of the entry-point call that made it unless
+// pinned (guests/ABI.md): a tensor kept from one call to the next (a guest
+// constant, a stored input) must not name it afterwards, where it is
+// unknown or, once numbers wrap, another tensor.
+type hostRef struct {
+	h      uint32 // 0 once freed
+	call   uint64 // the callSeq that made it
+	pinned bool
+}
+
+// callSeq numbers the entry-point calls of the instance.
+var callSeq uint64
+
+func newRef(h uint32) *hostRef { return &hostRef{h: h, call: callSeq} }
+
+// live returns the handle if it may still be used, 0 otherwise.
+func (r *hostRef) live() uint32 {
+	if r == nil || r.h == 0 || !r.pinned && r.call != callSeq {
+		return 0
+	}
+	return r.h
+}
+
+// errStale is the error of a host tensor used after its handle ended.
+func (t *Tensor) errStale(fn string) error {
+	return &HostError{Func: fn, Errno: abi.EBADF, Msg: fmt.Sprintf("tensor %q: its host tensor was freed, or ended with the call that made it (Pin keeps one for later calls)", t.name)}
 }
 
 // New returns a guest tensor with raw little-endian data. The tensor keeps
@@ -117,18 +146,23 @@ func Strings(name string, shape []int64, v [][]byte) *Tensor {
 	return &Tensor{name: name, dtype: Bytes, shape: slices.Clone(shape), known: true, loaded: true, strs: v}
 }
 
-func fromHandle(h uint32) *Tensor { return &Tensor{h: h} }
+func fromHandle(h uint32) *Tensor { return &Tensor{ref: newRef(h)} }
 
 func (t *Tensor) info() {
 	if t.known {
 		return
 	}
+	h := t.ref.live()
+	if h == 0 {
+		t.known = true // a handle gone: leave the zero description
+		return
+	}
 	var buf [256]byte
-	n := tensorInfo(t.h, ptr(buf[:]), uint32(len(buf)))
+	n := tensorInfo(h, ptr(buf[:]), uint32(len(buf)))
 	var b []byte
 	if n > int32(len(buf)) { // a long name: ask again with room for it
 		b = make([]byte, n)
-		n = tensorInfo(t.h, ptr(b), uint32(len(b)))
+		n = tensorInfo(h, ptr(b), uint32(len(b)))
 	} else {
 		b = buf[:max(n, 0)]
 	}
@@ -175,13 +209,17 @@ func (t *Tensor) load() error {
 		return nil
 	}
 	t.info()
-	n := tensorRead(t.h, 0, 0)
+	h := t.ref.live()
+	if h == 0 {
+		return t.errStale("tensor_read")
+	}
+	n := tensorRead(h, 0, 0)
 	if n < 0 {
 		return hostErr("tensor_read", n)
 	}
 	b := make([]byte, n)
 	if n > 0 {
-		if m := tensorRead(t.h, ptr(b), uint32(n)); m != n {
+		if m := tensorRead(h, ptr(b), uint32(n)); m != n {
 			return hostErr("tensor_read", m)
 		}
 	}
@@ -254,10 +292,14 @@ func (t *Tensor) Strings() ([][]byte, error) {
 	return t.strs, nil
 }
 
-// handle returns the host handle, uploading a guest tensor first.
+// handle returns the host handle, uploading a guest tensor first (again,
+// when the handle of an earlier upload has ended).
 func (t *Tensor) handle() (uint32, error) {
-	if t.h != 0 {
-		return t.h, nil
+	if h := t.ref.live(); h != 0 {
+		return h, nil
+	}
+	if !t.loaded {
+		return 0, t.errStale("tensor")
 	}
 	shape := make([]byte, 8*len(t.shape))
 	for i, d := range t.shape {
@@ -272,8 +314,8 @@ func (t *Tensor) handle() (uint32, error) {
 	if h < 0 {
 		return 0, hostErr("tensor_new", h)
 	}
-	t.h = uint32(h)
-	return t.h, nil
+	t.ref = newRef(uint32(h))
+	return uint32(h), nil
 }
 
 // Pin keeps t's host tensor past the end of the call, for state an instance
@@ -286,14 +328,18 @@ func (t *Tensor) Pin() error {
 	if r := tensorPin(h); r < 0 {
 		return hostErr("tensor_pin", r)
 	}
+	t.ref.pinned = true
 	return nil
 }
 
-// Free releases t's host tensor before the end of the call.
+// Free releases t's host tensor (and that of its Named copies) before the
+// end of the call, or, when pinned, of the instance.
 func (t *Tensor) Free() {
-	if t.h != 0 {
-		tensorFree(t.h)
-		t.h = 0
+	if h := t.ref.live(); h != 0 {
+		tensorFree(h)
+	}
+	if t.ref != nil {
+		t.ref.h = 0
 	}
 }
 
@@ -503,19 +549,32 @@ func DecodeImage(x *Tensor) (*Tensor, error) { return unary("image_decode", x, i
 // Infer runs a model on the host: "" is the deployment's own model, another
 // name a deployment the manifest allows. Inputs are matched by name.
 func Infer(model string, in ...*Tensor) ([]*Tensor, error) {
-	for _, t := range in {
+	// The host takes each input's name from its host tensor: rename them.
+	// Named copies of one tensor share a host tensor, which takes one name:
+	// a second name gets a host tensor of its own (a reshape to the same
+	// shape shares the elements).
+	hs := make([]byte, 4*len(in))
+	named := make(map[uint32]string, len(in))
+	for i, t := range in {
 		h, err := t.handle()
 		if err != nil {
 			return nil, err
 		}
-		name := []byte(t.Name())
-		if r := tensorName(h, ptr(name), uint32(len(name))); r < 0 {
+		name := t.Name()
+		if prev, ok := named[h]; ok && prev != name {
+			shape := i64bytes(t.Shape())
+			r := reshape(h, ptr(shape), uint32(len(shape)/8))
+			if r < 0 {
+				return nil, hostErr("reshape", r)
+			}
+			h = uint32(r)
+		}
+		named[h] = name
+		b := []byte(name)
+		if r := tensorName(h, ptr(b), uint32(len(b))); r < 0 {
 			return nil, hostErr("tensor_name", r)
 		}
-	}
-	hs, err := handles(in)
-	if err != nil {
-		return nil, err
+		binary.LittleEndian.PutUint32(hs[4*i:], h)
 	}
 	m := []byte(model)
 	out := make([]byte, 4*64)
@@ -624,6 +683,7 @@ func allocIn(size int32) uint32 {
 }
 
 func dispatch(e abi.Entry, n int32) int64 {
+	callSeq++ // the handles of earlier calls have ended, unless pinned
 	out, err := call(e, inBuf[:n])
 	if err != nil {
 		outBuf = append(outBuf[:0], err.Error()...)
@@ -644,7 +704,7 @@ func call(e abi.Entry, buf []byte) ([]abi.Tensor, error) {
 	in := make([]*Tensor, len(list))
 	for i, t := range list {
 		if t.Handle != 0 {
-			in[i] = &Tensor{name: t.Name, dtype: DType(t.DType), shape: t.Shape, h: t.Handle, known: true}
+			in[i] = &Tensor{name: t.Name, dtype: DType(t.DType), shape: t.Shape, ref: newRef(t.Handle), known: true}
 		} else {
 			in[i] = &Tensor{name: t.Name, dtype: DType(t.DType), shape: t.Shape, known: true, loaded: true, data: t.Data, strs: t.Strings}
 		}
@@ -665,7 +725,7 @@ func call(e abi.Entry, buf []byte) ([]abi.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return encodeList(out), nil
+	return encodeList(out)
 }
 
 func tensorsCall(fn func([]*Tensor) ([]*Tensor, error), in []*Tensor) ([]*Tensor, error) {
@@ -675,13 +735,22 @@ func tensorsCall(fn func([]*Tensor) ([]*Tensor, error), in []*Tensor) ([]*Tensor
 	return fn(in)
 }
 
-func encodeList(out []*Tensor) []abi.Tensor {
+// encodeList lists the outputs: by handle where t has a live one, inline
+// otherwise.
+func encodeList(out []*Tensor) ([]abi.Tensor, error) {
 	list := make([]abi.Tensor, len(out))
 	for i, t := range out {
+		if t == nil {
+			return nil, fmt.Errorf("output %d is a nil *sdk.Tensor", i)
+		}
 		t.info()
-		list[i] = abi.Tensor{Name: t.name, DType: uint8(t.dtype), Shape: t.shape, Handle: t.h, Data: t.data, Strings: t.strs}
+		h := t.ref.live()
+		if h == 0 && !t.loaded {
+			return nil, fmt.Errorf("output %d: %w", i, t.errStale("output"))
+		}
+		list[i] = abi.Tensor{Name: t.name, DType: uint8(t.dtype), Shape: t.shape, Handle: h, Data: t.data, Strings: t.strs}
 	}
-	return list
+	return list, nil
 }
 
 func scalar(in []*Tensor, name string) int64 {

@@ -2,8 +2,10 @@ package safetensors_test
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
+	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/safetensors"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -54,5 +56,74 @@ func TestHeaderKeysExact(t *testing.T) {
 	}
 	if got := f.Tensors["w"]; got.DType != tensor.FP32 {
 		t.Errorf(`tensor "w" read as %v %v; its "dtype" key says F32 [2]`, got.DType, got.Shape)
+	}
+}
+
+// A name given twice in the header is refused: encoding/json kept the last
+// silently, so the same bytes could mean one tensor to a reader keeping the
+// first (or refusing, as the reference does for an entry's fields) and
+// another here, and the loser's offsets were never checked.
+func TestDuplicateNamesRefused(t *testing.T) {
+	for name, header := range map[string]string{
+		"tensor":          `{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}`,
+		"tensor, escaped": `{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"\u0077":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}`,
+		"metadata":        `{"__metadata__":{"a":"1"},"__metadata__":{"a":"2"},"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}`,
+		"metadata key":    `{"__metadata__":{"a":"1","a":"2"},"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}`,
+		"dtype":           `{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"dtype":"U8"}}`,
+		"shape":           `{"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8],"shape":[2,4]}}`,
+		"data_offsets":    `{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"data_offsets":[4,8]}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if f, err := safetensors.Parse(file(header, 8)); !errors.Is(err, loaders.ErrInvalidModel) {
+				t.Fatalf("Parse = %v, %v; want ErrInvalidModel", f, err)
+			}
+		})
+	}
+}
+
+// An entry without "shape" (or with a null one) is refused, as by the
+// reference reader: it was read as a scalar.
+func TestEntryNeedsEveryField(t *testing.T) {
+	for name, header := range map[string]string{
+		"no shape":   `{"w":{"dtype":"F32","data_offsets":[0,4]}}`,
+		"null shape": `{"w":{"dtype":"F32","shape":null,"data_offsets":[0,4]}}`,
+		"no dtype":   `{"w":{"shape":[1],"data_offsets":[0,4]}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if f, err := safetensors.Parse(file(header, 4)); !errors.Is(err, loaders.ErrInvalidModel) {
+				t.Fatalf("Parse = %+v, %v; want ErrInvalidModel", f, err)
+			}
+		})
+	}
+	// A scalar says so.
+	f, err := safetensors.Parse(file(`{"w":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}`, 4))
+	if err != nil || len(f.Tensors["w"].Shape) != 0 {
+		t.Fatalf("scalar: %+v, %v", f, err)
+	}
+}
+
+// Write refuses names and metadata that are not UTF-8: encoding/json wrote
+// U+FFFD for them, so the file named the tensors otherwise, and two
+// different names could come out as one (the second tensor then lost).
+func TestWriteRefusesNonUTF8(t *testing.T) {
+	for name, tc := range map[string]struct {
+		names []string
+		meta  map[string]string
+	}{
+		"names":          {names: []string{"a\xff", "a\xfe"}},
+		"metadata key":   {names: []string{"w"}, meta: map[string]string{"\xff": "v"}},
+		"metadata value": {names: []string{"w"}, meta: map[string]string{"k": "\xff"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var ts []*tensor.Tensor
+			for i, n := range tc.names {
+				ts = append(ts, tensor.FromSlice(n, tensor.FP32, []int64{1}, []float32{float32(i)}))
+			}
+			var buf bytes.Buffer
+			if err := safetensors.Write(&buf, ts, tc.meta); err == nil {
+				f, err := safetensors.Parse(buf.Bytes())
+				t.Fatalf("Write accepted %q %q; the file reads back as %+v (%v)", tc.names, tc.meta, f, err)
+			}
+		})
 	}
 }

@@ -65,22 +65,71 @@ type entry struct {
 	DataOffsets []int64 `json:"data_offsets"`
 }
 
+// members returns the members of the JSON object msg, in order, and
+// refuses a name given twice: encoding/json keeps the last silently, so a
+// file could mean one thing to a reader that keeps the first and another
+// here (the reference reader refuses a repeated field of an entry).
+func members(msg []byte) (keys []string, values []json.RawMessage, err error) {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, nil, err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, nil, fmt.Errorf("want a JSON object, got %v", tok)
+	}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, nil, err
+		}
+		key := tok.(string) // an object's member starts with its name
+		if seen[key] {
+			return nil, nil, fmt.Errorf("%q appears twice", key)
+		}
+		seen[key] = true
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, nil, err
+		}
+		keys, values = append(keys, key), append(values, v)
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, nil, err
+	}
+	if tok, err := dec.Token(); err != io.EOF {
+		return nil, nil, fmt.Errorf("data after the object: %v %v", tok, err)
+	}
+	return keys, values, nil
+}
+
 // parseEntry reads a tensor's header entry by its exact keys, ignoring
 // others, as the reference reader does (encoding/json alone would also take
-// "DTYPE" for "dtype").
+// "DTYPE" for "dtype"); like it, it requires all three.
 func parseEntry(msg json.RawMessage) (entry, error) {
 	var e entry
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(msg, &fields); err != nil {
+	keys, values, err := members(msg)
+	if err != nil {
 		return e, err
 	}
-	for key, dst := range map[string]any{"dtype": &e.DType, "shape": &e.Shape, "data_offsets": &e.DataOffsets} {
-		v, ok := fields[key]
+	dsts := map[string]any{"dtype": &e.DType, "shape": &e.Shape, "data_offsets": &e.DataOffsets}
+	for i, key := range keys {
+		dst, ok := dsts[key]
 		if !ok {
 			continue
 		}
-		if err := json.Unmarshal(v, dst); err != nil {
+		delete(dsts, key)
+		if string(values[i]) == "null" {
+			return e, fmt.Errorf("%s is null", key)
+		}
+		if err := json.Unmarshal(values[i], dst); err != nil {
 			return e, fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	for _, key := range []string{"dtype", "shape", "data_offsets"} {
+		if _, missing := dsts[key]; missing {
+			return e, fmt.Errorf("no %q", key)
 		}
 	}
 	return e, nil
@@ -105,8 +154,8 @@ func Parse(b []byte) (*File, error) {
 	if !utf8.Valid(b[8 : 8+n]) {
 		return nil, invalid("header is not UTF-8")
 	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b[8:8+n], &raw); err != nil {
+	names, raw, err := members(b[8 : 8+n])
+	if err != nil {
 		return nil, invalid("header: %v", err)
 	}
 	f := &File{Tensors: make(map[string]Info, len(raw)), data: b[8+n:]}
@@ -115,9 +164,10 @@ func Parse(b []byte) (*File, error) {
 		begin, end int64
 	}
 	var spans []span
-	for name, msg := range raw {
+	for i, name := range names {
+		msg := raw[i]
 		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &f.Metadata); err != nil {
+			if err := parseMetadata(msg, &f.Metadata); err != nil {
 				return nil, invalid("__metadata__: %v", err)
 			}
 			continue
@@ -129,9 +179,6 @@ func Parse(b []byte) (*File, error) {
 		dt, ok := dtypes[e.DType]
 		if !ok {
 			return nil, invalid("tensor %q: unknown dtype %q", name, e.DType)
-		}
-		if e.Shape == nil {
-			e.Shape = []int64{}
 		}
 		elems := tensor.NumElements(e.Shape)
 		if elems < 0 || elems > math.MaxInt64/int64(dt.Size()) {
@@ -164,6 +211,27 @@ func Parse(b []byte) (*File, error) {
 	return f, nil
 }
 
+// parseMetadata reads the "__metadata__" map of strings (null: none).
+func parseMetadata(msg json.RawMessage, dst *map[string]string) error {
+	if string(msg) == "null" {
+		return nil
+	}
+	keys, values, err := members(msg)
+	if err != nil {
+		return err
+	}
+	m := make(map[string]string, len(keys))
+	for i, k := range keys {
+		var v string
+		if err := json.Unmarshal(values[i], &v); err != nil {
+			return fmt.Errorf("%q: %w", k, err)
+		}
+		m[k] = v
+	}
+	*dst = m
+	return nil
+}
+
 // Names lists the tensors in data order.
 func (f *File) Names() []string {
 	names := make([]string, 0, len(f.Tensors))
@@ -191,6 +259,11 @@ func (f *File) Tensor(name string) (*tensor.Tensor, error) {
 func Write(w io.Writer, ts []*tensor.Tensor, metadata map[string]string) error {
 	header := make(map[string]any, len(ts)+1)
 	if len(metadata) > 0 {
+		for k, v := range metadata {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				return fmt.Errorf("safetensors: metadata %q: %q: not UTF-8", k, v)
+			}
+		}
 		header["__metadata__"] = metadata
 	}
 	var off int64
@@ -204,6 +277,11 @@ func Write(w io.Writer, ts []*tensor.Tensor, metadata map[string]string) error {
 		}
 		if t.Name == "__metadata__" {
 			return fmt.Errorf("safetensors: a tensor cannot be named __metadata__")
+		}
+		// encoding/json would write U+FFFD for each bad byte: the file
+		// would name the tensor otherwise, two names perhaps alike.
+		if !utf8.ValidString(t.Name) {
+			return fmt.Errorf("safetensors: tensor name %q is not UTF-8", t.Name)
 		}
 		if _, dup := header[t.Name]; dup {
 			return fmt.Errorf("safetensors: duplicate tensor %q", t.Name)
