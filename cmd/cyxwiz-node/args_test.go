@@ -40,3 +40,21 @@ func TestCheckConfigPrintsEffectiveValues(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandHelp: `serve --help` and `check-config -h` print the command's
+// usage on stdout and exit 0, as `cyxwiz-node --help` does; a wrong flag
+// still exits 2 with the usage on stderr.
+func TestCommandHelp(t *testing.T) {
+	for _, args := range [][]string{{"serve", "--help"}, {"check-config", "-h"}} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != 0 || !strings.Contains(out.String(), "usage: cyxwiz-node "+args[0]) ||
+			!strings.Contains(out.String(), "config file") || errOut.Len() != 0 {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, out.String(), errOut.String())
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"serve", "--bogus"}, &out, &errOut); code != 2 || out.Len() != 0 ||
+		!strings.Contains(errOut.String(), "bogus") || !strings.Contains(errOut.String(), "usage: cyxwiz-node serve") {
+		t.Errorf("--bogus: exit %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+	}
+}

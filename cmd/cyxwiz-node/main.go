@@ -55,9 +55,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors and usage are printed below
 	path := fs.String("c", "node.toml", "config file")
+	printUsage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: cyxwiz-node %s [-c node.toml]\n", cmd)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) { // -h, --help: asked for, not a mistake
+			printUsage(stdout)
+			return 0
+		}
+		fmt.Fprintf(stderr, "cyxwiz-node %s: %v\n", cmd, err)
+		printUsage(stderr)
 		return 2
 	}
 	if fs.NArg() > 0 {
