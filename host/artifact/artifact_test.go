@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 )
@@ -475,6 +477,22 @@ func TestCloseCancelsDownloads(t *testing.T) {
 	if want := []string{fmt.Sprintf("bytes=%d-", fi.Size())}; !slices.Equal(ranged.ranges, want) {
 		t.Errorf("Range headers %q, want %q", ranged.ranges, want)
 	}
+}
+
+// TestCloseEndsIdleConnections: the keep-alive connection a download leaves
+// in the cache's own HTTP client is closed by Close; its goroutines used to
+// run on until the server hung up or the idle timeout (90 s) passed.
+func TestCloseEndsIdleConnections(t *testing.T) {
+	content := blob(t, 4<<10)
+	srv := serveBlob(t, content) // still up when the goroutines are checked
+	ignore := goleak.IgnoreCurrent()
+	c, err := artifact.New(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetchOK(t, c, artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, content)
+	c.Close()
+	goleak.VerifyNone(t, ignore)
 }
 
 // TestRefetchWhileCancelledDownloadStops: a Fetch that comes while the

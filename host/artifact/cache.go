@@ -70,6 +70,9 @@ type Cache struct {
 	budget int64
 	log    *slog.Logger
 	client *http.Client
+	// ownClient: client is the cache's own (not WithHTTPClient's), so Close
+	// closes its idle connections.
+	ownClient bool
 	// backoff is the wait before the first resume of a download.
 	backoff time.Duration
 
@@ -111,7 +114,6 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 		dir:     dir,
 		budget:  budget,
 		log:     log.With("component", "artifact-cache", "dir", dir),
-		client:  &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
 		backoff: resumeBackoff,
 		entries: make(map[string]*entry),
 		refs:    make(map[string]int),
@@ -120,6 +122,10 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 	}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.client == nil {
+		c.client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		c.ownClient = true
 	}
 	if err := c.cleanTmp(); err != nil {
 		return nil, err
@@ -209,13 +215,18 @@ func (c *Cache) load() error {
 }
 
 // Close cancels downloads in progress, waits for them to finish cleaning up
-// and makes later Fetch calls fail with ErrClosed. Cached files stay on disk.
+// and makes later Fetch calls fail with ErrClosed. It closes the keep-alive
+// connections of the cache's own HTTP client (not of one given with
+// WithHTTPClient). Cached files stay on disk.
 func (c *Cache) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
 	c.cancel(ErrClosed)
 	c.wg.Wait()
+	if c.ownClient {
+		c.client.CloseIdleConnections()
+	}
 	return nil
 }
 

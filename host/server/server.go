@@ -75,13 +75,26 @@ type Server struct {
 }
 
 // New builds the servers and binds their listeners, so that a port already in
-// use is reported before anything else starts.
+// use is reported before anything else starts. A New that fails leaves
+// nothing running; the gRPC server's workers it starts end when Run returns.
 func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, ready: svc.Ready, shutdown: cfg.Limits.ShutdownTimeout.D()}
 	if s.ready == nil {
 		s.ready = func() bool { return true }
 	}
 	s.draining = svc.Draining
+	// Bind first: grpc.NewServer starts its stream workers at once, and only
+	// Stop ends them, so a failure after it would leave them running.
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
+		return nil, fmt.Errorf("listen grpc %s: %w", cfg.Listen.GRPC, err)
+	}
+	if cfg.Listen.HTTP != "" {
+		if s.httpLis, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+			s.grpcLis.Close()
+			return nil, fmt.Errorf("listen http %s: %w", cfg.Listen.HTTP, err)
+		}
+	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(int(cfg.Listen.MaxMessageSize)),
 		grpc.MaxSendMsgSize(int(cfg.Listen.MaxMessageSize)),
@@ -137,15 +150,7 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
-	var err error
-	if s.grpcLis, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
-		return nil, fmt.Errorf("listen grpc %s: %w", cfg.Listen.GRPC, err)
-	}
 	if cfg.Listen.HTTP != "" {
-		if s.httpLis, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
-			s.grpcLis.Close()
-			return nil, fmt.Errorf("listen http %s: %w", cfg.Listen.HTTP, err)
-		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {

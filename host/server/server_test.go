@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -218,6 +220,31 @@ func TestPortInUse(t *testing.T) {
 	cfg.Listen.GRPC = srv.GRPCAddr().String()
 	if _, err := New(cfg, Services{}, quietLog()); err == nil {
 		t.Fatal("second server on the same port: no error")
+	}
+}
+
+// TestNewFailureLeavesNothingRunning: a New that cannot bind its gRPC or
+// HTTP port returns without the gRPC server's stream workers (they used to
+// start before the listeners were bound, and nothing stopped them).
+func TestNewFailureLeavesNothingRunning(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, port := range []string{"grpc", "http"} {
+		t.Run(port, func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			cfg := testConfig(t)
+			if port == "grpc" {
+				cfg.Listen.GRPC = busy.Addr().String()
+			} else {
+				cfg.Listen.HTTP = busy.Addr().String()
+			}
+			if _, err := New(cfg, Services{}, quietLog()); err == nil {
+				t.Fatalf("%s port in use: no error", port)
+			}
+		})
 	}
 }
 
