@@ -85,6 +85,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		MaxConcurrentLoads:   cfg.Limits.MaxConcurrentLoads,
 		DrainTimeout:         cfg.Limits.ShutdownTimeout.D(),
 		FetchTimeout:         cfg.Limits.FetchTimeout.D(),
+		Batching:             engineBatching(cfg.Inference.Batching),
 		Load: loaders.Options{
 			IntraOpThreads: cfg.Inference.IntraOpThreads,
 			InterOpThreads: cfg.Inference.InterOpThreads,
@@ -175,18 +176,23 @@ func deployStatic(cfg *config.Config, models *deploy.Manager, log *slog.Logger) 
 		b := cfg.BatchingFor(m)
 		spec := deploy.Spec{
 			Name: m.Name, Version: m.Version, Format: m.Format, Config: m.Config,
-			Model: artifact.Artifact{URI: (&url.URL{Scheme: "file", Path: m.Path}).String()},
-			Batching: engine.Config{
-				MaxBatchSize:        b.MaxBatchSize,
-				PreferredBatchSizes: b.PreferredBatchSizes,
-				MaxQueueDelay:       time.Duration(b.MaxQueueDelayUS) * time.Microsecond,
-				QueueCapacity:       b.QueueCapacity,
-				Instances:           b.Instances,
-			},
+			Model:     artifact.Artifact{URI: (&url.URL{Scheme: "file", Path: m.Path}).String()},
+			Batching:  engineBatching(b),
 			Resources: deploy.Resources{Providers: cfg.ProvidersFor(m)},
 		}
 		if _, err := models.Assign(m.Name, spec, deploy.OwnerOperator); err != nil {
 			log.Error("static model not served", "model", m.Name, "err", err)
 		}
+	}
+}
+
+// engineBatching is a node.toml batching table as the engine takes it.
+func engineBatching(b config.Batching) engine.Config {
+	return engine.Config{
+		MaxBatchSize:        b.MaxBatchSize,
+		PreferredBatchSizes: b.PreferredBatchSizes,
+		MaxQueueDelay:       time.Duration(b.MaxQueueDelayUS) * time.Microsecond,
+		QueueCapacity:       b.QueueCapacity,
+		Instances:           b.Instances,
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,41 @@ type Config struct {
 	GuestInstances int
 	// AllowPreciseClock lets a spec grant its guests full-resolution clocks.
 	AllowPreciseClock bool
+	// Batching is node.toml's [inference.batching]: what a spec sent over
+	// gRPC leaves at zero (see WithBatchingDefaults).
+	Batching engine.Config
+}
+
+// WithBatchingDefaults fills the fields of b left at zero from def, the
+// node's defaults: a spec from the Central Server or cyxwizctl that says
+// nothing about batching gets the node's batching, and one that sets only
+// instances keeps the rest. The preferred sizes come with the maximum: a
+// spec that sets its own max_batch_size keeps its own (or no) preferred
+// sizes. A max_batch_size of 1 is how such a spec turns batching off.
+func WithBatchingDefaults(b, def engine.Config) engine.Config {
+	if b.MaxBatchSize == 0 {
+		b.MaxBatchSize = def.MaxBatchSize
+		if len(b.PreferredBatchSizes) == 0 {
+			b.PreferredBatchSizes = slices.Clone(def.PreferredBatchSizes)
+		}
+	}
+	if b.MaxQueueDelay == 0 {
+		b.MaxQueueDelay = def.MaxQueueDelay
+	}
+	if b.QueueCapacity == 0 {
+		b.QueueCapacity = def.QueueCapacity
+	}
+	if b.Instances == 0 {
+		b.Instances = def.Instances
+	}
+	return b
+}
+
+// BatchingDefaults is Config.Batching.
+func (m *Manager) BatchingDefaults() engine.Config {
+	d := m.cfg.Batching
+	d.PreferredBatchSizes = slices.Clone(d.PreferredBatchSizes)
+	return d
 }
 
 // Manager holds every deployment of the node and drives their lives.

@@ -54,7 +54,9 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	if req.Spec == nil {
 		return nil, status.Error(codes.InvalidArgument, "spec is missing")
 	}
-	st, err := s.m.Assign(req.DeploymentId, SpecFromProto(req.Spec), deploy.OwnerCentral)
+	spec := SpecFromProto(req.Spec)
+	spec.Batching = deploy.WithBatchingDefaults(spec.Batching, s.m.BatchingDefaults())
+	st, err := s.m.Assign(req.DeploymentId, spec, deploy.OwnerCentral)
 	if err != nil {
 		return nil, err
 	}
