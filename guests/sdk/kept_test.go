@@ -3,6 +3,7 @@ package sdk_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -117,5 +118,37 @@ func TestInferNamedCopies(t *testing.T) {
 	}
 	if len(out) != 2 || !slices.Equal(tensor.View[float32](out[1]), []float32{1, 2}) {
 		t.Fatalf("outputs %v", out)
+	}
+}
+
+// A model with more outputs than the SDK's first buffer (64): infer
+// returned EINVAL after running it, so such a model could not be called
+// from a guest. The SDK now retries with the room the host reports, and
+// the host keeps the outputs for that retry: the model runs once.
+func TestInferManyOutputs(t *testing.T) {
+	const nOut = 100
+	runs := 0
+	p := keptPoolInfer(t, "infer", func(_ context.Context, _ string, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
+		runs++
+		out := make([]*tensor.Tensor, nOut)
+		for i := range out {
+			out[i] = tensor.FromSlice(fmt.Sprintf("o%d", i), tensor.Int64, []int64{1}, []int64{int64(i)})
+		}
+		return out, nil
+	})
+	out, err := p.Preprocess(context.Background(), x(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != nOut {
+		t.Fatalf("%d outputs, want %d", len(out), nOut)
+	}
+	for i, o := range out {
+		if o.Name != fmt.Sprintf("o%d", i) || tensor.View[int64](o)[0] != int64(i) {
+			t.Fatalf("output %d: %s %v", i, o.Name, tensor.View[int64](o))
+		}
+	}
+	if runs != 1 {
+		t.Errorf("the model ran %d times, want 1", runs)
 	}
 }

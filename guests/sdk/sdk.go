@@ -19,6 +19,11 @@
 //
 //	func main() {}
 //
+// Host functions work only during an entry-point call: from init (the
+// module's _initialize), Log, Config and the tensor operations fail with
+// ENOCALL. Build guest tensors (Float32s, ...) there; read config in a
+// handler.
+//
 // Tensors live on the host: an operation returns a handle-backed *Tensor
 // and nothing is copied into the guest until it reads the elements
 // (Float32, Int64, Bytes, Strings). Handles last for the call, unless
@@ -577,10 +582,20 @@ func Infer(model string, in ...*Tensor) ([]*Tensor, error) {
 		binary.LittleEndian.PutUint32(hs[4*i:], h)
 	}
 	m := []byte(model)
+	// Room for 64 outputs; a model with more gets their count back and
+	// nothing written, and the host keeps its outputs for a retry with
+	// the same inputs (not renamed again): the model runs once.
 	out := make([]byte, 4*64)
 	n := infer(ptr(m), uint32(len(m)), ptr(hs), uint32(len(in)), ptr(out), 64)
+	for try := 0; n > int32(len(out)/4) && try < 2; try++ {
+		out = make([]byte, 4*int(n))
+		n = infer(ptr(m), uint32(len(m)), ptr(hs), uint32(len(in)), ptr(out), uint32(n))
+	}
 	if n < 0 {
 		return nil, hostErr("infer", n)
+	}
+	if n > int32(len(out)/4) {
+		return nil, fmt.Errorf("sdk: infer: %d outputs, room for %d", n, len(out)/4)
 	}
 	res := make([]*Tensor, n)
 	for i := range res {

@@ -226,15 +226,19 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 			_ = inst.close(context.Background())
 		}
 	}()
-	sctx := cyxwiz.WithSession(ctx, inst.sess)
+	// Host functions work in entry points only (ABI.md): _initialize (the
+	// guest's Go init), cyxwiz_abi_version and cyxwiz_entries run without
+	// the session, so their host calls get ENOCALL and make nothing that
+	// would outlive its accounting.
+	bare := cyxwiz.WithSession(ctx, nil)
 	if f := mod.ExportedFunction(abi.ExportInit); f != nil {
-		_, err := f.Call(sctx)
+		_, err := f.Call(bare)
 		stderr := p.flush(inst, abi.ExportInit)
 		if err != nil {
 			return nil, p.errorf(abi.ExportInit, classify(ctx, err, stderr, inst.sess.Exceeded()))
 		}
 	}
-	v, err := mod.ExportedFunction(abi.ExportVersion).Call(sctx)
+	v, err := mod.ExportedFunction(abi.ExportVersion).Call(bare)
 	if err != nil {
 		return nil, p.errorf(abi.ExportVersion, classify(ctx, err, p.flush(inst, abi.ExportVersion), false))
 	}
@@ -249,7 +253,7 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 		}
 	}
 	if f := mod.ExportedFunction(abi.ExportEntries); f != nil {
-		set, err := f.Call(sctx)
+		set, err := f.Call(bare)
 		if err != nil {
 			return nil, p.errorf(abi.ExportEntries, classify(ctx, err, p.flush(inst, abi.ExportEntries), false))
 		}
@@ -266,7 +270,7 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 	}
 	if model != nil {
 		m := &tensor.Tensor{Name: "model", DType: tensor.Bytes, Shape: []int64{1}, Strings: [][]byte{model}}
-		if _, err := p.call(sctx, inst, abi.FormatLoad, []*tensor.Tensor{m}); err != nil {
+		if _, err := p.call(cyxwiz.WithSession(ctx, inst.sess), inst, abi.FormatLoad, []*tensor.Tensor{m}); err != nil {
 			return nil, err
 		}
 	}
@@ -426,7 +430,8 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	if uint32(len(inst.buf)) > inst.inCap || inst.inPtr == 0 {
 		size := max(uint32(len(inst.buf)), inst.inCap*2, 4096)
 		inst.stack[0] = uint64(size)
-		if err := inst.alloc.CallWithStack(ctx, inst.stack); err != nil {
+		// cyxwiz_alloc is no entry point: its host calls get ENOCALL.
+		if err := inst.alloc.CallWithStack(cyxwiz.WithSession(ctx, nil), inst.stack); err != nil {
 			return nil, fail(err)
 		}
 		inst.inPtr, inst.inCap = api.DecodeU32(inst.stack[0]), size

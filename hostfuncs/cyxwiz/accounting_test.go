@@ -186,6 +186,9 @@ func TestAccountingInvariant(t *testing.T) {
 					t.Fatalf("seed %d step %d (%s): pinned handle %d holds %d+%d bytes, charged %d", seed, step, what, h, size(sl.t), len(sl.t.Name), sl.bytes)
 				}
 			}
+			if s.pending != nil {
+				sum += s.pending.bytes // outputs kept for an infer retry
+			}
 			if sum != s.used || s.used < 0 || s.used > limit {
 				t.Fatalf("seed %d step %d (%s): used %d, live handles hold %d, limit %d (%s)", seed, step, what, s.used, sum, limit, s.LastError())
 			}

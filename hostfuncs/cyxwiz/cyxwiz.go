@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -190,6 +191,20 @@ func (s *Session) tensor(h uint32) (*tensor.Tensor, int32) {
 	return t, 0
 }
 
+// name reads a tensor name, which must be UTF-8 (ABI.md): a name that is
+// not would fail only later, as a model input or in a response that
+// protobuf cannot marshal.
+func (s *Session) name(mem api.Memory, ptr, n uint32, fn string) ([]byte, int32) {
+	b, e := s.read(mem, ptr, n, "tensor name")
+	if e != 0 {
+		return nil, e
+	}
+	if !utf8.Valid(b) {
+		return nil, s.fail(abi.EINVAL, "%s: name %s is not UTF-8", fn, quote(b))
+	}
+	return b, 0
+}
+
 func (s *Session) i64s(mem api.Memory, ptr, n uint32, what string) ([]int64, int32) {
 	if n > abi.MaxRank {
 		return nil, s.fail(abi.EINVAL, "%s: %d values, at most %d", what, n, abi.MaxRank)
@@ -304,7 +319,7 @@ func hostLastError(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 }
 
 func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
-	name, e := s.read(mem, u32(st, 0), u32(st, 1), "tensor name")
+	name, e := s.name(mem, u32(st, 0), u32(st, 1), "tensor_new")
 	if e != 0 {
 		return e
 	}
@@ -404,7 +419,7 @@ func hostTensorName(_ context.Context, s *Session, mem api.Memory, st []uint64) 
 	if e != 0 {
 		return e
 	}
-	name, e := s.read(mem, u32(st, 1), u32(st, 2), "tensor name")
+	name, e := s.name(mem, u32(st, 1), u32(st, 2), "tensor_name")
 	if e != 0 {
 		return e
 	}
@@ -655,36 +670,59 @@ func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int
 	if _, e := s.read(mem, u32(st, 4), outCap*4, "infer out"); e != 0 {
 		return e
 	}
-	if s.env.Infer == nil {
-		return s.fail(abi.EPERM, "infer: no model for this guest")
+	// A retry after "out_cap too small" gets the outputs the model gave
+	// then, already charged: the model runs once.
+	out, charged := s.takePending(string(model), in)
+	if out == nil {
+		s.dropPending()
+		if s.env.Infer == nil {
+			return s.fail(abi.EPERM, "infer: no model for this guest")
+		}
+		var err error
+		out, err = s.env.Infer(ctx, string(model), in)
+		s.inferErr = err // the latest call's: a guest may fall back after a failure
+		if err != nil {
+			return s.errno(fmt.Errorf("infer %s: %w", quote(model), err))
+		}
+		// Every output is host memory the guest now holds (a handle, or
+		// kept for a retry): charge it all, names included, up front.
+		for _, t := range out {
+			charged += size(t) + int64(len(t.Name))
+		}
+		if err := s.charge(charged); err != nil {
+			return s.errno(fmt.Errorf("infer %s: %d outputs: %w", quote(model), len(out), err))
+		}
 	}
-	out, err := s.env.Infer(ctx, string(model), in)
-	s.inferErr = err // the latest call's: a guest may fall back after a failure
-	if err != nil {
-		return s.errno(fmt.Errorf("infer %s: %w", quote(model), err))
+	if free := s.lim.MaxHandles - len(s.tab); len(out) > free {
+		s.used -= charged
+		s.hit = true
+		return s.errno(fmt.Errorf("infer %s: %d outputs, %d free handles: %w", quote(model), len(out), free, ErrLimit))
 	}
 	if uint32(len(out)) > outCap {
-		return s.fail(abi.EINVAL, "infer %s: %d outputs, room for %d", quote(model), len(out), outCap)
+		// The general rule for out buffers: the full count, nothing
+		// written. The outputs wait, charged, for a retry with room.
+		s.pending = &pendingInfer{model: string(model), in: in, out: out, bytes: charged}
+		return int32(len(out))
 	}
 	buf := make([]byte, 4*len(out))
 	kept := make([]uint32, 0, len(out))
 	undo := func() {
 		for _, h := range kept {
-			s.drop(h)
+			s.drop(h) // refunds what the handle holds
+		}
+		for _, t := range out[len(kept):] {
+			s.used -= size(t) + int64(len(t.Name))
 		}
 	}
 	for i, t := range out {
-		if err := s.charge(size(t)); err != nil {
+		h, err := s.store(t, size(t)+int64(len(t.Name)))
+		if err != nil {
 			undo()
 			return s.errno(err)
 		}
-		h := s.keep(t)
-		if h < 0 {
-			undo()
-			return h
-		}
-		kept = append(kept, uint32(h))
-		binary.LittleEndian.PutUint32(buf[4*i:], uint32(h))
+		s.tab[h].name = int64(len(t.Name))
+		kept = append(kept, h)
+		binary.LittleEndian.PutUint32(buf[4*i:], h)
 	}
 	if !mem.Write(u32(st, 4), buf) {
 		undo()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -82,6 +83,9 @@ type Session struct {
 	errMsg string
 	// inferErr is the last error a model called by infer gave in this call.
 	inferErr error
+	// pending holds the outputs of the last infer, when they did not fit
+	// its out buffer, for a retry.
+	pending *pendingInfer
 	// ctx is the context of the host function running (nil between host
 	// calls): long operations stop when the guest call's deadline passes.
 	ctx context.Context
@@ -105,7 +109,9 @@ func NewSession(env Env) *Session {
 type sessionKey struct{}
 
 // WithSession returns a context that the host functions called under it
-// (through api.Function.Call) use to find s.
+// (through api.Function.Call) use to find s. A nil s hides any session ctx
+// carries: host functions called under it return ENOCALL, as the ABI
+// wants outside entry points (_initialize, cyxwiz_alloc).
 func WithSession(ctx context.Context, s *Session) context.Context {
 	return context.WithValue(ctx, sessionKey{}, s)
 }
@@ -136,8 +142,39 @@ func (s *Session) Get(h uint32) (*tensor.Tensor, bool) {
 	return sl.t, true
 }
 
+// pendingInfer is an infer whose outputs did not fit the guest's out
+// buffer: they stay on the host, charged (bytes), until the next infer
+// call, which takes them when it names the same model and inputs.
+type pendingInfer struct {
+	model string
+	in    []*tensor.Tensor // the inputs, by identity: tensors are immutable and a rename makes a new one
+	out   []*tensor.Tensor
+	bytes int64
+}
+
+// takePending returns the outputs kept for a retry and their charge,
+// which pass to the caller, when an infer of model on in is that retry;
+// nil otherwise.
+func (s *Session) takePending(model string, in []*tensor.Tensor) ([]*tensor.Tensor, int64) {
+	p := s.pending
+	if p == nil || p.model != model || !slices.Equal(p.in, in) {
+		return nil, 0
+	}
+	s.pending = nil
+	return p.out, p.bytes
+}
+
+// dropPending refunds the outputs kept for an infer retry.
+func (s *Session) dropPending() {
+	if s.pending != nil {
+		s.used -= s.pending.bytes
+		s.pending = nil
+	}
+}
+
 // EndCall frees every tensor not pinned and resets the call state.
 func (s *Session) EndCall() {
+	s.pending = nil
 	s.used = 0
 	for h, sl := range s.tab {
 		if !sl.pinned {
@@ -154,6 +191,7 @@ func (s *Session) EndCall() {
 
 // Close frees every tensor, pinned ones included.
 func (s *Session) Close() {
+	s.pending = nil
 	clear(s.tab)
 	s.used = 0
 }
