@@ -53,11 +53,24 @@ func BenchmarkServing(b *testing.B) {
 	path := loadertest.NativeLib(b, "models/ppocr-cls.onnx")
 	ctx := context.Background()
 	loader := onnx.New(onnx.Config{LibraryPath: lib})
-	model, err := loader.Load(ctx, path, loaders.Options{IntraOpThreads: 1, InterOpThreads: 1})
-	if err != nil {
-		b.Fatal(err)
+	// The deployment's ONNX Runtime threads per run (BENCH_THREADS) and
+	// instances (BENCH_INSTANCES); A uses the same session settings.
+	threads := envInt("BENCH_THREADS", 1)
+	load := func(threads int) loaders.Model {
+		m, err := loader.Load(ctx, path, loaders.Options{IntraOpThreads: threads, InterOpThreads: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { m.Close() })
+		return m
 	}
-	defer model.Close()
+	model := load(threads)
+	sweepModels := map[int]loaders.Model{threads: model}
+	for _, t := range []int{1, 2} {
+		if sweepModels[t] == nil {
+			sweepModels[t] = load(t)
+		}
+	}
 
 	phase := time.Duration(envInt("BENCH_PHASE_MS", 2000)) * time.Millisecond
 	input := func(batch int) *tensor.Tensor {
@@ -76,23 +89,29 @@ func BenchmarkServing(b *testing.B) {
 		}
 	}
 
-	// B: sweep batch × goroutines.
+	// B: sweep ONNX Runtime threads per run × batch × goroutines.
 	var best float64
 	var bestAt string
 	var bestRun func() error
 	var bestBatch, bestG int
-	for _, batch := range []int{1, 2, 4, 8, 16} {
-		x := input(batch)
-		for _, g := range []int{1, 2, 4} {
-			run := func() error {
-				_, err := model.Infer(ctx, []*tensor.Tensor{x}, nil)
-				return err
-			}
-			rate := parallelRate(phase/2, g, run) * float64(batch)
-			fmt.Printf("B  in-process batch %2d × %d goroutines: %.0f img/s\n", batch, g, rate)
-			if rate > best {
-				best, bestAt = rate, fmt.Sprintf("batch=%d,g=%d", batch, g)
-				bestRun, bestBatch, bestG = run, batch, g
+	for _, t := range []int{1, 2} {
+		m := sweepModels[t]
+		for _, batch := range []int{1, 2, 4, 8, 16} {
+			x := input(batch)
+			for _, g := range []int{1, 2, 4} {
+				if t*g > 4 {
+					continue
+				}
+				run := func() error {
+					_, err := m.Infer(ctx, []*tensor.Tensor{x}, nil)
+					return err
+				}
+				rate := parallelRate(phase/3, g, run) * float64(batch)
+				fmt.Printf("B  in-process %d thread(s) batch %2d × %d goroutines: %.0f img/s\n", t, batch, g, rate)
+				if rate > best {
+					best, bestAt = rate, fmt.Sprintf("threads=%d,batch=%d,g=%d", t, batch, g)
+					bestRun, bestBatch, bestG = run, batch, g
+				}
 			}
 		}
 	}
@@ -100,7 +119,7 @@ func BenchmarkServing(b *testing.B) {
 
 	// The node: the same model through deployment, engine and KServe gRPC.
 	reg := loaders.NewRegistry(loader, nullLoader{})
-	models := deploy.NewManager(deploy.Config{Load: loaders.Options{IntraOpThreads: 1, InterOpThreads: 1}}, reg, nil, nil, quietLog())
+	models := deploy.NewManager(deploy.Config{Load: loaders.Options{IntraOpThreads: threads, InterOpThreads: 1}}, reg, nil, nil, quietLog())
 	defer models.Close(ctx)
 	if _, err := models.Assign("ppocr-cls", deploy.Spec{Name: "ppocr-cls", Format: "onnx", Model: artifact.Artifact{URI: "file://" + path},
 		Batching: engine.Config{MaxBatchSize: envInt("BENCH_MAX_BATCH", 16), Instances: envInt("BENCH_INSTANCES", 2), QueueCapacity: 256,
