@@ -95,17 +95,7 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"model path", "[[models]]\nname=\"a\"\nformat=\"onnx\"\n", []string{"models[0].path"}},
 		{"model queue", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[models.batching]\nqueue_capacity = -3\n", []string{"models[0].batching.queue_capacity"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse(tc.toml, "/base", "node.toml")
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantParseError(t, tc.toml, tc.want) })
 	}
 }
 
@@ -258,17 +248,7 @@ func TestRefusedAtStartIsRefusedByCheck(t *testing.T) {
 		{"preferred without batching", "[inference.batching]\nmax_batch_size = 1\npreferred_batch_sizes = [1]\n", []string{"inference.batching.preferred_batch_sizes", "max_batch_size > 1"}},
 		{"model preferred without batching", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[models.batching]\nmax_batch_size = 0\npreferred_batch_sizes = [4]\n", []string{"models[0].batching.preferred_batch_sizes"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse(tc.toml, "/base", "node.toml")
-			if err == nil {
-				t.Fatal("accepted")
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantParseError(t, tc.toml, tc.want) })
 	}
 	// What stays accepted.
 	for _, ok := range []string{
@@ -329,6 +309,21 @@ func TestByteSizeExact(t *testing.T) {
 		var back ByteSize
 		if err := back.UnmarshalText([]byte(v.String())); err != nil || back != v {
 			t.Errorf("%d written %q read back as %d, %v", int64(v), v.String(), int64(back), err)
+		}
+	}
+}
+
+// wantParseError checks that Parse refuses toml with an error containing
+// each of want.
+func wantParseError(t *testing.T, toml string, want []string) {
+	t.Helper()
+	_, err := Parse(toml, "/base", "node.toml")
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not contain %q", err, w)
 		}
 	}
 }
