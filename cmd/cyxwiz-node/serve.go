@@ -64,7 +64,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		CacheDir:         filepath.Join(cfg.Storage.CacheDir, "wasm"),
 		MemoryLimitPages: uint32(cfg.Guests.MemoryLimitPages),
 		CallTimeout:      cfg.Guests.CallTimeout.D(),
-		MaxOutputBytes:   uint32(min(int64(cfg.Guests.MaxOutputSize), 1<<31-1)),
+		MaxOutputBytes:   uint32(cfg.Guests.MaxOutputSize), // at most config.MaxGuestOutputSize
 	}, log.With("component", "guests"))
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStartup, err)

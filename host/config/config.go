@@ -248,6 +248,23 @@ func hostname() string {
 	return "cyxwiz-node"
 }
 
+// syntaxError is a file that is not valid TOML, or whose values do not fit
+// their keys' types. It reads as one line naming the file, the key and the
+// line; errors.As finds the decoder's toml.ParseError under it.
+type syntaxError struct {
+	name string
+	err  toml.ParseError
+}
+
+func (e *syntaxError) Error() string {
+	if e.err.LastKey != "" {
+		return fmt.Sprintf("config %s: %s (line %d): %s", e.name, e.err.LastKey, e.err.Position.Line, e.err.Message)
+	}
+	return fmt.Sprintf("config %s: line %d: %s", e.name, e.err.Position.Line, e.err.Message)
+}
+
+func (e *syntaxError) Unwrap() error { return e.err }
+
 // Load reads, decodes and validates the file at path.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -269,10 +286,7 @@ func Parse(text, baseDir, name string) (*Config, error) {
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
-			if perr.LastKey != "" {
-				return nil, fmt.Errorf("config %s: %s (line %d): %s", name, perr.LastKey, perr.Position.Line, perr.Message)
-			}
-			return nil, fmt.Errorf("config %s: line %d: %s", name, perr.Position.Line, perr.Message)
+			return nil, &syntaxError{name: name, err: perr}
 		}
 		return nil, fmt.Errorf("config %s: %w", name, err)
 	}
@@ -361,11 +375,6 @@ func (c *Config) validate() []string {
 			bad(key, "must be > 0, got %d", v)
 		}
 	}
-	nonNegative := func(key string, v int) {
-		if v < 0 {
-			bad(key, "must be >= 0, got %d", v)
-		}
-	}
 	oneOf := func(key, v string, allowed ...string) {
 		for _, a := range allowed {
 			if v == a {
@@ -384,8 +393,8 @@ func (c *Config) validate() []string {
 	if c.Node.ID != "" && !ValidNodeID(c.Node.ID) {
 		bad("node.id", "want 1 to 128 letters, digits, '.', '_' or '-', got %q", c.Node.ID)
 	}
-	if c.Listen.MaxMessageSize < 1<<20 {
-		bad("listen.max_message_size", "must be at least 1MiB, got %v", c.Listen.MaxMessageSize)
+	if c.Listen.MaxMessageSize < 1<<20 || c.Listen.MaxMessageSize > MaxMessageSize {
+		bad("listen.max_message_size", "must be between 1MiB and %v (a protobuf message cannot be larger), got %v", ByteSize(MaxMessageSize), c.Listen.MaxMessageSize)
 	}
 	if c.Central.HeartbeatInterval <= 0 {
 		bad("central.heartbeat_interval", "must be > 0")
@@ -413,8 +422,11 @@ func (c *Config) validate() []string {
 	if c.Limits.ShutdownTimeout <= 0 {
 		bad("limits.shutdown_timeout", "must be > 0")
 	}
-	nonNegative("inference.intra_op_threads", c.Inference.IntraOpThreads)
-	nonNegative("inference.inter_op_threads", c.Inference.InterOpThreads)
+	for key, v := range map[string]int{"inference.intra_op_threads": c.Inference.IntraOpThreads, "inference.inter_op_threads": c.Inference.InterOpThreads} {
+		if v < 0 || v > MaxThreads {
+			bad(key, "must be between 0 (the runtime chooses) and %d, got %d", MaxThreads, v)
+		}
+	}
 	p = append(p, checkProviders("inference.providers", c.Inference.Providers)...)
 	p = append(p, c.Inference.Batching.validate("inference.batching")...)
 	if l := c.Inference.CPULatency; l != nil && (*l < 0 || *l > Duration(time.Second)) {
@@ -431,8 +443,8 @@ func (c *Config) validate() []string {
 		bad("guests.call_timeout", "must be > 0")
 	}
 	positive("guests.instances", c.Guests.Instances)
-	if c.Guests.MaxOutputSize <= 0 {
-		bad("guests.max_output_size", "must be > 0")
+	if c.Guests.MaxOutputSize <= 0 || c.Guests.MaxOutputSize > MaxGuestOutputSize {
+		bad("guests.max_output_size", "must be > 0 and <= %v (what the guest ABI's 32-bit lengths carry), got %v", ByteSize(MaxGuestOutputSize), c.Guests.MaxOutputSize)
 	}
 	oneOf("terminal.sandbox", c.Terminal.Sandbox, "namespaces", "bwrap", "none")
 	positive("terminal.max_sessions", c.Terminal.MaxSessions)
@@ -478,6 +490,19 @@ func (c *Config) validate() []string {
 // MaxGuestMemoryPages is the most guests.memory_limit_pages may be: the
 // guest runtime's bound (guest.Config.Validate), 2 GiB of 64 KiB pages.
 const MaxGuestMemoryPages = 32768
+
+// MaxMessageSize is the most listen.max_message_size may be: protobuf
+// messages, gRPC's unit, are smaller than 2 GiB.
+const MaxMessageSize = 1<<31 - 1
+
+// MaxGuestOutputSize is the most guests.max_output_size may be: one byte
+// under 2 GiB, the largest length the guest ABI's signed 32-bit results
+// carry.
+const MaxGuestOutputSize = 1<<31 - 1
+
+// MaxThreads bounds inference.intra_op_threads and inter_op_threads: more
+// threads per model than any machine has cores only adds contention.
+const MaxThreads = 1024
 
 // validNodeID is what a node id may look like, written by hand or generated.
 var validNodeID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)

@@ -1,12 +1,16 @@
 package config
 
 import (
+	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/BurntSushi/toml"
 
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 )
@@ -325,5 +329,41 @@ func wantParseError(t *testing.T, toml string, want []string) {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error %q does not contain %q", err, w)
 		}
+	}
+}
+
+// Sizes the node cannot honour were capped in silence (a 4GiB message
+// limit became 4 GiB − 1 in gRPC and could never be marshalled; a 3GiB
+// guest output limit became 2 GiB − 1); thread counts had no upper bound.
+// They are refused, naming the key and the limit, and the limits pass.
+func TestSizeAndThreadUpperBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name, toml string
+		want       []string
+	}{
+		{"message over 2GiB", "[listen]\nmax_message_size = \"4GiB\"\n", []string{"listen.max_message_size", "4GiB"}},
+		{"guest output over 2GiB", "[guests]\nmax_output_size = \"3GiB\"\n", []string{"guests.max_output_size", "3GiB"}},
+		{"intra-op threads", "[inference]\nintra_op_threads = 100000\n", []string{"inference.intra_op_threads", "1024", "100000"}},
+		{"inter-op threads negative", "[inference]\ninter_op_threads = -1\n", []string{"inference.inter_op_threads", "-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { wantParseError(t, tc.toml, tc.want) })
+	}
+	ok := fmt.Sprintf("[listen]\nmax_message_size = %d\n[guests]\nmax_output_size = %d\n[inference]\nintra_op_threads = %d\ninter_op_threads = 0\n",
+		MaxMessageSize, MaxGuestOutputSize, MaxThreads)
+	if _, err := Parse(ok, "/b", "x"); err != nil {
+		t.Fatalf("the limits themselves: %v", err)
+	}
+}
+
+// A file that is not TOML reads as one line naming file, key and line, and
+// the decoder's error stays reachable with errors.As.
+func TestSyntaxErrorWraps(t *testing.T) {
+	_, err := Parse("[listen]\ngrpc = \n", "/b", "node.toml")
+	var perr toml.ParseError
+	if err == nil || !errors.As(err, &perr) {
+		t.Fatalf("got %v, want a wrapped toml.ParseError", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "node.toml") || !strings.Contains(msg, "line 2") {
+		t.Errorf("message %q does not name the file and line", msg)
 	}
 }
