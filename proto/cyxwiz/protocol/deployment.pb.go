@@ -312,10 +312,15 @@ func (x *GuestModule) GetPreciseClock() bool {
 }
 
 // BatchingConfig configures the dynamic batcher (Triton's dynamic_batching).
+// A field left at 0 takes the node's default from node.toml's
+// [inference.batching].
 type BatchingConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// max_batch_size is the most rows one execution takes; 0 or 1 disables batching.
-	MaxBatchSize        uint32   `protobuf:"varint,1,opt,name=max_batch_size,json=maxBatchSize,proto3" json:"max_batch_size,omitempty"`
+	// max_batch_size is the most rows one execution takes; 1 turns batching
+	// off (0 takes the node's default).
+	MaxBatchSize uint32 `protobuf:"varint,1,opt,name=max_batch_size,json=maxBatchSize,proto3" json:"max_batch_size,omitempty"`
+	// preferred_batch_sizes are sizes a batch is sent at as soon as it
+	// reaches one; empty takes the node's default (with its max_batch_size).
 	PreferredBatchSizes []uint32 `protobuf:"varint,2,rep,packed,name=preferred_batch_sizes,json=preferredBatchSizes,proto3" json:"preferred_batch_sizes,omitempty"`
 	// max_queue_delay_us is how long the oldest request may wait for a batch.
 	MaxQueueDelayUs uint64 `protobuf:"varint,3,opt,name=max_queue_delay_us,json=maxQueueDelayUs,proto3" json:"max_queue_delay_us,omitempty"`
