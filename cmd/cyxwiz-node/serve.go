@@ -41,6 +41,14 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return fmt.Errorf("%w: %w", errStartup, err)
 		}
 	}
+	// The store's lock comes first: a second node on the same state
+	// directory stops here, before it writes a node id or tidies the
+	// artifact cache the first one is using.
+	st, err := store.Open(filepath.Join(cfg.Storage.StateDir, "deployments.db"))
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStartup, err)
+	}
+	defer st.Close()
 	id, err := nodeID(cfg.Node.ID, cfg.Storage.StateDir)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStartup, err)
@@ -54,11 +62,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 	defer cache.Close()
-	st, err := store.Open(filepath.Join(cfg.Storage.StateDir, "deployments.db"))
-	if err != nil {
-		return fmt.Errorf("%w: %w", errStartup, err)
-	}
-	defer st.Close()
 
 	guests, err := guest.NewRuntime(ctx, guest.Config{
 		CacheDir:         filepath.Join(cfg.Storage.CacheDir, "wasm"),

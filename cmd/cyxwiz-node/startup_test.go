@@ -99,3 +99,34 @@ path = "m.onnx"
 	}
 	return cfg, dbPath
 }
+
+// A second node on a state directory another node holds stops at the
+// store's lock before it touches anything the first one uses: it tidied
+// the artifact cache's tmp folder (deleting the running node's files
+// there) and wrote a node id before the lock refused it.
+func TestSecondNodeTouchesNothing(t *testing.T) {
+	cfg, dbPath := startupConfig(t, "127.0.0.1:0")
+	held, err := store.Open(dbPath) // the first node
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	tmp := filepath.Join(cfg.Storage.CacheDir, "artifacts", "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inUse := filepath.Join(tmp, "download-in-progress")
+	if err := os.WriteFile(inUse, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = serve(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, store.ErrLocked) {
+		t.Fatalf("second node: %v, want the store's lock to refuse it", err)
+	}
+	if _, err := os.Stat(inUse); err != nil {
+		t.Errorf("the second node removed a file of the first one's cache: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Storage.StateDir, "node-id")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the second node wrote a node id (stat: %v)", err)
+	}
+}
