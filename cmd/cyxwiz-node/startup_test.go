@@ -130,3 +130,56 @@ func TestSecondNodeTouchesNothing(t *testing.T) {
 		t.Errorf("the second node wrote a node id (stat: %v)", err)
 	}
 }
+
+// No start-up log line carries a key twice ("component=artifacts
+// component=artifact-cache": the cache named itself under the name serve
+// gave it).
+func TestStartupLogKeysUnique(t *testing.T) {
+	cfg, _ := startupConfig(t, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h := &dupKeys{t: t}
+	if err := serve(ctx, cfg, slog.New(h)); err != nil {
+		t.Fatal(err)
+	}
+	if h.records == 0 {
+		t.Fatal("no log records")
+	}
+}
+
+// dupKeys is a slog handler that fails t on a record with a repeated key.
+type dupKeys struct {
+	t       *testing.T
+	attrs   []string
+	records int
+}
+
+func (h *dupKeys) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *dupKeys) Handle(_ context.Context, r slog.Record) error {
+	h.records++
+	keys := append([]string(nil), h.attrs...)
+	r.Attrs(func(a slog.Attr) bool { keys = append(keys, a.Key); return true })
+	seen := map[string]bool{}
+	for _, k := range keys {
+		if seen[k] {
+			h.t.Errorf("log %q repeats key %q (keys %v)", r.Message, k, keys)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+func (h *dupKeys) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(append([]string(nil), h.attrs...), func() []string {
+		var ks []string
+		for _, a := range as {
+			ks = append(ks, a.Key)
+		}
+		return ks
+	}()...)
+	return &c
+}
+
+func (h *dupKeys) WithGroup(string) slog.Handler { return h }

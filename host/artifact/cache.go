@@ -113,7 +113,7 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 	c := &Cache{
 		dir:     dir,
 		budget:  budget,
-		log:     log.With("component", "artifact-cache", "dir", dir),
+		log:     log.With("dir", dir), // the caller names the component
 		backoff: resumeBackoff,
 		entries: make(map[string]*entry),
 		refs:    make(map[string]int),
