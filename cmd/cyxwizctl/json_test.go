@@ -78,3 +78,31 @@ func TestProgressBarOvershoot(t *testing.T) {
 		t.Errorf("bar: %q", b.String())
 	}
 }
+
+// An object that is not the {"datatype", "shape", "data"} form (a typo, or
+// {"x": [...]} keyed by input name) is refused naming its keys and the two
+// forms; it read as "element 0: want a number, got map[string]interface {}".
+func TestReadJSONObjectWithoutData(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.json")
+	for text, want := range map[string][]string{
+		`{"x": [[1, 2]]}`:                     {`["x"]`, `"data"`, "nested array"},
+		`{"datatype": "FP32", "dat": [1]}`:    {`["dat" "datatype"]`, `"data"`},
+		`{"data": {"v": 1}}`:                  {`["v"]`},
+		`[{"v": 1}]`:                          {"element 0", "an object"},
+		`{"datatype": "FP32", "data": ["1"]}`: {"element 0", "a string"},
+	} {
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := readJSON(p, tensor.FP32)
+		if err == nil {
+			t.Errorf("%s: accepted", text)
+			continue
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not contain %s", text, err, w)
+			}
+		}
+	}
+}

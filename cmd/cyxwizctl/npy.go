@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -121,6 +123,10 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	} else if err := decodeJSON(b, &nested); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	if m, ok := nested.(map[string]any); ok {
+		keys := slices.Sorted(maps.Keys(m))
+		return nil, fmt.Errorf(`%s: an object with keys %q: want a nested array of values, or {"datatype": "FP32", "shape": [..], "data": [..]}`, path, keys)
+	}
 	dims := nestedShape(nested)
 	var flat []any
 	if err := flatten(nested, dims, 0, &flat); err != nil {
@@ -217,7 +223,7 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 				num = "1"
 			}
 		default:
-			return nil, fmt.Errorf("%s: element %d: want a number, got %T", src, i, v)
+			return nil, fmt.Errorf("%s: element %d: want a number, got %s", src, i, jsonKind(v))
 		}
 		size := dt.Size()
 		p := t.Data[i*size:]
@@ -264,4 +270,20 @@ func readTensorFile(path string, want tensor.DType) (*tensor.Tensor, error) {
 		return readJSON(path, want)
 	}
 	return nil, fmt.Errorf("%s: want a .npy or .json file", path)
+}
+
+// jsonKind names what a decoded JSON value is, as a user wrote it.
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case map[string]any:
+		return "an object"
+	case []any:
+		return "an array"
+	default:
+		return fmt.Sprintf("%T", v)
+	}
 }
