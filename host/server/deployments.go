@@ -54,6 +54,9 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	if req.Spec == nil {
 		return nil, status.Error(codes.InvalidArgument, "spec is missing")
 	}
+	if err := checkGuestTimeouts(req.Spec.Guests); err != nil {
+		return nil, err
+	}
 	spec := SpecFromProto(req.Spec)
 	spec.Batching = deploy.WithBatchingDefaults(spec.Batching, s.m.BatchingDefaults())
 	st, err := s.m.Assign(req.DeploymentId, spec, deploy.OwnerCentral)
@@ -61,6 +64,25 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 		return nil, err
 	}
 	return &cyxwizpb.AssignDeploymentResponse{Status: StatusToProto(st)}, nil
+}
+
+// checkGuestTimeouts refuses a guest call_timeout that is not a valid
+// duration or is negative, as StopDeployment does its drain_timeout: a
+// negative one was taken silently as "the node's default", and one out of
+// range saturated to no timeout at all.
+func checkGuestTimeouts(guests []*cyxwizpb.GuestModule) error {
+	for i, g := range guests {
+		if g.GetCallTimeout() == nil {
+			continue
+		}
+		if err := g.CallTimeout.CheckValid(); err != nil {
+			return status.Errorf(codes.InvalidArgument, "guests[%d].call_timeout: %v", i, err)
+		}
+		if d := g.CallTimeout.AsDuration(); d < 0 {
+			return status.Errorf(codes.InvalidArgument, "guests[%d].call_timeout %v is negative: leave it unset for the node's default", i, d)
+		}
+	}
+	return nil
 }
 
 // GetDeploymentStatus reports one deployment.

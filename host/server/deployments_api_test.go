@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -176,5 +177,26 @@ func TestStopDrainTimeoutChecked(t *testing.T) {
 	}
 	if st, _ := m.Get("d"); !st.State().Serving() {
 		t.Fatalf("after refused stops: %v", st.State())
+	}
+}
+
+// A guest call_timeout that is no valid duration, or is negative, is
+// refused like a stop's drain_timeout: it was taken as the node's default
+// (negative) or as no timeout at all (out of range).
+func TestGuestCallTimeoutChecked(t *testing.T) {
+	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	for _, d := range []*durationpb.Duration{
+		{Seconds: -5},
+		{Seconds: 1, Nanos: -1},
+		{Seconds: 315576000001},
+		{Nanos: 1_000_000_000},
+	} {
+		p := apiSpec(uri)
+		p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri},
+			Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}, CallTimeout: d}}
+		_, err := s.AssignDeployment(context.Background(), &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
+		if status.Code(ToStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "guests[0].call_timeout") {
+			t.Errorf("call_timeout %v: %v, want InvalidArgument naming guests[0].call_timeout", d, err)
+		}
 	}
 }

@@ -3,13 +3,15 @@ package server
 import (
 	"context"
 	"errors"
-	"github.com/cyxwiz/cyxwiz-node/host/guest"
+	"fmt"
 	"log/slog"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -43,24 +45,54 @@ func registerCode(err error, code codes.Code) {
 // ToStatus converts err to a gRPC status error. An error that already
 // carries a status keeps it; a known sentinel gets its code and the full
 // message; anything else is Internal.
+//
+// The message is cut to maxStatusMessage bytes: it travels in an HTTP/2
+// trailer, and one larger than the client's header limit (a message that
+// quotes a 20 MB model name or a shape of a million dimensions) made the
+// client tear down the whole connection, failing every call on it with
+// UNAVAILABLE instead of this one with its code.
 func ToStatus(err error) error {
 	if err == nil {
 		return nil
 	}
 	if _, ok := status.FromError(err); ok {
-		return err
+		return capMessage(err)
 	}
 	for _, c := range codeOf {
 		if errors.Is(err, c.err) {
-			return status.Error(c.code, err.Error())
+			return capMessage(status.Error(c.code, err.Error()))
 		}
 	}
 	// Last: a guest's own error may wrap the failure it passed on (a
 	// model it called was busy or gone), whose code comes first.
 	if errors.Is(err, guest.ErrGuest) {
-		return status.Error(codes.InvalidArgument, err.Error())
+		return capMessage(status.Error(codes.InvalidArgument, err.Error()))
 	}
-	return status.Error(codes.Internal, err.Error())
+	return capMessage(status.Error(codes.Internal, err.Error()))
+}
+
+// maxStatusMessage bounds a status message, in bytes. gRPC C-core clients
+// (Triton's and KServe's Python clients) refuse trailers over 8 KiB by
+// default, and grpc-message is percent-encoded (a non-ASCII byte takes
+// three).
+const maxStatusMessage = 2048
+
+// capMessage returns the status error err with its message cut to
+// maxStatusMessage bytes, on a rune boundary, saying how much was cut. The
+// code and details are kept.
+func capMessage(err error) error {
+	s, _ := status.FromError(err)
+	msg := s.Message()
+	if len(msg) <= maxStatusMessage {
+		return err
+	}
+	cut := maxStatusMessage - 64 // room for the note
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	p := s.Proto()
+	p.Message = fmt.Sprintf("%s... (%d more bytes)", msg[:cut], len(msg)-cut)
+	return status.ErrorProto(p)
 }
 
 func unaryErrors(log *slog.Logger) grpc.UnaryServerInterceptor {

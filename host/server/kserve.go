@@ -114,15 +114,9 @@ func (s *Inference) ModelInfer(ctx context.Context, req *inference.ModelInferReq
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", req.ModelName, err)
 	}
-	var names []string
-	if len(req.Outputs) > 0 {
-		names = make([]string, len(req.Outputs))
-		for i, o := range req.Outputs {
-			if slices.Contains(names[:i], o.Name) {
-				return nil, fmt.Errorf("model %s: %w", req.ModelName, invalid("output %q requested twice", o.Name))
-			}
-			names[i] = o.Name
-		}
+	names, err := requestedOutputs(req.Outputs)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", req.ModelName, err)
 	}
 	outs, err := d.Infer(ctx, inputs, names)
 	if err != nil {
@@ -131,4 +125,59 @@ func (s *Inference) ModelInfer(ctx context.Context, req *inference.ModelInferReq
 	resp := &inference.ModelInferResponse{ModelName: d.Name(), ModelVersion: d.Version(), Id: req.Id}
 	encodeOutputs(resp, outs, len(req.RawInputContents) == 0)
 	return resp, nil
+}
+
+// requestedOutputs lists the names of the requested outputs, refusing one
+// asked for twice. A request can carry hundreds of thousands of them (a
+// few bytes each): duplicates are found with a set, not by comparing every
+// pair, which took seconds of CPU per request.
+func requestedOutputs(outs []*inference.ModelInferRequest_InferRequestedOutputTensor) ([]string, error) {
+	if len(outs) == 0 {
+		return nil, nil
+	}
+	names := make([]string, len(outs))
+	for _, o := range outs {
+		if err := unsupportedParams("output", o.Name, o.Parameters); err != nil {
+			return nil, err
+		}
+	}
+	var seen map[string]struct{}
+	if len(outs) > 8 {
+		seen = make(map[string]struct{}, len(outs))
+	}
+	for i, o := range outs {
+		if seen != nil {
+			if _, dup := seen[o.Name]; dup {
+				return nil, invalid("output %q requested twice", o.Name)
+			}
+			seen[o.Name] = struct{}{}
+		} else if slices.Contains(names[:i], o.Name) {
+			return nil, invalid("output %q requested twice", o.Name)
+		}
+		names[i] = o.Name
+	}
+	return names, nil
+}
+
+// unsupportedParams refuses the tensor parameters of protocol extensions
+// this node does not have (ServerMetadata lists none): Triton's
+// classification and shared memory. Ignored, they made the node answer
+// something else than what was asked (logits for class labels, data in the
+// response for data written to a shared memory region the client then
+// reads). Other parameters (binary_data, which gRPC has no use for) are
+// ignored.
+func unsupportedParams(kind, name string, params map[string]*inference.InferParameter) error {
+	for _, k := range []string{"classification", "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"} {
+		if _, ok := params[k]; ok {
+			return invalid("%s %q: parameter %q: this node has no %s extension", kind, name, k, extensionOf(k))
+		}
+	}
+	return nil
+}
+
+func extensionOf(param string) string {
+	if param == "classification" {
+		return "classification"
+	}
+	return "shared memory"
 }

@@ -27,6 +27,9 @@ func decodeInputs(req *inference.ModelInferRequest) ([]*tensor.Tensor, error) {
 	}
 	out := make([]*tensor.Tensor, len(req.Inputs))
 	for i, in := range req.Inputs {
+		if err := unsupportedParams("input", in.Name, in.Parameters); err != nil {
+			return nil, err
+		}
 		dt, err := tensor.ParseDType(in.Datatype)
 		if err != nil {
 			return nil, invalid("input %q: %v", in.Name, err)

@@ -167,7 +167,7 @@ func modelInferHandler(srv any, ctx context.Context, dec func(any) error, interc
 		return nil, err
 	}
 	if in.bad != nil {
-		return nil, status.Error(codes.InvalidArgument, in.bad.Error())
+		return nil, capMessage(status.Error(codes.InvalidArgument, in.bad.Error()))
 	}
 	handler := func(ctx context.Context, req any) (any, error) {
 		r := req.(*inferRequest)
