@@ -139,13 +139,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// load the stop would then have to wait for.
 		log.Info("stopped during start-up")
 		models.Close(context.Background()) // nothing started: returns at once
-		closeUnserved(srv)
+		srv.Close()
 		return nil
 	}
 	deployStatic(cfg, models, log)
 	if err := models.Restore(); err != nil {
 		stopDeployments(context.Background()) // the static models are loading
-		closeUnserved(srv)
+		srv.Close()
 		return fmt.Errorf("%w: %w", errStartup, err)
 	}
 
@@ -162,13 +162,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Warn("stopping deployments", "err", cerr)
 	}
 	return err
-}
-
-// closeUnserved releases the listeners of a server that never served.
-func closeUnserved(srv *server.Server) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	srv.Run(ctx) //nolint:errcheck // stops at once; nothing was served
 }
 
 // deployStatic assigns the operator's [[models]]; they load in the

@@ -199,13 +199,28 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", s.HTTPAddr())
+	httpAddr := "off"
+	if a := s.HTTPAddr(); a != nil {
+		httpAddr = a.String()
+	}
+	s.log.Info("serving", "grpc", s.GRPCAddr().String(), "http", httpAddr)
 	g.Go(func() error {
 		<-ctx.Done()
 		s.stop()
 		return nil
 	})
 	return g.Wait()
+}
+
+// Close releases a server that will not Run (a start-up that failed after
+// New): its listeners and gRPC's stream workers. Nothing is logged: it
+// never served.
+func (s *Server) Close() {
+	s.grpc.Stop()
+	s.grpcLis.Close()
+	if s.httpLis != nil {
+		s.httpLis.Close()
+	}
 }
 
 // stop drains gRPC and HTTP within the shutdown timeout, then forces.

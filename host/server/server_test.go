@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -275,4 +277,72 @@ func TestBusyIsCalledPerCall(t *testing.T) {
 	if got := calls.Load(); got != 4 {
 		t.Fatalf("Busy called %d times after a stream, want 4", got)
 	}
+}
+
+// Close releases a server that never ran: both ports can be bound again,
+// no goroutine is left, and nothing says "serving" (a start-up that failed
+// after New released them by running with a cancelled context, which
+// logged that the node was serving).
+func TestCloseUnserved(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var logs bytes.Buffer
+	srv, err := New(testConfig(t), Services{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{srv.GRPCAddr().String(), srv.HTTPAddr().String()}
+	srv.Close()
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Fatalf("%s still bound after Close: %v", a, err)
+		}
+		l.Close()
+	}
+	if strings.Contains(logs.String(), "serving") {
+		t.Errorf("a server that never ran logged:\n%s", logs.String())
+	}
+}
+
+// With HTTP off the start-up line says so ("http=<nil>" before).
+func TestServingLogHTTPOff(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Listen.HTTP = ""
+	var logs syncBuffer
+	srv, err := New(cfg, Services{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "msg=serving") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if line := logs.String(); !strings.Contains(line, "http=off") || strings.Contains(line, "<nil>") {
+		t.Errorf("serving line with HTTP off:\n%s", line)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
