@@ -154,10 +154,14 @@ func TestPlan(t *testing.T) {
 
 func TestAboutInput(t *testing.T) {
 	for msg, want := range map[string]bool{
-		"Error running network: Got invalid dimensions for input: x for the following indices\n index: 1 Got: 5 Expected: 4":                true,
-		"Error running network: Invalid rank for input: x Got: 1 Expected: 2 Please fix either the inputs/outputs or the model.":            true,
-		"Error running network: Unexpected input data type. Actual: (tensor(double)) , expected: (tensor(float))":                           true,
-		"Error running network: Non-zero status code returned while running Conv node. Name:'c' Status Message: Invalid input shape: {0,5}": false,
+		"Error running network: Got invalid dimensions for input: x for the following indices\n index: 1 Got: 5 Expected: 4":     true,
+		"Error running network: Invalid rank for input: x Got: 1 Expected: 2 Please fix either the inputs/outputs or the model.": true,
+		"Error running network: Unexpected input data type. Actual: (tensor(double)) , expected: (tensor(float))":                true,
+		// A kernel refusing the shape the request gave (the model's dynamic
+		// dimensions let it through): the request's fault as well.
+		"Error running network: Non-zero status code returned while running Conv node. Name:'c' Status Message: Invalid input shape: {0,5}":                                         true,
+		"Error running network: Non-zero status code returned while running Add node. Name:'a' Status Message: Attempting to broadcast an axis by a dimension other than 1. 3 by 5": true,
+		"Error running network: Non-zero status code returned while running Gemm node. Name:'g' Status Message: Not enough memory":                                                  false,
 	} {
 		if got := aboutInput(errors.New(msg)); got != want {
 			t.Errorf("aboutInput(%q) = %v, want %v", msg, got, want)

@@ -176,12 +176,19 @@ func (m *Model) run(ctx context.Context, ins, outs []ort.Value) error {
 }
 
 // ortInputErrors are the ORT run errors caused by the inputs themselves,
-// such as "Got invalid dimensions for input: x for the following indices".
+// such as "Got invalid dimensions for input: x for the following indices",
+// and the kernels' own refusals of a shape that the model's dynamic
+// dimensions let through ("Non-zero status code returned while running
+// Conv node. ... Status Message: Invalid input shape: {48,0}").
 var ortInputErrors = []string{
 	"for input",
 	"Unexpected input data type",
 	"Invalid input name",
 	"Missing Input",
+	"Invalid input shape",
+	"Incompatible dimensions",
+	"Attempting to broadcast an axis by a dimension other than 1",
+	"cannot be reshaped to the requested shape",
 }
 
 func aboutInput(err error) bool {

@@ -612,3 +612,17 @@ func BenchmarkOverhead(b *testing.B) {
 		}
 	})
 }
+
+// A shape the model's dynamic dimensions let through but one of its kernels
+// refuses (PP-OCR's Conv with a width of 0) is the request's fault:
+// ErrInvalidInput (InvalidArgument), not an internal error.
+func TestKernelRefusesInputShape(t *testing.T) {
+	l := newLoader(t)
+	m := load(t, l, loadertest.NativeLib(t, ppocrRel), loaders.Options{IntraOpThreads: 1})
+	x := tensor.New(ppocrIn, tensor.FP32, 1, 3, 48, 0)
+	_, err := m.Infer(context.Background(), []*tensor.Tensor{x}, nil)
+	if !errors.Is(err, loaders.ErrInvalidInput) || !strings.Contains(err.Error(), "Invalid input shape") {
+		t.Fatalf("PP-OCR on [1,3,48,0]: %v, want ErrInvalidInput naming the shape", err)
+	}
+	checkSoftmax(t, infer(t, m, nil, ppocrInput(1, 1)), 1) // the model still serves
+}
