@@ -235,8 +235,27 @@ func usableIO(ins, outs []ort.InputOutputInfo) error {
 }
 
 func invalidModel(path string, err error) error {
-	return fmt.Errorf("onnx: load %s: %w: %w", path, loaders.ErrInvalidModel, err)
+	return fmt.Errorf("onnx: load %s: %w: %w", path, loaders.ErrInvalidModel, ortLoadError{err, path})
 }
+
+// ortLoadError is ONNX Runtime's load error without the words that repeat
+// what the caller's message already says: "Error loading temporary
+// session: Load model from PATH failed:Protobuf parsing failed." reads
+// "Protobuf parsing failed.".
+type ortLoadError struct {
+	err  error
+	path string
+}
+
+func (e ortLoadError) Error() string {
+	msg := strings.TrimPrefix(e.err.Error(), "Error loading temporary session: ")
+	if rest, ok := strings.CutPrefix(msg, "Load model from "+e.path+" failed:"); ok {
+		msg = strings.TrimSpace(rest)
+	}
+	return msg
+}
+
+func (e ortLoadError) Unwrap() error { return e.err }
 
 // ioInfo asks ONNX Runtime for the model's inputs and outputs. It needs a
 // session of its own; with graph optimisation off and one thread it costs

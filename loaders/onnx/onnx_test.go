@@ -449,6 +449,14 @@ func TestLoadErrors(t *testing.T) {
 			t.Errorf("%s: error %v, want ErrInvalidModel naming %s", name, err, path)
 		}
 	}
+	// Garbage bytes: named once, with ONNX Runtime's reason ("Load model
+	// from PATH failed:" and "Error loading temporary session" repeated it).
+	garbage := writeModel(t, "garbage.onnx", bytes.Repeat([]byte{0xff, 0x13, 0x00}, 300))
+	_, err := l.Load(context.Background(), garbage, loaders.Options{})
+	if !errors.Is(err, loaders.ErrInvalidModel) || strings.Count(err.Error(), garbage) != 1 ||
+		strings.Contains(err.Error(), "temporary session") || !strings.Contains(err.Error(), "Protobuf parsing failed") {
+		t.Errorf("garbage model: %v, want ErrInvalidModel naming the file once, with ORT's reason", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := l.Load(ctx, writeModel(t, "m.onnx", onnxtest.MultiIO()), loaders.Options{}); !errors.Is(err, context.Canceled) {
