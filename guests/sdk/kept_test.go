@@ -152,3 +152,23 @@ func TestInferManyOutputs(t *testing.T) {
 		t.Errorf("the model ran %d times, want 1", runs)
 	}
 }
+
+// An output whose name or rank the tensor list cannot carry is the
+// guest's error: the SDK's encoder cut a name of 70,000 bytes to 65,535
+// (the output reached the response under a name the guest never gave),
+// and a rank of 17 made the host throw the instance away as a bad output.
+func TestOutputsTheListCannotCarry(t *testing.T) {
+	for _, mode := range []string{"longname", "rank17"} {
+		t.Run(mode, func(t *testing.T) {
+			p := keptPool(t, mode)
+			out, err := p.Preprocess(context.Background(), x(1, 2))
+			if !errors.Is(err, guest.ErrGuest) || !strings.Contains(err.Error(), "at most 65535 and 16") {
+				names := make([]int, len(out))
+				for i, o := range out {
+					names[i] = len(o.Name)
+				}
+				t.Fatalf("err = %v (outputs with names of %v bytes), want ErrGuest saying what fits", err, names)
+			}
+		})
+	}
+}

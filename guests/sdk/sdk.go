@@ -763,6 +763,12 @@ func encodeList(out []*Tensor) ([]abi.Tensor, error) {
 		if h == 0 && !t.loaded {
 			return nil, fmt.Errorf("output %d: %w", i, t.errStale("output"))
 		}
+		// What the list's framing carries (abi.Encode would cut the name,
+		// and the host refuse the rank as a bad output).
+		if len(t.name) > abi.MaxNameLen || len(t.shape) > abi.MaxRank {
+			return nil, fmt.Errorf("output %d (%.64q): a name of %d bytes or a rank of %d, at most %d and %d",
+				i, t.name, len(t.name), len(t.shape), abi.MaxNameLen, abi.MaxRank)
+		}
 		list[i] = abi.Tensor{Name: t.name, DType: uint8(t.dtype), Shape: t.shape, Handle: h, Data: t.data, Strings: t.strs}
 	}
 	return list, nil

@@ -3,6 +3,8 @@ package guest_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"image"
 	"image/color"
 	"image/jpeg"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
 	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/loaders/safetensors"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
@@ -303,5 +306,48 @@ func TestSafetensorsMLP(t *testing.T) {
 	}
 	if err := p.FormatLoad(ctx, []byte("not safetensors")); !errorsIs(err, guest.ErrGuest) {
 		t.Fatalf("bad file: %v, want ErrGuest", err)
+	}
+}
+
+// wait_us is any INT64 >= 0 (ABI.md): one past 2^63 ns, a guest's "as long
+// as you like", overflowed when made a Duration: 2^63-1 µs failed the
+// policy as a bad output (a negative wait), and 18446744073709552 µs (2^64
+// ns, and a few) became a wait of 384 ns. A negative one stays refused.
+func TestBatchPolicyLongWait(t *testing.T) {
+	rt := newRuntime(t, guest.Config{CacheDir: t.TempDir()})
+	policy := func(waitUS int64) *guest.Pool {
+		list := abi.Encode(nil, []abi.Tensor{
+			{Name: "run", DType: abi.DTypeInt64, Data: make([]byte, 8)},
+			{Name: "wait_us", DType: abi.DTypeInt64, Data: binary.LittleEndian.AppendUint64(nil, uint64(waitUS))},
+		})
+		m := &zzModule{}
+		zzABIGuest(m)
+		const at = 8192
+		m.data = [][]byte{zzData(at, list)}
+		f := m.addFunc(2, zzCat([]byte{0, 0x42}, zzS(abi.Pack(at, uint32(len(list)))), []byte{0x0b}))
+		m.export(guest.EntryBatchPolicy.String(), 0x00, f)
+		mod, err := rt.Compile(context.Background(), m.bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mod.Close(context.Background()) })
+		p, err := rt.NewPool(context.Background(), mod, guest.PoolConfig{Name: "policy", Require: []guest.Entry{guest.EntryBatchPolicy}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close(context.Background()) })
+		return p
+	}
+	q := guest.QueueState{Queued: 1, Rows: []int64{1}, MaxBatch: 8}
+	for _, us := range []int64{math.MaxInt64, 18446744073709552, math.MaxInt64 / 1000} {
+		d, err := policy(us).BatchPolicy(context.Background(), q)
+		if err != nil || d.Run != 0 || d.Wait < time.Duration(math.MaxInt64/1000)*time.Microsecond {
+			t.Errorf("wait_us %d: %+v, %v; want the longest wait", us, d, err)
+		}
+	}
+	for _, us := range []int64{-1, -1 << 62} {
+		if d, err := policy(us).BatchPolicy(context.Background(), q); !errors.Is(err, guest.ErrBadOutput) {
+			t.Errorf("wait_us %d: %+v, %v; want ErrBadOutput", us, d, err)
+		}
 	}
 }

@@ -425,3 +425,22 @@ func TestLongNamesAndBadInputKeepTheInstance(t *testing.T) {
 		t.Errorf("calls counted %d after %d: the instance was replaced", n, first)
 	}
 }
+
+// A guest whose initial memory is over the runtime's limit fails with
+// ErrMemory, as over a guest's own limit (CompileLimited): it failed with
+// ErrABI, wazero's "min 600 pages over limit", a FailedPrecondition.
+func TestInitialMemoryOverRuntimeLimit(t *testing.T) {
+	m := &zzModule{}
+	zzABIGuest(m)
+	m.memory = zzCat([]byte{0x00}, zzU(600))
+	rt := newRuntime(t, guest.Config{CacheDir: t.TempDir(), MemoryLimitPages: 512})
+	for _, pages := range []uint32{0, 512, 300} {
+		mod, err := rt.CompileLimited(context.Background(), m.bytes(), pages)
+		if err == nil {
+			mod.Close(context.Background())
+		}
+		if !errors.Is(err, guest.ErrMemory) || errors.Is(err, guest.ErrABI) || !strings.Contains(err.Error(), "starts with 600 pages") {
+			t.Errorf("600 initial pages, limit %d (runtime 512): err = %v, want ErrMemory", pages, err)
+		}
+	}
+}

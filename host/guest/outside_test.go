@@ -37,3 +37,38 @@ func TestHostCallsOutsideEntryPoints(t *testing.T) {
 		}
 	}
 }
+
+// A module's start function runs when an instance is made, outside any
+// entry point: its host calls get ENOCALL too. Instances were made under
+// the caller's context, which carries the session of another guest when
+// that guest's infer runs a model served by this one (a custom format, or
+// a deployment its manifest allows): the start function could read, make
+// and free that guest's host tensors.
+func TestStartFunctionGetsNoSession(t *testing.T) {
+	m := &zzModule{}
+	free := m.importFunc(cyxwiz.ModuleName, abi.FuncTensorFree, 1)
+	zzABIGuest(m)
+	start := m.addFunc(3, zzCat([]byte{0, 0x41}, zzS(1), []byte{0x10}, zzU(uint64(free)), []byte{0x1a, 0x0b}))
+	m.start = zzU(uint64(start))
+	rt := newRuntime(t, guest.Config{CacheDir: t.TempDir()})
+	mod, err := rt.Compile(context.Background(), m.bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mod.Close(context.Background())
+
+	// The caller: a host function of another guest's call, holding handle 1.
+	other := cyxwiz.NewSession(cyxwiz.Env{})
+	if h := other.Put(tensor.New("x", tensor.FP32, 2)); h != 1 {
+		t.Fatalf("Put: handle %d", h)
+	}
+	ctx := cyxwiz.WithSession(context.Background(), other)
+	p, err := rt.NewPool(ctx, mod, guest.PoolConfig{Name: "start"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	if other.Handles() != 1 {
+		t.Fatalf("the start function of a new instance freed the caller's handle 1 (%d handles left)", other.Handles())
+	}
+}

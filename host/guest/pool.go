@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -215,7 +216,12 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 	} else {
 		mc = mc.WithWalltime(coarseWalltime, coarseResolution).WithNanotime(coarseNanotime, coarseResolution)
 	}
-	mod, err := p.rt.r.InstantiateModule(ctx, p.m.compiled, mc)
+	// Host functions work in entry points only (ABI.md), and the module's
+	// start function, which instantiation runs, is none: it gets no
+	// session, not even one ctx carries (another guest's, whose infer
+	// call is making this instance).
+	bare := cyxwiz.WithSession(ctx, nil)
+	mod, err := p.rt.r.InstantiateModule(bare, p.m.compiled, mc)
 	if err != nil {
 		p.flush(inst, "instantiate")
 		return nil, p.errorf("instantiate", fmt.Errorf("%w: %v", ErrABI, err))
@@ -226,11 +232,9 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 			_ = inst.close(context.Background())
 		}
 	}()
-	// Host functions work in entry points only (ABI.md): _initialize (the
-	// guest's Go init), cyxwiz_abi_version and cyxwiz_entries run without
-	// the session, so their host calls get ENOCALL and make nothing that
-	// would outlive its accounting.
-	bare := cyxwiz.WithSession(ctx, nil)
+	// _initialize (the guest's Go init), cyxwiz_abi_version and
+	// cyxwiz_entries run without the session too, so their host calls get
+	// ENOCALL and make nothing that would outlive its accounting.
 	if f := mod.ExportedFunction(abi.ExportInit); f != nil {
 		_, err := f.Call(bare)
 		stderr := p.flush(inst, abi.ExportInit)
@@ -603,13 +607,27 @@ func (p *Pool) BatchPolicy(ctx context.Context, q QueueState) (Decision, error) 
 		case "run":
 			d.Run, run = int(v), run+1
 		case "wait_us":
-			d.Wait, wait = time.Duration(v)*time.Microsecond, wait+1
+			d.Wait, wait = microseconds(v), wait+1
 		}
 	}
 	if run != 1 || wait != 1 || d.Run < 0 || d.Run > q.Queued || d.Wait < 0 {
 		return Decision{}, p.errorf(EntryBatchPolicy.String(), fmt.Errorf("%w: want INT64 scalars run in [0, %d] and wait_us >= 0, got %v", ErrBadOutput, q.Queued, names(out)))
 	}
 	return d, nil
+}
+
+// microseconds is v µs as a Duration: saturated at the longest one (a
+// guest's "wait as long as you like"), and negative when v is. The plain
+// product overflowed: -2^62 µs became a wait of 0, and 2^63-1 µs a
+// negative one, refused as a bad output.
+func microseconds(v int64) time.Duration {
+	switch {
+	case v < 0:
+		return -1
+	case v > math.MaxInt64/int64(time.Microsecond):
+		return math.MaxInt64
+	}
+	return time.Duration(v) * time.Microsecond
 }
 
 func names(ts []*tensor.Tensor) []string {

@@ -242,6 +242,12 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 			return fail(fmt.Errorf("guest: compile %x with a memory limit of %d pages: %w", digest[:6], pages, err))
 		}
 		wasm = limited
+	} else if _, lo, _, err := memoryLimits(wasm); err == nil {
+		// Under the runtime's limit, which wazero applies, the same
+		// error as under a guest's own: wazero's says "ABI violation".
+		if err := checkInitialMemory(lo, rt.cfg.MemoryLimitPages); err != nil {
+			return fail(fmt.Errorf("guest: compile %x with a memory limit of %d pages: %w", digest[:6], rt.cfg.MemoryLimitPages, err))
+		}
 	}
 	start := time.Now()
 	cctx := experimental.WithCompilationWorkers(ctx, rt.cfg.CompileWorkers)

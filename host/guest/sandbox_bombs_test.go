@@ -226,3 +226,35 @@ func TestRandomGetStopsAtDeadline(t *testing.T) {
 // one function does not stop when the caller's context ends: a 36 KB guest
 // holds a core for seconds past its compile deadline, a few hundred KB for
 // minutes.
+
+// A start section and a data count section (which clang and rustc write
+// with bulk memory, on by default) are valid WebAssembly: the module check
+// refused both as "1 trailing bytes", so such a guest could not deploy.
+func TestStartAndDataCountSectionsAccepted(t *testing.T) {
+	m := &zzModule{}
+	zzABIGuest(m)
+	start := m.addFunc(3, []byte{0, 0x0b})
+	for _, tc := range []struct {
+		name             string
+		start, dataCount []byte
+	}{
+		{"start", zzU(uint64(start)), nil},
+		{"data count", nil, zzU(0)},
+		{"both", zzU(uint64(start)), zzU(0)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m.start, m.dataCount = tc.start, tc.dataCount
+			rt := newRuntime(t, guest.Config{CacheDir: t.TempDir()})
+			mod, err := rt.Compile(context.Background(), m.bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mod.Close(context.Background())
+			p, err := rt.NewPool(context.Background(), mod, guest.PoolConfig{Name: "sections"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Close(context.Background())
+		})
+	}
+}

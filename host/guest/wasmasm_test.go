@@ -52,6 +52,14 @@ type zzModule struct {
 	exports  [][]byte
 	start    []byte
 	memory   []byte
+	// dataCount, when set, is the contents of a data count section.
+	dataCount []byte
+	data      [][]byte // active data segments of memory 0 (zzData)
+}
+
+// zzData is an active data segment writing b at offset.
+func zzData(offset uint32, b []byte) []byte {
+	return zzCat([]byte{0, 0x41}, zzS(int64(offset)), []byte{0x0b}, zzU(uint64(len(b))), b)
 }
 
 var zzTypes = [][]byte{
@@ -101,7 +109,13 @@ func (m *zzModule) bytes() []byte {
 	if m.start != nil {
 		out = append(out, sec(8, m.start)...)
 	}
+	if m.dataCount != nil {
+		out = append(out, sec(12, m.dataCount)...)
+	}
 	out = append(out, sec(10, zzVec(m.codes))...)
+	if len(m.data) > 0 {
+		out = append(out, sec(11, zzVec(m.data))...)
+	}
 	return out
 }
 

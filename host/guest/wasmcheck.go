@@ -239,6 +239,8 @@ func (r *wreader) section(id byte) error {
 			r.byte()
 			r.u32()
 		}
+	case 8, 12: // start (a function index), data count
+		r.u32()
 	case 9: // element
 		for range r.count(2) {
 			r.element()

@@ -228,45 +228,65 @@ const sectionMemory = 5
 // imports its memory, declares none, or whose initial memory is already
 // larger than pages is an error; so is anything this cannot parse.
 func limitMemory(wasm []byte, pages uint32) ([]byte, error) {
-	secs, err := sections(wasm)
+	mem, lo, hi, err := memoryLimits(wasm)
 	if err != nil {
 		return nil, err
 	}
-	mem, ok := find(secs, sectionMemory)
-	if !ok {
-		return nil, errors.New("the module declares no memory of its own")
-	}
-	b := wasm[mem.start:mem.end]
-	if len(b) < 2 {
-		return nil, errors.New("malformed memory section")
-	}
-	if b[0] != 1 {
-		return nil, fmt.Errorf("the memory section declares %d memories, want 1", b[0])
-	}
-	flags := b[1]
-	if flags > 1 {
-		return nil, fmt.Errorf("memory limits flags %#x (shared or 64-bit memory) are not supported", flags)
-	}
-	lo, n := binary.Uvarint(b[2:])
-	if n <= 0 || lo > 65536 {
-		return nil, errors.New("malformed memory minimum")
-	}
-	hi, rest := uint64(65536), b[2+n:]
-	if flags == 1 {
-		var m int
-		if hi, m = binary.Uvarint(rest); m <= 0 || hi > 65536 {
-			return nil, errors.New("malformed memory maximum")
-		}
-		rest = rest[m:]
-	}
-	if len(rest) != 0 {
-		return nil, errors.New("trailing bytes in the memory section")
-	}
-	if lo > uint64(pages) {
-		return nil, fmt.Errorf("%w: the guest starts with %d pages of memory, its limit is %d", ErrMemory, lo, pages)
+	if err := checkInitialMemory(lo, pages); err != nil {
+		return nil, err
 	}
 	body := []byte{1, 1}
 	body = binary.AppendUvarint(body, lo)
 	body = binary.AppendUvarint(body, min(hi, uint64(pages)))
 	return replace(wasm, mem, body), nil
+}
+
+// checkInitialMemory refuses, with ErrMemory, an initial memory of lo
+// pages over a limit of pages.
+func checkInitialMemory(lo uint64, pages uint32) error {
+	if lo > uint64(pages) {
+		return fmt.Errorf("%w: the guest starts with %d pages of memory, its limit is %d", ErrMemory, lo, pages)
+	}
+	return nil
+}
+
+// memoryLimits returns the memory section of a module that declares one
+// memory of its own, and that memory's minimum and maximum in pages (65536
+// when it declares none).
+func memoryLimits(wasm []byte) (mem section, lo, hi uint64, err error) {
+	secs, err := sections(wasm)
+	if err != nil {
+		return section{}, 0, 0, err
+	}
+	mem, ok := find(secs, sectionMemory)
+	if !ok {
+		return section{}, 0, 0, errors.New("the module declares no memory of its own")
+	}
+	b := wasm[mem.start:mem.end]
+	if len(b) < 2 {
+		return section{}, 0, 0, errors.New("malformed memory section")
+	}
+	if b[0] != 1 {
+		return section{}, 0, 0, fmt.Errorf("the memory section declares %d memories, want 1", b[0])
+	}
+	flags := b[1]
+	if flags > 1 {
+		return section{}, 0, 0, fmt.Errorf("memory limits flags %#x (shared or 64-bit memory) are not supported", flags)
+	}
+	lo, n := binary.Uvarint(b[2:])
+	if n <= 0 || lo > 65536 {
+		return section{}, 0, 0, errors.New("malformed memory minimum")
+	}
+	hi, rest := uint64(65536), b[2+n:]
+	if flags == 1 {
+		var m int
+		if hi, m = binary.Uvarint(rest); m <= 0 || hi > 65536 {
+			return section{}, 0, 0, errors.New("malformed memory maximum")
+		}
+		rest = rest[m:]
+	}
+	if len(rest) != 0 {
+		return section{}, 0, 0, errors.New("trailing bytes in the memory section")
+	}
+	return mem, lo, hi, nil
 }

@@ -2,6 +2,7 @@ package cyxwiz
 
 import (
 	"context"
+	"log/slog"
 	"runtime"
 	"testing"
 
@@ -46,5 +47,44 @@ func TestErrorMessagesBounded(t *testing.T) {
 	t.Logf("config_get of a %d MiB key: last_error length %d MiB, host allocated %d MiB (limit 1 MiB)", keyLen>>20, n>>20, alloc>>20)
 	if alloc > 2<<20 {
 		t.Errorf("a failed config_get and last_error allocated %d MiB on the host", alloc>>20)
+	}
+}
+
+// countingHandler counts the records logged and the bytes of their messages.
+type countingHandler struct{ records, bytes, warnings int }
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.records++
+	h.bytes += len(r.Message)
+	if r.Level == slog.LevelWarn {
+		h.warnings++
+	}
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// A call logs at most 64 KiB, as its stdout and stderr keep: log capped
+// each message at 4 KiB but not their number, so a guest logging in a
+// loop wrote to the node's log at full speed until its deadline.
+func TestLogBoundedPerCall(t *testing.T) {
+	mem := guestMemory(t, 1)
+	h := &countingHandler{}
+	s := NewSession(Env{Log: slog.New(h)})
+	for call := range 2 {
+		*h = countingHandler{}
+		for range 1000 {
+			if rc := hostLog(context.Background(), s, mem, stack(0, 0, 4096)); rc != 0 {
+				t.Fatalf("log: %d", rc)
+			}
+		}
+		if h.bytes > 64<<10 || h.records == 0 {
+			t.Errorf("call %d: 1000 messages of 4 KiB logged %d records, %d KiB", call, h.records, h.bytes>>10)
+		}
+		s.EndCall()
+		if h.warnings != 1 {
+			t.Errorf("call %d: %d warnings about dropped messages, want 1", call, h.warnings)
+		}
 	}
 }

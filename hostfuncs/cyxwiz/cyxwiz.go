@@ -193,8 +193,13 @@ func (s *Session) tensor(h uint32) (*tensor.Tensor, int32) {
 
 // name reads a tensor name, which must be UTF-8 (ABI.md): a name that is
 // not would fail only later, as a model input or in a response that
-// protobuf cannot marshal.
+// protobuf cannot marshal. It must also fit the tensor list's 16-bit name
+// length (abi.MaxNameLen): a longer one would reach the guest cut
+// (tensor_info) and could never name an output.
 func (s *Session) name(mem api.Memory, ptr, n uint32, fn string) ([]byte, int32) {
+	if n > abi.MaxNameLen {
+		return nil, s.fail(abi.EINVAL, "%s: a name of %d bytes, at most %d", fn, n, abi.MaxNameLen)
+	}
 	b, e := s.read(mem, ptr, n, "tensor name")
 	if e != 0 {
 		return nil, e
@@ -298,6 +303,14 @@ func hostLog(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32
 	if e != 0 {
 		return e
 	}
+	// A call logs at most MaxCallLogBytes, as its stdout: a guest logging
+	// in a loop wrote 4 KiB a message to the node's log until its deadline.
+	if len(b) > s.lim.MaxCallLogBytes-s.logged {
+		s.dropped++
+		s.droppedBytes += len(b)
+		return 0
+	}
+	s.logged += len(b)
 	s.env.Log.Log(ctx, slog.Level(api.DecodeI32(st[0])), string(b))
 	return 0
 }

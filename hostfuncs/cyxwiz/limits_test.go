@@ -87,6 +87,29 @@ func TestEmptyTensorsWithHugeDimensions(t *testing.T) {
 	}
 }
 
+// concat adds up the rows of empty parts: two [2^10, 0, 2^10], each within
+// a limit of 2^20, made a [2^11, 0, 2^10] that tensor_new and reshape
+// refuse (ENOMEM, ABI.md), and that no operation could then use.
+func TestConcatOfEmptyPartsChecksItsShape(t *testing.T) {
+	mem := guestMemory(t, 1)
+	s := NewSession(Env{Limits: Limits{MaxBytes: 1 << 20}})
+	a := newTensor(s, mem, "x", 0, 1<<10, 0, 1<<10)
+	if a <= 0 {
+		t.Fatalf("tensor_new of [2^10, 0, 2^10]: %d (%s)", a, s.LastError())
+	}
+	var hs [8]byte
+	binary.LittleEndian.PutUint32(hs[:], uint32(a))
+	binary.LittleEndian.PutUint32(hs[4:], uint32(a))
+	mem.Write(2048, hs[:])
+	if got := hostConcat(context.Background(), s, mem, stack(2048, 2)); got != int32(abi.ENOMEM) {
+		y, _ := s.Get(uint32(got))
+		t.Errorf("concat of two [2^10, 0, 2^10]: %d (shape %v), want ENOMEM", got, y.Shape)
+	}
+	if s.Handles() != 1 || s.used != 1 {
+		t.Errorf("after a refused concat: %d handles, %d bytes charged", s.Handles(), s.used)
+	}
+}
+
 // Working memory of an operation (topk's heap, resize's weights) is
 // charged, or not made at all for an empty result: it cannot take the host
 // past the limit.
@@ -157,16 +180,16 @@ func TestHostMemoryAccounting(t *testing.T) {
 	s.Close()
 
 	// Names are host memory.
-	s = NewSession(Env{Limits: Limits{MaxBytes: limit}})
-	big := string(make([]byte, 1<<20))
+	s = NewSession(Env{Limits: Limits{MaxBytes: 2*abi.MaxNameLen + 100}})
+	big := string(make([]byte, abi.MaxNameLen))
 	if h := newTensor(s, mem, big, 0, 0); h <= 0 {
-		t.Fatalf("tensor_new with a 1 MiB name: %d", h)
+		t.Fatalf("tensor_new with a 64 KiB name: %d", h)
 	}
 	if h := newTensor(s, mem, big, 0, 0); h <= 0 {
-		t.Fatalf("tensor_new with a 1 MiB name: %d", h)
+		t.Fatalf("tensor_new with a 64 KiB name: %d", h)
 	}
 	if h := newTensor(s, mem, big, 0, 0); h != int32(abi.ENOMEM) {
-		t.Errorf("third 1 MiB name under a 2 MiB limit: %d, want ENOMEM", h)
+		t.Errorf("third 64 KiB name under a 128 KiB limit: %d, want ENOMEM", h)
 	}
 	s.Close()
 

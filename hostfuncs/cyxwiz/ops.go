@@ -625,6 +625,11 @@ func (s *Session) concat(parts []*tensor.Tensor) (*tensor.Tensor, error) {
 	if err != nil {
 		return nil, invalid("%v", err)
 	}
+	// Empty parts hold nothing, but their rows add up: [2^10, 0, 2^10]
+	// twice spans more than either.
+	if err := s.checkShape(y.Shape); err != nil {
+		return nil, err
+	}
 	return y, nil
 }
 

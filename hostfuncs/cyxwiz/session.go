@@ -39,6 +39,10 @@ type Limits struct {
 	MaxBytes int64
 	// MaxLogBytes truncates one log message. Default: 4096.
 	MaxLogBytes int
+	// MaxCallLogBytes bounds what one entry-point call may log, as its
+	// stdout and stderr are: messages past it are dropped and counted in
+	// one warning at the end of the call. Default: 64 KiB.
+	MaxCallLogBytes int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -50,6 +54,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxLogBytes <= 0 {
 		l.MaxLogBytes = 4096
+	}
+	if l.MaxCallLogBytes <= 0 {
+		l.MaxCallLogBytes = 64 << 10
 	}
 	return l
 }
@@ -89,6 +96,9 @@ type Session struct {
 	// ctx is the context of the host function running (nil between host
 	// calls): long operations stop when the guest call's deadline passes.
 	ctx context.Context
+	// logged is what the call logged; dropped, the messages (and their
+	// bytes) past Limits.MaxCallLogBytes.
+	logged, dropped, droppedBytes int
 }
 
 type slot struct {
@@ -174,6 +184,10 @@ func (s *Session) dropPending() {
 
 // EndCall frees every tensor not pinned and resets the call state.
 func (s *Session) EndCall() {
+	if s.dropped > 0 {
+		s.env.Log.Warn("guest log messages dropped", "messages", s.dropped, "bytes", s.droppedBytes, "limit_bytes", s.lim.MaxCallLogBytes)
+	}
+	s.logged, s.dropped, s.droppedBytes = 0, 0, 0
 	s.pending = nil
 	s.used = 0
 	for h, sl := range s.tab {

@@ -7,11 +7,14 @@
 //   - "result": the first call returns x + 1 and keeps it, without pinning;
 //     later calls return that kept host tensor;
 //   - "nil": returns a nil tensor;
-//   - "infer": runs the model on relu(x) under two names, "a" and "b".
+//   - "infer": runs the model on relu(x) under two names, "a" and "b";
+//   - "longname": returns x under a name of 70,000 bytes;
+//   - "rank17": returns a guest tensor of rank 17.
 package main
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
 )
@@ -66,6 +69,14 @@ func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 			return nil, err
 		}
 		return sdk.Infer("", y.Named("a"), y.Named("b"))
+	case "longname":
+		return []*sdk.Tensor{in[0].Named(strings.Repeat("y", 70000))}, nil
+	case "rank17":
+		shape := make([]int64, 17)
+		for i := range shape {
+			shape[i] = 1
+		}
+		return []*sdk.Tensor{sdk.New("y", sdk.Uint8, shape, []byte{7})}, nil
 	}
 	return nil, errors.New("unknown mode")
 }
