@@ -145,6 +145,9 @@ type Deployment struct {
 	// pub orders notify's work: each status is stored and published before
 	// a later one is taken, so that watchers see the states in order.
 	pub sync.Mutex
+	// published is the Seq of the last status published (guarded by pub):
+	// a status goes out once.
+	published uint64
 }
 
 // ID is the deployment id.
@@ -161,6 +164,13 @@ func (d *Deployment) Info() loaders.Info {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.info
+}
+
+// charged is the memory d is charged against the budget.
+func (d *Deployment) charged() int64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.charge
 }
 
 // State is the current state.

@@ -108,6 +108,11 @@ type Manager struct {
 	byID   map[string]*Deployment
 	byName map[string]*Deployment // serving or on its way (Active)
 	closed bool
+	// lingering holds the deployments whose stop gave up draining: their
+	// models close when the requests still running return, and stay
+	// charged against the memory budget until then (even once their id
+	// has been taken by a new run).
+	lingering map[*Deployment]struct{}
 
 	watch broker
 }
@@ -134,6 +139,7 @@ func NewManager(cfg Config, reg *loaders.Registry, cache *artifact.Cache, st *st
 		loadSem:  make(chan struct{}, cfg.MaxConcurrentLoads),
 		ctx:      ctx, cancel: cancel,
 		byID: map[string]*Deployment{}, byName: map[string]*Deployment{},
+		lingering: map[*Deployment]struct{}{},
 	}
 }
 
@@ -156,7 +162,7 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 	m.mu.Lock()
 	cur, ok := m.byID[id]
 	m.mu.Unlock()
-	if ok {
+	if ok && cur.owner == owner { // another owner's deployment is not theirs to change
 		if have := cur.Status().Spec; !have.Equal(spec) && cur.State().Serving() && swappable(have, spec) {
 			return m.swapGuests(cur, spec)
 		}
@@ -172,7 +178,11 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 		if err != nil || d == nil {
 			return Status{}, err
 		}
-		m.changed(d)
+		if ok && d == cur {
+			// Idempotent: the deployment's status goes out again (a new
+			// one's goroutine publishes it, Pending first).
+			m.publish(d, true)
+		}
 		return d.Status(), nil
 	}
 }
@@ -243,13 +253,13 @@ func (m *Manager) newDeployment(id, owner string, spec Spec, now time.Time) *Dep
 
 // admitLocked checks the deployment count and memory budget.
 func (m *Manager) admitLocked(spec Spec) error {
-	active, used := 0, int64(0)
+	active := 0
 	for _, d := range m.byID {
 		if d.State().Active() {
 			active++
-			used += d.Status().MemoryBytes
 		}
 	}
+	used := m.chargedLocked(nil)
 	if m.cfg.MaxDeployments > 0 && active >= m.cfg.MaxDeployments {
 		return fmt.Errorf("%w: %d of %d deployments in use (limits.max_deployments)", ErrNoCapacity, active, m.cfg.MaxDeployments)
 	}
@@ -267,17 +277,31 @@ func (m *Manager) fitsLocked(d *Deployment, charge int64) error {
 	if m.cfg.MemoryBudget <= 0 {
 		return nil
 	}
-	var used int64
-	for _, o := range m.byID {
-		if o != d && o.State().Active() {
-			used += o.Status().MemoryBytes
-		}
-	}
+	used := m.chargedLocked(d)
 	if used+charge > m.cfg.MemoryBudget {
 		return fmt.Errorf("%w: memory budget: the loaded model holds %d bytes, %d of %d in use, %d free (limits.memory_budget)",
 			ErrNoCapacity, charge, used, m.cfg.MemoryBudget, max(m.cfg.MemoryBudget-used, 0))
 	}
 	return nil
+}
+
+// chargedLocked sums the memory charged against the budget by every
+// deployment other than except: the active ones, and the stopped ones whose
+// model is still loaded because their drain gave up on a request (a
+// stopped or failed deployment's charge is 0 once its model is closed).
+func (m *Manager) chargedLocked(except *Deployment) int64 {
+	var used int64
+	for _, o := range m.byID {
+		if o != except {
+			used += o.charged()
+		}
+	}
+	for o := range m.lingering {
+		if o != except && m.byID[o.id] != o {
+			used += o.charged()
+		}
+	}
+	return used
 }
 
 // estimate is the memory charged before the loader reports: the larger of
@@ -286,9 +310,9 @@ func estimate(spec Spec) int64 {
 	return max(spec.Resources.MemoryBytes, spec.Model.Size)
 }
 
-// startLocked registers d and starts its goroutine. The caller publishes the
-// new deployment with m.changed once it has released m.mu (lock order: the
-// watch broker's lock may be held while taking m.mu, never the reverse).
+// startLocked registers d and starts its goroutine, which publishes d
+// (Pending) first. (Lock order: the watch broker's lock may be held while
+// taking m.mu, never the reverse; the goroutine publishes without m.mu.)
 func (m *Manager) startLocked(d *Deployment) {
 	ctx, cancel := context.WithCancel(m.ctx)
 	d.cancel = cancel
@@ -522,8 +546,12 @@ func (m *Manager) setProgress(d *Deployment, s State, msg string, p Progress) {
 }
 
 // changed persists d's state (when it is a stored deployment) and publishes
-// its status to watchers.
-func (m *Manager) changed(d *Deployment) {
+// its status to watchers, unless that status went out already.
+func (m *Manager) changed(d *Deployment) { m.publish(d, false) }
+
+// publish is changed; again publishes d's status even when it went out
+// already (an idempotent Assign).
+func (m *Manager) publish(d *Deployment, again bool) {
 	d.pub.Lock()
 	defer d.pub.Unlock()
 	st := d.Status()
@@ -542,6 +570,12 @@ func (m *Manager) changed(d *Deployment) {
 			d.log.Warn("persist deployment state", "err", err)
 		}
 	}
+	if st.Seq <= d.published && !again {
+		// Two changes both happened before the first's notification read
+		// d's status: it went out already.
+		return
+	}
+	d.published = st.Seq
 	m.watch.publish(Event{Status: st})
 }
 
@@ -651,10 +685,16 @@ func (m *Manager) unload(d *Deployment, ctx context.Context) {
 		finish(ctx)
 		return
 	}
+	m.mu.Lock()
+	m.lingering[d] = struct{}{}
+	m.mu.Unlock()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		finish(m.ctx)
+		m.mu.Lock()
+		delete(m.lingering, d)
+		m.mu.Unlock()
 		d.log.Info("closed after its last request returned")
 	}()
 }
@@ -734,7 +774,8 @@ func (m *Manager) Restore() error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	specs := make([]Spec, len(recs))
-	winner := map[string]int{} // model name → index in recs
+	invalid := make([]error, len(recs)) // specs this node no longer allows
+	winner := map[string]int{}          // model name → index in recs
 	for i, r := range recs {
 		m.mu.Lock()
 		_, taken := m.byID[r.ID]
@@ -752,6 +793,15 @@ func (m *Manager) Restore() error {
 		if r.Desired != store.DesiredRunning {
 			continue
 		}
+		// The node's limits may have changed since the spec was accepted
+		// (fewer GPUs, no precise clocks, fewer guest pages, a format gone):
+		// it is checked again as Assign would, and one that fails wins no
+		// model name.
+		specs[i] = specs[i].normal()
+		if err := specs[i].validate(m.reg.Known, m.cfg); err != nil {
+			invalid[i] = err
+			continue
+		}
 		if w, ok := winner[specs[i].Name]; !ok || restoreBefore(r, recs[w]) {
 			winner[specs[i].Name] = i
 		}
@@ -764,6 +814,10 @@ func (m *Manager) Restore() error {
 		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
 		if r.Desired != store.DesiredRunning {
 			m.restoreIdle(d, Stopped, "stopped")
+			continue
+		}
+		if err := invalid[i]; err != nil {
+			m.restoreIdle(d, Failed, "not restored: "+err.Error())
 			continue
 		}
 		if w := winner[spec.Name]; w != i {
@@ -781,9 +835,8 @@ func (m *Manager) Restore() error {
 			continue
 		}
 		d.message = "restored after restart"
-		m.startLocked(d)
+		m.startLocked(d) // its goroutine publishes it
 		m.mu.Unlock()
-		m.changed(d)
 		m.log.Info("restored deployment", "deployment", r.ID, "model", spec.Name)
 	}
 	return nil

@@ -47,6 +47,7 @@ func (s *Scheduler) batchLoop() {
 		timer   *time.Timer
 		timerC  <-chan time.Time
 		armed   time.Time // the deadline timer is set for; zero when not set
+		added   int       // requests added since pending was last swept
 	)
 	defer func() {
 		if timer != nil {
@@ -124,6 +125,14 @@ func (s *Scheduler) batchLoop() {
 				continue
 			}
 			s.add(&pending, r)
+			// Requests whose callers gave up are dropped when their batch
+			// is looked at, which waits for an idle instance: sweep them
+			// out every QueueCapacity additions, so that they (and their
+			// inputs) stay bounded however long the instances are busy.
+			if added++; added > s.cfg.QueueCapacity {
+				pending = s.sweep(pending)
+				added = 0
+			}
 		case <-slotC:
 			held++
 		case <-timerC:
@@ -309,6 +318,22 @@ func (s *Scheduler) prune(b *batch) {
 	}
 	clear(b.reqs[len(kept):])
 	b.reqs = kept
+}
+
+// sweep drops the requests of every pending batch whose callers have gone,
+// and the batches left empty.
+func (s *Scheduler) sweep(pending []*batch) []*batch {
+	kept := pending[:0]
+	for _, b := range pending {
+		s.prune(b)
+		if len(b.reqs) == 0 {
+			s.freeBatch(b)
+			continue
+		}
+		kept = append(kept, b)
+	}
+	clear(pending[len(kept):])
+	return kept
 }
 
 // abort fails everything still queued when Close gives up. reqCh is closed by

@@ -124,7 +124,8 @@ type Scheduler struct {
 	// reuse: batching workers reuse their input buffers (InputReleaser).
 	reuse bool
 	// inline: a request that finds nothing queued and an instance idle runs
-	// on its caller's goroutine (no delay or policy could have batched it).
+	// on its caller's goroutine (no batching, or no delay or policy that
+	// could have batched it).
 	inline bool
 
 	queued atomic.Int64 // accepted and not yet handed to a worker
@@ -159,7 +160,8 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		cfg:   cfg,
 		log:   log.With("deployment", name),
 		// Room beyond the capacity: requests whose callers gave up stay in
-		// the channel, uncounted, until the batcher or a worker drops them.
+		// the channel, uncounted, until the batcher or a worker drops them
+		// (or a sender finding it full, see compact).
 		reqCh:   make(chan *request, 2*cfg.QueueCapacity),
 		stopped: make(chan struct{}),
 	}
@@ -181,7 +183,9 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 	for range cfg.Instances {
 		s.slots <- struct{}{}
 	}
-	s.inline = cfg.MaxQueueDelay == 0 && cfg.Policy == nil
+	// Without batching a request waits for no company: the delay and the
+	// policy do not apply.
+	s.inline = !cfg.batching() || cfg.MaxQueueDelay == 0 && cfg.Policy == nil
 	if r, ok := m.(InputReleaser); ok {
 		s.reuse = r.ReleasesInputs()
 	}
@@ -301,25 +305,66 @@ func (s *Scheduler) runInline(r *request) (outs []*tensor.Tensor, ran bool, err 
 // enqueue hands r to the batcher or the workers without blocking.
 func (s *Scheduler) enqueue(r *request) error {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.closed {
+		s.mu.RUnlock()
 		return fmt.Errorf("engine %s: %w", s.name, ErrClosed)
 	}
 	if s.queued.Add(1) > int64(s.cfg.QueueCapacity) {
+		s.mu.RUnlock()
 		s.queued.Add(-1)
 		s.stats.queueFull.Add(1)
 		return fmt.Errorf("engine %s: %d requests waiting: %w", s.name, s.cfg.QueueCapacity, ErrQueueFull)
 	}
 	// The channel holds the counted requests (at most QueueCapacity) and
-	// abandoned ones not yet dropped; when those fill the rest, the queue
-	// is full as well. The send never blocks.
+	// abandoned ones not yet dropped. The send never blocks.
+	select {
+	case s.reqCh <- r:
+		s.mu.RUnlock()
+		return nil
+	default:
+	}
+	s.mu.RUnlock()
+	// Full: at least QueueCapacity of the requests in it are abandoned
+	// (without batching they wait there while every instance is busy).
+	// Drop them and try again.
+	if err := s.compact(r); err != nil {
+		s.queued.Add(-1)
+		return err
+	}
+	return nil
+}
+
+// compact removes the abandoned requests from reqCh, keeping the others in
+// their order, then sends r. It holds s.mu for writing, so that no other
+// sender (nor Close) runs meanwhile; workers may still take requests.
+func (s *Scheduler) compact(r *request) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("engine %s: %w", s.name, ErrClosed)
+	}
+	live := make([]*request, 0, len(s.reqCh))
+drain:
+	for range cap(s.reqCh) {
+		select {
+		case q := <-s.reqCh:
+			if q.state.Load() == stateQueued {
+				live = append(live, q)
+			}
+		default:
+			break drain
+		}
+	}
+	// Nobody else sends while s.mu is held: the live ones fit back.
+	for _, q := range live {
+		s.reqCh <- q
+	}
 	select {
 	case s.reqCh <- r:
 		return nil
 	default:
-		s.queued.Add(-1)
 		s.stats.queueFull.Add(1)
-		return fmt.Errorf("engine %s: %d requests waiting or abandoned: %w", s.name, cap(s.reqCh), ErrQueueFull)
+		return fmt.Errorf("engine %s: %d requests waiting: %w", s.name, len(live), ErrQueueFull)
 	}
 }
 

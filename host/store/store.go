@@ -139,7 +139,7 @@ func (s *Store) Get(id string) (Record, error) {
 			return ErrNotFound
 		}
 		var err error
-		rec, err = decode(v)
+		rec, err = decode([]byte(id), v)
 		return err
 	})
 	if err != nil {
@@ -158,7 +158,7 @@ func (s *Store) List() ([]Record, error) {
 	var bad []error
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
-			rec, err := decode(v)
+			rec, err := decode(k, v)
 			if err != nil {
 				bad = append(bad, fmt.Errorf("%s: %w", k, err))
 				return nil
@@ -205,7 +205,7 @@ func (s *Store) Update(id string, fn func(*Record) error) error {
 		if v == nil {
 			return ErrNotFound
 		}
-		rec, err := decode(v)
+		rec, err := decode([]byte(id), v)
 		if err != nil {
 			return err
 		}
@@ -251,7 +251,10 @@ func encode(r Record) ([]byte, error) {
 	return append([]byte{formatV1}, b...), nil
 }
 
-func decode(v []byte) (Record, error) {
+// decode decodes the value v stored under key. A record must carry its key
+// as its ID: one that does not (damaged, or copied under another key) is
+// corrupt, not a second record with that ID.
+func decode(key, v []byte) (Record, error) {
 	if len(v) == 0 {
 		return Record{}, fmt.Errorf("%w: empty value", ErrCorrupt)
 	}
@@ -260,6 +263,9 @@ func decode(v []byte) (Record, error) {
 		var r recordV1
 		if err := json.Unmarshal(v[1:], &r); err != nil {
 			return Record{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+		if r.ID != string(key) {
+			return Record{}, fmt.Errorf("%w: stored under key %q with id %q", ErrCorrupt, key, r.ID)
 		}
 		return Record(r), nil
 	default:
