@@ -442,7 +442,9 @@ func (c *Config) validate() []string {
 	if c.Guests.CallTimeout <= 0 {
 		bad("guests.call_timeout", "must be > 0")
 	}
-	positive("guests.instances", c.Guests.Instances)
+	if c.Guests.Instances <= 0 || c.Guests.Instances > MaxGuestInstances {
+		bad("guests.instances", "must be between 1 and %d, got %d", MaxGuestInstances, c.Guests.Instances)
+	}
 	if c.Guests.MaxOutputSize <= 0 || c.Guests.MaxOutputSize > MaxGuestOutputSize {
 		bad("guests.max_output_size", "must be > 0 and <= %v (what the guest ABI's 32-bit lengths carry), got %v", ByteSize(MaxGuestOutputSize), c.Guests.MaxOutputSize)
 	}
@@ -499,6 +501,10 @@ const MaxMessageSize = 1<<31 - 1
 // under 2 GiB, the largest length the guest ABI's signed 32-bit results
 // carry.
 const MaxGuestOutputSize = 1<<31 - 1
+
+// MaxGuestInstances is the most guests.instances may be: the guest
+// runtime's bound on one pool (guest.MaxInstances).
+const MaxGuestInstances = 256
 
 // MaxThreads bounds inference.intra_op_threads and inter_op_threads: more
 // threads per model than any machine has cores only adds contention.

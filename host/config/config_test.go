@@ -345,6 +345,7 @@ func TestSizeAndThreadUpperBounds(t *testing.T) {
 		{"guest output over 2GiB", "[guests]\nmax_output_size = \"3GiB\"\n", []string{"guests.max_output_size", "3GiB"}},
 		{"intra-op threads", "[inference]\nintra_op_threads = 100000\n", []string{"inference.intra_op_threads", "1024", "100000"}},
 		{"inter-op threads negative", "[inference]\ninter_op_threads = -1\n", []string{"inference.inter_op_threads", "-1"}},
+		{"guest instances", "[guests]\ninstances = 100000\n", []string{"guests.instances", "256"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { wantParseError(t, tc.toml, tc.want) })
 	}

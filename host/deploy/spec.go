@@ -10,6 +10,7 @@ import (
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 )
 
 // Spec is everything needed to serve one model: what the Central Server
@@ -116,6 +117,12 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 		}
 		if g.PreciseClock && !limits.AllowPreciseClock {
 			bad("%s.precise_clock: this node does not grant guests precise clocks (guests.allow_precise_clock)", key)
+		}
+		if g.Instances < 0 || g.Instances > guest.MaxInstances {
+			bad("%s.instances is %d: want 0 (the node's guests.instances) to %d", key, g.Instances, guest.MaxInstances)
+		}
+		if g.CallTimeout < 0 {
+			bad("%s.call_timeout is negative (%v): want 0 (the node's guests.call_timeout) or more", key, g.CallTimeout)
 		}
 		if rt := limits.Guests; rt != nil && g.MemoryLimitPages > rt.MemoryLimitPages() {
 			bad("%s.memory_limit_pages is %d: this node lets a guest have at most %d pages (guests.memory_limit_pages)", key, g.MemoryLimitPages, rt.MemoryLimitPages())

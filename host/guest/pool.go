@@ -82,11 +82,15 @@ type Pool struct {
 }
 
 // NewPool checks the module (exports, ABI version, required entry points)
-// by starting an instance, and returns a pool of cfg.Instances. Errors
+// by starting an instance, and returns a pool of cfg.Instances (at most
+// MaxInstances). Errors
 // wrap ErrABI when the guest cannot serve the deployment.
 func (rt *Runtime) NewPool(ctx context.Context, m *Module, cfg PoolConfig) (*Pool, error) {
 	if err := m.ABI(); err != nil {
 		return nil, fmt.Errorf("guest %s: %w", cfg.Name, err)
+	}
+	if cfg.Instances > MaxInstances {
+		return nil, fmt.Errorf("guest %s: %d instances, at most %d", cfg.Name, cfg.Instances, MaxInstances)
 	}
 	if cfg.Instances <= 0 {
 		cfg.Instances = 1

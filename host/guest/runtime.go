@@ -77,6 +77,10 @@ func (c Config) withDefaults() Config {
 }
 
 // Validate reports configuration errors.
+// MaxInstances bounds the instances of one pool: each may hold its memory
+// limit of guest memory, and calls beyond the cores only queue.
+const MaxInstances = 256
+
 func (c Config) Validate() error {
 	var errs []error
 	if c.MemoryLimitPages > 32768 {

@@ -200,3 +200,16 @@ func TestGuestCallTimeoutChecked(t *testing.T) {
 		}
 	}
 }
+
+// A guest's instances are bounded (guest.MaxInstances): 4 billion were
+// accepted, each instance free to hold its memory limit of guest memory.
+func TestGuestInstancesBounded(t *testing.T) {
+	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	p := apiSpec(uri)
+	p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri},
+		Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}, Instances: 4_000_000_000}}
+	_, err := s.AssignDeployment(context.Background(), &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
+	if status.Code(ToStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "guests[0].instances") {
+		t.Errorf("4e9 guest instances: %v, want InvalidArgument naming guests[0].instances", err)
+	}
+}
