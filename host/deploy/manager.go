@@ -885,10 +885,23 @@ func (m *Manager) Close(ctx context.Context) error {
 			m.unload(d, ctx)
 		}()
 	}
-	wg.Wait()
-	m.wg.Wait()
-	m.watch.close()
-	return ctx.Err()
+	// A model closes once its running requests return; one that cannot be
+	// stopped (a run that ignores its context) must not hold the node's
+	// shutdown past ctx: its goroutine is left to finish on its own.
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		m.wg.Wait()
+		close(done)
+	}()
+	defer m.watch.close()
+	select {
+	case <-done:
+		return ctx.Err()
+	case <-ctx.Done():
+		m.log.Warn("close: gave up waiting for models still running requests", "err", ctx.Err())
+		return fmt.Errorf("close deployments: %w", ctx.Err())
+	}
 }
 
 // idLocks is a mutex per deployment id, kept only while someone holds or
