@@ -96,6 +96,10 @@ type entry struct {
 	digest string
 	size   int64
 	used   uint64 // value of Cache.seq at last use; smaller is older
+	// verified: this process hashed the file (it downloaded it, or checked
+	// it at its first use). A file found on disk by New, or one whose size
+	// changed behind the cache's back, is hashed again before it is served.
+	verified bool
 }
 
 // New opens (creating it if needed) the cache directory dir. budget is the
@@ -306,7 +310,7 @@ func (c *Cache) addLocked(d string, size int64) {
 		c.total -= old.size
 	}
 	c.seq++
-	c.entries[d] = &entry{digest: d, size: size, used: c.seq}
+	c.entries[d] = &entry{digest: d, size: size, used: c.seq, verified: true}
 	c.total += size
 	if c.budget > 0 && size > c.budget {
 		c.log.Warn("artifact is larger than the whole cache budget; it will be evicted first once released",

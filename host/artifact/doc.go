@@ -17,8 +17,10 @@
 // where it stopped with a range request, when the server said it serves
 // ranges (Accept-Ranges: bytes), up to 8 times with a backoff from 100 ms
 // (WithResumeBackoff) doubling to 2 s; a resume request that fails on the
-// way (a refused connection, a 503) is retried within those 8. The request
-// carries If-Range with the first response's strong ETag or Last-Modified,
+// way (a refused connection, a 503) is retried within those 8, one the
+// server cannot satisfy (416) ends the download. No body is read past the
+// length its server announced (Content-Length, or a 206's Content-Range).
+// The request carries If-Range with the first response's strong ETag or Last-Modified,
 // so a file that changed in between ends the download (the server sends it
 // whole, which is refused) instead of mixing two versions.
 //
@@ -28,18 +30,24 @@
 // else), and the next Fetch of that digest hashes what it holds and, unless
 // it is complete already, asks only for the rest (Range, without If-Range: the first
 // response's validator is not kept). A server that sends the whole file
-// instead, or finds the range unsatisfiable, starts it over. In every case
-// the SHA-256 is checked over the whole file: a partial file that was not a
-// prefix of it fails that Fetch with ErrChecksum and is deleted, so the next
-// one starts over.
+// instead, answers with another range, or finds the range unsatisfiable,
+// starts it over. In every case the SHA-256 is checked over the whole file:
+// a partial file that was not a prefix of it fails that Fetch with
+// ErrChecksum and is deleted, so the next one starts over.
 //
-// Files in sha256/ are trusted on restart (they were verified before being
-// renamed into place) and indexed by name, size and modification time, which
-// also seeds the LRU order.
+// Files in sha256/ are indexed on restart by name, size and modification
+// time, which also seeds the LRU order, and hashed again at their first
+// Fetch in the new process (shared by concurrent callers like a download):
+// one that is no longer what its name says (a flipped bit, a truncated file,
+// anything but a regular file) is removed and fetched again. A file whose
+// size changes behind a running cache is hashed again the same way.
 //
 // # Sources
 //
-// Artifact.URI may be http://, https:// or file:// (an absolute path).
+// Artifact.URI may be http://, https:// or file:// (an absolute path, with
+// '?' and '#' escaped: a file URI with a query or fragment is ErrInvalid).
+// A file:// source must be a regular file: a FIFO or a device is refused
+// without being opened.
 // HTTP(S) artifacts must carry a SHA-256. A file:// artifact with a SHA-256 is
 // copied into the cache while being hashed, so the returned path is immutable
 // and managed like a download. A file:// artifact without a SHA-256 is used in

@@ -45,8 +45,9 @@ const (
 
 // Fetch returns the local path of the artifact a, downloading and verifying
 // it unless a verified copy is already cached (a cache hit never touches the
-// network). The returned path is read-only and must not be modified; pin it
-// with Acquire so that eviction leaves it alone.
+// network; the first hit of a copy found on disk by New hashes it first).
+// The returned path is read-only and must not be modified; pin it with
+// Acquire so that eviction leaves it alone.
 //
 // progress, if not nil, is called from the calling goroutine, never after
 // Fetch returns, with the bytes received so far and the total (from
@@ -84,7 +85,20 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 		return src.inPlace(a, progress)
 	}
 	if e, ok := c.entries[d]; ok {
-		if _, err := os.Stat(c.path(d)); err == nil {
+		fi, err := os.Lstat(c.path(d))
+		switch {
+		case err != nil:
+			c.log.Warn("cached artifact vanished from disk; fetching it again", "digest", d)
+			c.dropLocked(d)
+		case !fi.Mode().IsRegular() || fi.Size() != e.size:
+			// Changed behind the cache's back: hashed again (by the
+			// flight below) before it is served.
+			if e.verified {
+				c.log.Warn("cached artifact changed on disk; verifying it again", "digest", d,
+					"size", fi.Size(), "want", e.size)
+			}
+			e.verified = false
+		case e.verified:
 			c.touchLocked(d)
 			size := e.size
 			c.mu.Unlock()
@@ -96,8 +110,9 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 			}
 			return c.path(d), nil
 		}
-		c.log.Warn("cached artifact vanished from disk; fetching it again", "digest", d)
-		c.dropLocked(d)
+		// Not verified by this process yet (found on disk by New): the
+		// flight below hashes it first, and downloads it again if it is
+		// not what its name says.
 	}
 	f, ok := c.flights[d]
 	if !ok {
@@ -184,8 +199,11 @@ func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 	c.running[d] = f
 	c.wg.Go(func() {
 		defer cancel(nil)
-		size, err := c.afterPrevious(ctx, prev, d)
-		if size < 0 && err == nil {
+		size, cached, err := c.afterPrevious(ctx, prev, d)
+		if !cached && err == nil {
+			size, cached, err = c.verifyCached(ctx, d)
+		}
+		if !cached && err == nil {
 			size, err = c.download(ctx, f, d, a, src)
 		}
 		c.mu.Lock()
@@ -195,11 +213,11 @@ func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 		if c.running[d] == f {
 			delete(c.running, d)
 		}
-		if err == nil {
+		if err == nil && !cached {
 			c.addLocked(d, size)
 		}
 		c.mu.Unlock()
-		if err == nil {
+		if err == nil && !cached {
 			c.log.Info("fetched artifact", "uri", src.String(), "digest", d, "size", size)
 		}
 		f.path, f.size, f.err = c.path(d), size, err
@@ -209,10 +227,11 @@ func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 }
 
 // afterPrevious waits for prev, the download of d before this one, to stop.
-// It returns d's size if d is now cached, or -1 when it must be downloaded.
-func (c *Cache) afterPrevious(ctx context.Context, prev *flight, d string) (int64, error) {
+// It returns d's size and true if d is now cached and verified (and marks
+// it used), false when it must be verified or downloaded.
+func (c *Cache) afterPrevious(ctx context.Context, prev *flight, d string) (int64, bool, error) {
 	if prev == nil {
-		return -1, nil
+		return -1, false, nil
 	}
 	select {
 	case <-prev.done:
@@ -221,14 +240,105 @@ func (c *Cache) afterPrevious(ctx context.Context, prev *flight, d string) (int6
 		// or the next download of d would start while it still owns the
 		// partial file. The wait is short.
 		<-prev.done
-		return 0, fmt.Errorf("fetch %s: %w", d, context.Cause(ctx))
+		return 0, false, fmt.Errorf("fetch %s: %w", d, context.Cause(ctx))
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.entries[d]; ok {
-		return e.size, nil
+	if e, ok := c.entries[d]; ok && e.verified {
+		c.touchLocked(d)
+		return e.size, true, nil
 	}
-	return -1, nil
+	return -1, false, nil
+}
+
+// verifyCached hashes the cached copy of d if this process has not verified
+// it yet (New found it on disk, or its size changed). It returns d's size
+// and true when the copy is good (and marks it used). A copy that is not
+// what its name says (a flipped bit, a truncated file, an unreadable one)
+// is removed and forgotten, and false returned: d is downloaded again. A
+// copy evicted while it was being hashed is downloaded again too.
+func (c *Cache) verifyCached(ctx context.Context, d string) (int64, bool, error) {
+	c.mu.Lock()
+	e, ok := c.entries[d]
+	c.mu.Unlock()
+	if !ok {
+		return -1, false, nil
+	}
+	n, sum, herr := hashFile(ctx, c.path(d))
+	if ctx.Err() != nil {
+		return 0, false, fmt.Errorf("fetch %s: verify cached copy: %w", d, context.Cause(ctx))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.entries[d]; !ok || cur != e {
+		if ok && cur.verified {
+			c.touchLocked(d)
+			return cur.size, true, nil
+		}
+		return -1, false, nil
+	}
+	if herr == nil && sum == d {
+		c.total += n - e.size
+		e.size, e.verified = n, true
+		c.touchLocked(d)
+		c.log.Info("verified cached artifact", "digest", d, "size", n)
+		return n, true, nil
+	}
+	switch {
+	case errors.Is(herr, fs.ErrNotExist):
+		c.log.Warn("cached artifact vanished from disk; fetching it again", "digest", d)
+	case herr == nil:
+		herr = fmt.Errorf("%w: %d bytes with sha256 %s", ErrChecksum, n, sum)
+		fallthrough
+	default:
+		c.log.Warn("cached artifact is corrupt; fetching it again", "digest", d, "err", herr)
+	}
+	if err := os.Remove(c.path(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.log.Warn("remove corrupt artifact", "digest", d, "err", err)
+	}
+	c.dropLocked(d)
+	return -1, false, nil
+}
+
+// hashFile returns the length and hex SHA-256 of the regular file at path
+// (a symlink is not followed), reading until ctx ends.
+func hashFile(ctx context.Context, path string) (int64, string, error) {
+	fh, err := openRegular(path, syscall.O_NOFOLLOW)
+	if err != nil {
+		return 0, "", err
+	}
+	defer fh.Close()
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, ctxReader{ctx, fh}, make([]byte, 1<<20))
+	if err != nil {
+		return n, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// openRegular opens path for reading if it is a regular file. A FIFO, a
+// device or a directory is refused before it is opened (opening a FIFO
+// without a writer blocks, beyond the reach of any context; opening a
+// device can have effects), and again after (O_NONBLOCK keeps an open that
+// raced with a swap from blocking), with an error wrapping ErrInvalid.
+func openRegular(path string, flag int) (*os.File, error) {
+	fi, err := os.Stat(path)
+	if err == nil && !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s): %w", path, fi.Mode().Type(), ErrInvalid)
+	}
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|flag, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err = fh.Stat(); err != nil {
+		fh.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		fh.Close()
+		return nil, fmt.Errorf("%s: not a regular file (%s): %w", path, fi.Mode().Type(), ErrInvalid)
+	}
+	return fh, nil
 }
 
 // wait follows f until it finishes or ctx ends, relaying progress.
@@ -345,11 +455,18 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	pw := &progressWriter{f: f, total: total, n: from}
 	pw.flush()
 	w := &writeErr{w: io.MultiWriter(tmp, h, pw)}
+	// An HTTP server's length (Content-Length, or a 206's Content-Range) is
+	// a promise: a body that goes on past it (a 206 without Content-Length,
+	// which Go does not cut) is not written to disk without end.
+	announced := src.file == "" && total >= 0 && (limit <= 0 || total < limit)
 	n := from
 	resumes := 0
 	for {
 		var r io.Reader = body
-		if limit > 0 {
+		switch {
+		case announced:
+			r = io.LimitReader(body, total+1-n)
+		case limit > 0:
 			r = io.LimitReader(body, limit+1-n)
 		}
 		m, err := io.Copy(w, r)
@@ -375,6 +492,9 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	}
 	if limit > 0 && n > limit {
 		return 0, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
+	}
+	if announced && n > total {
+		return 0, fmt.Errorf("%w: the server sent more than the %d bytes it announced", ErrFetch, total)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != d {
 		return 0, fmt.Errorf("%w: got sha256 %s, want %s", ErrChecksum, got, d)
@@ -434,21 +554,19 @@ func openPartial(path string) (*os.File, error) {
 // whole file). A local file is always read whole.
 func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.ReadCloser, total, from int64, ri resumeInfo, err error) {
 	if src.file != "" {
-		fh, err := os.Open(src.file)
-		if errors.Is(err, fs.ErrNotExist) {
+		fh, err := openRegular(src.file, 0)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
 			return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrNotFound, err)
-		}
-		if err != nil {
+		case errors.Is(err, ErrInvalid):
+			return nil, 0, 0, ri, err
+		case err != nil:
 			return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrFetch, err)
 		}
 		fi, err := fh.Stat()
 		if err != nil {
 			fh.Close()
 			return nil, 0, 0, ri, fmt.Errorf("%w: %w", ErrFetch, err)
-		}
-		if !fi.Mode().IsRegular() {
-			fh.Close()
-			return nil, 0, 0, ri, fmt.Errorf("%w: not a regular file", ErrInvalid)
 		}
 		return ctxReader{ctx, fh}, fi.Size(), 0, ri, nil
 	}
@@ -474,8 +592,12 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
 		size, ok := restFrom(resp, offset)
 		if !ok {
+			// Not the range asked for: what is on disk cannot be
+			// continued with it. Start over, as when the range is ignored.
+			c.log.Warn("range request answered with another range; downloading the whole file",
+				"uri", src.String(), "content_range", resp.Header.Get("Content-Range"), "offset", offset)
 			resp.Body.Close()
-			return nil, 0, 0, ri, fmt.Errorf("%w: Content-Range %q does not answer a request for bytes %d-", ErrFetch, resp.Header.Get("Content-Range"), offset)
+			return c.open(ctx, src, 0)
 		}
 		ri = resumeInfoOf(resp)
 		ri.resumable = true
@@ -575,8 +697,13 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 	}
 	if resp.StatusCode != http.StatusPartialContent {
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
+		switch resp.StatusCode {
+		case http.StatusOK:
 			return nil, fmt.Errorf("%w: the server sent the whole file (HTTP 200): it changed, or ranges are not served", errRangeRefused)
+		case http.StatusRequestedRangeNotSatisfiable:
+			// The file is not as long as the first response said (it
+			// shrank, or that length was false): asking again cannot help.
+			return nil, fmt.Errorf("%w: HTTP %s", errRangeRefused, resp.Status)
 		}
 		return nil, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
 	}
@@ -718,6 +845,11 @@ func parseSource(a Artifact) (source, error) {
 		}
 		if !filepath.IsAbs(u.Path) {
 			return source{}, fmt.Errorf("artifact %s: file path must be absolute: %w", src, ErrInvalid)
+		}
+		if strings.ContainsAny(a.URI, "?#") {
+			// A file has no query or fragment: file:///m/v1#2.onnx would
+			// open /m/v1, another file, without a word.
+			return source{}, fmt.Errorf("artifact %s: file URI with a query or fragment (escape '?' as %%3F and '#' as %%23): %w", src, ErrInvalid)
 		}
 		src.file = filepath.Clean(u.Path)
 	default:
