@@ -161,6 +161,10 @@ func TestClsPost(t *testing.T) {
 			[]float32{softmax(0.9, 0.1), softmax(0.8, 0.2), 0.5}, []int64{3, 1}},
 		{"top2", map[string]string{"labels": "up,down", "top_k": "2"}, []string{"up", "down", "down", "up", "up", "down"},
 			[]float32{0.9, 0.1, 0.8, 0.2, 0.5, 0.5}, []int64{3, 2}},
+		// A top_k past the classes gives them all: the host's topk
+		// refused k=5 of 2, and every call failed.
+		{"top_k above classes", map[string]string{"labels": "up,down", "top_k": "5"}, []string{"up", "down", "down", "up", "up", "down"},
+			[]float32{0.9, 0.1, 0.8, 0.2, 0.5, 0.5}, []int64{3, 2}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -212,6 +216,28 @@ func TestLatencyBatch(t *testing.T) {
 			}
 			if got != tt.want {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A max_wait_us past 2^63 ns waits as long as a Duration can: the product
+// wrapped to a negative wait, and the policy ran every queue at once.
+func TestLatencyBatchLongMaxWait(t *testing.T) {
+	rt := newRuntime(t, guest.Config{})
+	q := guest.QueueState{Queued: 2, OldestWait: 300 * time.Microsecond, Rows: []int64{1, 2}, MaxBatch: 8}
+	for _, v := range []string{"9223372036854775807", "10000000000000000", "9223372036854776"} {
+		t.Run(v, func(t *testing.T) {
+			p := newPool(t, rt, "guests/examples/latency-batch", guest.PoolConfig{
+				Config:  map[string]string{"max_wait_us": v},
+				Require: []guest.Entry{guest.EntryBatchPolicy},
+			})
+			got, err := p.BatchPolicy(context.Background(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Run != 0 || got.Wait < 100*365*24*time.Hour {
+				t.Fatalf("got %+v, want to wait (about 292 years)", got)
 			}
 		})
 	}
@@ -349,5 +375,34 @@ func TestBatchPolicyLongWait(t *testing.T) {
 		if d, err := policy(us).BatchPolicy(context.Background(), q); !errors.Is(err, guest.ErrBadOutput) {
 			t.Errorf("wait_us %d: %+v, %v; want ErrBadOutput", us, d, err)
 		}
+	}
+}
+
+// A model whose layers do not fit each other is refused by FormatLoad:
+// it loaded (the deployment Ready) and failed every request in the host's
+// matmul or add.
+func TestSafetensorsMLPLayersMustFit(t *testing.T) {
+	rt := newRuntime(t, guest.Config{})
+	p := newPool(t, rt, "guests/examples/safetensors-mlp", guest.PoolConfig{
+		Require: []guest.Entry{guest.EntryFormatLoad, guest.EntryFormatInfer},
+	})
+	ctx := context.Background()
+	vec := func(name string, shape ...int64) *tensor.Tensor { return tensor.New(name, tensor.FP32, shape...) }
+	for name, ts := range map[string][]*tensor.Tensor{
+		"fc1.bias":   {vec("fc1.weight", 16, 4), vec("fc1.bias", 15), vec("fc2.weight", 3, 16), vec("fc2.bias", 3)},
+		"fc2.weight": {vec("fc1.weight", 16, 4), vec("fc1.bias", 16), vec("fc2.weight", 3, 8), vec("fc2.bias", 3)},
+		"fc2.bias":   {vec("fc1.weight", 16, 4), vec("fc1.bias", 16), vec("fc2.weight", 3, 16), vec("fc2.bias", 2)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := safetensors.Write(&b, ts, nil); err != nil {
+				t.Fatal(err)
+			}
+			err := p.FormatLoad(ctx, b.Bytes())
+			if !errorsIs(err, guest.ErrGuest) || !strings.Contains(err.Error(), "do not fit") {
+				_, ierr := p.FormatInfer(ctx, []*tensor.Tensor{vec("x", 1, 4)})
+				t.Fatalf("FormatLoad: %v, want ErrGuest, the layers do not fit (infer then: %v)", err, ierr)
+			}
+		})
 	}
 }

@@ -99,3 +99,23 @@ func TestSuiteOnEcho(t *testing.T) {
 }
 
 var _ loaders.Loader = echo{}
+
+// The suite runs on a model whose valid request is empty (FP32 [0]):
+// WrongElementCount sliced one element off the input, below 0, and
+// panicked the whole test binary.
+func TestSuiteOnEmptyInput(t *testing.T) {
+	payload := []byte("weights.")
+	model := binary.LittleEndian.AppendUint32([]byte(echoMagic), uint32(len(payload)))
+	path := filepath.Join(t.TempDir(), "m.echo")
+	if err := os.WriteFile(path, append(model, payload...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in := tensor.New("in", tensor.FP32, 0)
+	want := in.Clone()
+	want.Name = "out"
+	loadertest.Run(t, echo{}, loadertest.Fixtures{
+		Model:  path,
+		Inputs: []*tensor.Tensor{in},
+		Want:   []*tensor.Tensor{want},
+	})
+}

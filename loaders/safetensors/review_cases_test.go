@@ -2,6 +2,7 @@ package safetensors_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"testing"
 
@@ -125,5 +126,78 @@ func TestWriteRefusesNonUTF8(t *testing.T) {
 				t.Fatalf("Write accepted %q %q; the file reads back as %+v (%v)", tc.names, tc.meta, f, err)
 			}
 		})
+	}
+}
+
+// The tensors must cover the data section exactly, as the reference reader
+// requires (InvalidOffset, MetadataIncompleteBuffer): bytes before the
+// first tensor, between two, or after the last were accepted, so a file
+// the reference refuses (a download cut short and padded, a doctored
+// header) loaded here.
+func TestDataMustBeCoveredExactly(t *testing.T) {
+	for name, tc := range map[string]struct {
+		header string
+		data   int
+	}{
+		"trailing bytes":     {`{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}`, 8},
+		"gap at the start":   {`{"w":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}`, 8},
+		"gap between":        {`{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}`, 6},
+		"no tensor, data":    {`{}`, 8},
+		"empty tensor, data": {`{"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}`, 4},
+		"empty inside other": {`{"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"e":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}}`, 8},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if f, err := safetensors.Parse(file(tc.header, tc.data)); !errors.Is(err, loaders.ErrInvalidModel) {
+				t.Fatalf("Parse = %+v, %v; want ErrInvalidModel", f, err)
+			}
+		})
+	}
+	// What the reference accepts still parses: tensors in any header
+	// order, empty ones at the start, between and at the end, no tensor
+	// and no data.
+	for name, tc := range map[string]struct {
+		header string
+		data   int
+	}{
+		"out of order":  {`{"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`, 4},
+		"empties":       {`{"e0":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"e1":{"dtype":"U8","shape":[0,3],"data_offsets":[2,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},"e2":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}}`, 4},
+		"nothing":       {`{}`, 0},
+		"metadata only": {`{"__metadata__":{"k":"v"}}`, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := safetensors.Parse(file(tc.header, tc.data)); err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+		})
+	}
+}
+
+// A header longer than the reference's limit (100,000,000 bytes) is
+// refused: MaxHeader was 100 << 20, which let through up to 4,857,600 more.
+func TestHeaderLimitIsTheReferences(t *testing.T) {
+	const limit = 100_000_000
+	header := append([]byte("{}"), bytes.Repeat([]byte{' '}, limit-1)...)
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
+	b = append(b, header...)
+	if _, err := safetensors.Parse(b); !errors.Is(err, loaders.ErrInvalidModel) {
+		t.Fatalf("a header of %d bytes: Parse error %v, want ErrInvalidModel", len(header), err)
+	}
+}
+
+// A null metadata value is refused, as by the reference reader (a map of
+// strings): encoding/json read it as "", so the file said one thing there
+// and another here.
+func TestMetadataNullValueRefused(t *testing.T) {
+	for _, header := range []string{
+		`{"__metadata__":{"format":null}}`,
+		`{"__metadata__":{"a":"1", "format" : null }}`,
+	} {
+		if f, err := safetensors.Parse(file(header, 0)); !errors.Is(err, loaders.ErrInvalidModel) {
+			t.Errorf("%s: Parse = %+v, %v; want ErrInvalidModel", header, f, err)
+		}
+	}
+	// A null map is no metadata, as there.
+	if f, err := safetensors.Parse(file(`{"__metadata__":null}`, 0)); err != nil || f.Metadata != nil {
+		t.Errorf("null metadata: %+v, %v", f, err)
 	}
 }

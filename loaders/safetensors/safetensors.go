@@ -24,9 +24,10 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
-// MaxHeader is the largest JSON header Parse accepts (100 MB, as the
-// reference implementation).
-const MaxHeader = 100 << 20
+// MaxHeader is the largest JSON header Parse accepts: 100,000,000 bytes,
+// the reference implementation's limit (100 << 20 let through headers the
+// reference refuses).
+const MaxHeader = 100_000_000
 
 var dtypes = map[string]tensor.DType{
 	"BOOL": tensor.Bool, "U8": tensor.Uint8, "U16": tensor.Uint16, "U32": tensor.Uint32, "U64": tensor.Uint64,
@@ -141,8 +142,11 @@ func invalid(format string, args ...any) error {
 
 // Parse checks and indexes a SafeTensors file held in b: the header length
 // and JSON, every dtype and shape, and that each tensor's offsets lie in
-// the data, match its size and overlap no other. Errors wrap
-// loaders.ErrInvalidModel.
+// the data and match its size, and that the tensors, in offset order,
+// cover the data exactly: from 0 to its end, neither overlapping nor
+// leaving a gap (as the reference reader requires: a file with bytes no
+// tensor owns is refused there, so a truncated-and-padded or doctored file
+// would load here only). Errors wrap loaders.ErrInvalidModel.
 func Parse(b []byte) (*File, error) {
 	if len(b) < 8 {
 		return nil, invalid("%d bytes, no header length", len(b))
@@ -180,7 +184,7 @@ func Parse(b []byte) (*File, error) {
 		if !ok {
 			return nil, invalid("tensor %q: unknown dtype %q", name, e.DType)
 		}
-		elems := tensor.NumElements(e.Shape)
+		elems := numElements(e.Shape)
 		if elems < 0 || elems > math.MaxInt64/int64(dt.Size()) {
 			return nil, invalid("tensor %q: bad shape %v", name, e.Shape)
 		}
@@ -203,12 +207,35 @@ func Parse(b []byte) (*File, error) {
 		a, b := spans[i], spans[j]
 		return a.begin < b.begin || a.begin == b.begin && (a.end < b.end || a.end == b.end && a.name < b.name)
 	})
-	for i := 1; i < len(spans); i++ {
-		if spans[i].begin < spans[i-1].end {
-			return nil, invalid("tensors %q and %q overlap", spans[i-1].name, spans[i].name)
+	var end int64 // where the tensors so far end
+	for i, s := range spans {
+		switch {
+		case s.begin < end:
+			return nil, invalid("tensors %q and %q overlap", spans[i-1].name, s.name)
+		case s.begin > end:
+			return nil, invalid("tensor %q starts at %d: data bytes [%d, %d) belong to no tensor", s.name, s.begin, end, s.begin)
 		}
+		end = s.end
+	}
+	if end != int64(len(f.data)) {
+		return nil, invalid("the tensors end at %d of %d data bytes: the rest belongs to no tensor", end, len(f.data))
 	}
 	return f, nil
+}
+
+// numElements is the product of shape, -1 when a dimension is negative or
+// the product overflows on the way, dimension by dimension, as the
+// reference reader computes it: it refuses [2^62, 4, 0] (ValidationOverflow)
+// although tensor.NumElements counts 0 elements there.
+func numElements(shape []int64) int64 {
+	n := int64(1)
+	for _, d := range shape {
+		if d < 0 || d != 0 && n > math.MaxInt64/d {
+			return -1
+		}
+		n *= d
+	}
+	return n
 }
 
 // parseMetadata reads the "__metadata__" map of strings (null: none).
@@ -222,6 +249,11 @@ func parseMetadata(msg json.RawMessage, dst *map[string]string) error {
 	}
 	m := make(map[string]string, len(keys))
 	for i, k := range keys {
+		// encoding/json reads null into a string as "": the reference
+		// reader (a map of strings) refuses it.
+		if string(values[i]) == "null" {
+			return fmt.Errorf("%q is null, want a string", k)
+		}
 		var v string
 		if err := json.Unmarshal(values[i], &v); err != nil {
 			return fmt.Errorf("%q: %w", k, err)

@@ -77,6 +77,7 @@ func TestParseErrors(t *testing.T) {
 		{"one offset", file(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0]}}`, 8)},
 		{"negative dim", file(`{"x":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}`, 8)},
 		{"overflow", file(`{"x":{"dtype":"F64","shape":[4611686018427387904,4],"data_offsets":[0,8]}}`, 8)},
+		{"overflow before a zero", file(`{"x":{"dtype":"U8","shape":[4611686018427387904,4,0],"data_offsets":[0,0]}}`, 0)},
 		{"overlap", file(`{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}`, 8)},
 		{"metadata", file(`{"__metadata__":{"a":1}}`, 0)},
 	}

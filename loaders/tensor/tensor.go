@@ -112,14 +112,24 @@ type Tensor struct {
 }
 
 // NumElements is the product of the shape's dimensions (1 for a scalar). It
-// returns -1 if a dimension is negative or the product overflows.
+// returns -1 if a dimension is negative or the product overflows. A shape
+// with a zero dimension holds 0 elements wherever the zero stands, even
+// when the dimensions before it multiply past an int64 ([2^62, 4, 0] is 0,
+// as [0, 2^62, 4] is; Span bounds such shapes).
 func NumElements(shape []int64) int64 {
-	n := int64(1)
+	empty := false
 	for _, d := range shape {
 		if d < 0 {
 			return -1
 		}
-		if d != 0 && n > math.MaxInt64/d {
+		empty = empty || d == 0
+	}
+	if empty {
+		return 0
+	}
+	n := int64(1)
+	for _, d := range shape {
+		if n > math.MaxInt64/d {
 			return -1
 		}
 		n *= d

@@ -69,3 +69,37 @@ func TestSpan(t *testing.T) {
 		}
 	}
 }
+
+// An empty shape holds 0 elements whatever the order of its dimensions:
+// the product of the dimensions before a zero overflowed, so [2^62, 4, 0]
+// was -1 (an invalid shape: Validate refused the tensor, Split and Concat
+// too) while [0, 2^62, 4] was 0.
+func TestNumElementsZeroAnywhere(t *testing.T) {
+	for _, shape := range [][]int64{
+		{0, 1 << 62, 4},
+		{1 << 62, 0, 4},
+		{1 << 62, 4, 0},
+		{1 << 40, 1 << 40, 1 << 40, 0},
+	} {
+		if n := NumElements(shape); n != 0 {
+			t.Errorf("NumElements(%v) = %d, want 0", shape, n)
+		}
+		x := New("x", FP32, shape...)
+		if err := x.Validate(); err != nil {
+			t.Errorf("%v: %v", shape, err)
+		}
+		if _, err := Split(x, []int64{shape[0]}); err != nil {
+			t.Errorf("Split %v: %v", shape, err)
+		}
+		if _, err := Concat("y", []*Tensor{x, x}); err != nil && shape[0] == 0 {
+			t.Errorf("Concat %v: %v", shape, err)
+		}
+	}
+	// A negative dimension is refused wherever it stands, as an overflow
+	// without a zero.
+	for _, shape := range [][]int64{{0, -1}, {-1, 0}, {1 << 62, 4}, {1 << 40, 1 << 40}} {
+		if n := NumElements(shape); n != -1 {
+			t.Errorf("NumElements(%v) = %d, want -1", shape, n)
+		}
+	}
+}

@@ -4,8 +4,9 @@
 // (FP32 "score" [N, k]).
 //
 // Config: "labels" (comma-separated class names; a class without one is
-// named by its index), "top_k" (default 1), "softmax" ("true" to apply a
-// softmax first; default false, for models that end in one).
+// named by its index), "top_k" (default 1; above the number of classes C,
+// k is C), "softmax" ("true" to apply a softmax first; default false, for
+// models that end in one).
 package main
 
 import (
@@ -57,7 +58,13 @@ func postprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 			return nil, err
 		}
 	}
-	vals, idx, err := sdk.TopK(p, topK)
+	// A top_k above the number of classes returns them all (the host's
+	// topk refuses k past the last dimension: every call failed).
+	k := topK
+	if s := p.Shape(); len(s) > 0 && s[len(s)-1] > 0 && int64(k) > s[len(s)-1] {
+		k = int(s[len(s)-1])
+	}
+	vals, idx, err := sdk.TopK(p, k)
 	if err != nil {
 		return nil, err
 	}

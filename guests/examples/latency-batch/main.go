@@ -1,10 +1,12 @@
 // Command latency-batch is a batch policy guest: run as soon as the queue
 // holds a full batch or its oldest request has waited "max_wait_us"
-// (config, default 2000); otherwise wait for the remaining time. A run
+// (config, default 2000; a value past 2^63 ns waits the longest a
+// Duration holds); otherwise wait for the remaining time. A run
 // takes the oldest requests whose rows fit in the batch (at least one).
 package main
 
 import (
+	"math"
 	"strconv"
 	"time"
 
@@ -22,7 +24,13 @@ func policy(q sdk.QueueState) (sdk.Decision, error) {
 		maxWait = 2 * time.Millisecond
 		if v, ok := sdk.Config("max_wait_us"); ok {
 			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
-				maxWait = time.Duration(n) * time.Microsecond
+				// Saturated, as the host reads wait_us: the plain
+				// product wrapped past 2^63 ns (about 292 years), and
+				// a negative maxWait ran every queue at once.
+				maxWait = math.MaxInt64
+				if n <= math.MaxInt64/int64(time.Microsecond) {
+					maxWait = time.Duration(n) * time.Microsecond
+				}
 			}
 		}
 	}

@@ -22,7 +22,7 @@ func main() {}
 
 var w1t, b1, w2t, b2 *sdk.Tensor
 
-func weight(f *safetensors.File, name string, rank int) (*sdk.Tensor, error) {
+func weight(f *safetensors.File, name string, rank int) (*tensor.Tensor, error) {
 	t, err := f.Tensor(name)
 	if err != nil {
 		return nil, err
@@ -30,7 +30,7 @@ func weight(f *safetensors.File, name string, rank int) (*sdk.Tensor, error) {
 	if t.DType != tensor.FP32 || len(t.Shape) != rank {
 		return nil, fmt.Errorf("%s: %v %v, want FP32 of rank %d", name, t.DType, t.Shape, rank)
 	}
-	return sdk.New(name, sdk.FP32, t.Shape, t.Data), nil
+	return t, nil
 }
 
 func load(model []byte) error {
@@ -38,20 +38,30 @@ func load(model []byte) error {
 	if err != nil {
 		return err
 	}
-	var w1, w2 *sdk.Tensor
+	var w1, fb1, w2, fb2 *tensor.Tensor
 	for _, p := range []struct {
-		dst  **sdk.Tensor
+		dst  **tensor.Tensor
 		name string
 		rank int
-	}{{&w1, "fc1.weight", 2}, {&b1, "fc1.bias", 1}, {&w2, "fc2.weight", 2}, {&b2, "fc2.bias", 1}} {
+	}{{&w1, "fc1.weight", 2}, {&fb1, "fc1.bias", 1}, {&w2, "fc2.weight", 2}, {&fb2, "fc2.bias", 1}} {
 		if *p.dst, err = weight(f, p.name, p.rank); err != nil {
 			return err
 		}
 	}
-	if w1t, err = sdk.Transpose(w1, 1, 0); err != nil {
+	// The layers must fit each other: a model that did not was loaded
+	// (the deployment Ready) and then failed every request in the host's
+	// matmul or add.
+	hidden, out := w1.Shape[0], w2.Shape[0]
+	if fb1.Shape[0] != hidden || w2.Shape[1] != hidden || fb2.Shape[0] != out {
+		return fmt.Errorf("layers do not fit: fc1.weight %v, fc1.bias %v, fc2.weight %v, fc2.bias %v; want [H, I], [H], [O, H], [O]",
+			w1.Shape, fb1.Shape, w2.Shape, fb2.Shape)
+	}
+	up := func(t *tensor.Tensor) *sdk.Tensor { return sdk.New(t.Name, sdk.FP32, t.Shape, t.Data) }
+	b1, b2 = up(fb1), up(fb2)
+	if w1t, err = sdk.Transpose(up(w1), 1, 0); err != nil {
 		return err
 	}
-	if w2t, err = sdk.Transpose(w2, 1, 0); err != nil {
+	if w2t, err = sdk.Transpose(up(w2), 1, 0); err != nil {
 		return err
 	}
 	for _, t := range []*sdk.Tensor{w1t, b1, w2t, b2} {
@@ -59,7 +69,7 @@ func load(model []byte) error {
 			return err
 		}
 	}
-	sdk.Logf(sdk.LevelInfo, "mlp loaded: %v -> %v -> %v", w1.Shape()[1], w1.Shape()[0], w2.Shape()[0])
+	sdk.Logf(sdk.LevelInfo, "mlp loaded: %v -> %v -> %v", w1.Shape[1], hidden, out)
 	return nil
 }
 
