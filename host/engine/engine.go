@@ -142,7 +142,8 @@ type Scheduler struct {
 
 // New validates cfg, fills its defaults and starts the scheduler's goroutines:
 // Instances workers, plus one batcher when batching is on. Close stops them.
-// A nil log discards.
+// log should name the deployment (its lines add no key of their own for
+// it); a nil log discards.
 func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error) {
 	if m == nil {
 		return nil, fmt.Errorf("engine %s: nil model: %w", name, ErrInvalidConfig)
@@ -158,7 +159,7 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		name:  name,
 		model: m,
 		cfg:   cfg,
-		log:   log.With("deployment", name),
+		log:   log, // the caller names the deployment (deploy gives its id and model)
 		// Room beyond the capacity: requests whose callers gave up stay in
 		// the channel, uncounted, until the batcher or a worker drops them
 		// (or a sender finding it full, see compact).

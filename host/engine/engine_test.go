@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"reflect"
 	"runtime"
@@ -1340,5 +1341,28 @@ func TestBatchBufferNotReusedUnderOutputs(t *testing.T) {
 		if got, want := tensor.View[float32](outs[i][0]), tensor.View[float32](r.Inputs[0]); !slices.Equal(got, want) {
 			t.Errorf("request %d's output is %v, want its input %v (overwritten by a later batch)", i, got, want)
 		}
+	}
+}
+
+// The engine logs under the caller's logger without naming the deployment
+// again: deploy's logger carries deployment=<id>, and the engine's lines
+// repeated the key with the model name as its value.
+func TestLogKeysNotRepeated(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})).With("deployment", "dep-1")
+	s, err := New("model-a", trivialModel{}, Config{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(buf.String()) {
+		if n := strings.Count(line, " deployment="); n != 1 {
+			t.Errorf("%d deployment keys in %q", n, line)
+		}
+	}
+	if buf.Len() == 0 {
+		t.Fatal("no log lines")
 	}
 }
