@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
@@ -182,6 +183,11 @@ func (s *Session) topk(x *tensor.Tensor, k int) (vals, idx *tensor.Tensor, err e
 	n := int(x.Shape[len(x.Shape)-1])
 	if k < 1 || k > n {
 		return nil, nil, invalid("k=%d for a last dimension of %d", k, n)
+	}
+	// The results are named after x; like every name, they must fit the
+	// tensor list (a host tensor's name, a model output's, may not).
+	if len(x.Name)+len(":indices") > abi.MaxNameLen {
+		return nil, nil, invalid("a tensor named with %d bytes: its results' names (+\":values\", +\":indices\") would be over %d", len(x.Name), abi.MaxNameLen)
 	}
 	shape := slices.Clone(x.Shape)
 	shape[len(shape)-1] = int64(k)
