@@ -21,26 +21,8 @@ import (
 // deployments, so the memory of a stopped model still in use was handed out
 // again (for as long as the request runs).
 func TestBudgetHeldAfterStopGivesUp(t *testing.T) {
-	srv := artifacttest.New(t)
-	n := newNode(t, nodeOpts{cfg: deploy.Config{MemoryBudget: 1000}})
-	spec := func(name string) deploy.Spec {
-		s := linearSpec(name, srv.Add("/"+name, linear(1)))
-		s.Resources.MemoryBytes = 600
-		return s
-	}
-	if _, err := n.m.Assign("a", spec("a"), deploy.OwnerCentral); err != nil {
-		t.Fatal(err)
-	}
-	waitSettled(t, n.m, "a", deploy.Ready)
-	d, err := n.m.Model("a", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	entered, release := n.loader.hold()
-	defer release()
-	inflight := make(chan error, 1)
-	go func() { _, err := inferOn(d); inflight <- err }()
-	receive(t, entered, "the request to reach the model")
+	h := holdBudgetRequest(t)
+	n, spec, release, inflight := h.n, h.spec, h.release, h.inflight
 
 	st, err := n.m.StopDrain(context.Background(), "a", 20*time.Millisecond)
 	if err != nil || st.State != deploy.Stopped {

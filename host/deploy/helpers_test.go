@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -278,4 +279,39 @@ func tmpEmpty(t *testing.T, cacheDir string) {
 	if len(des) > 0 {
 		t.Errorf("cache tmp/ holds %d file(s), e.g. %s", len(des), des[0].Name())
 	}
+}
+
+// budgetHold is a node with a 1000-byte memory budget serving deployment
+// "a" (600 bytes), whose one request is held inside the model until release.
+type budgetHold struct {
+	n        *node
+	d        *deploy.Deployment
+	spec     func(name string) deploy.Spec // a 600-byte deployment of the model name
+	release  func()
+	inflight <-chan error // the held request's result
+}
+
+func holdBudgetRequest(t *testing.T) budgetHold {
+	t.Helper()
+	srv := artifacttest.New(t)
+	n := newNode(t, nodeOpts{cfg: deploy.Config{MemoryBudget: 1000}})
+	spec := func(name string) deploy.Spec {
+		s := linearSpec(name, srv.Add("/"+name, linear(1)))
+		s.Resources.MemoryBytes = 600
+		return s
+	}
+	if _, err := n.m.Assign("a", spec("a"), deploy.OwnerCentral); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, n.m, "a", deploy.Ready)
+	d, err := n.m.Model("a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := n.loader.hold()
+	t.Cleanup(release)
+	inflight := make(chan error, 1)
+	go func() { _, err := inferOn(d); inflight <- err }()
+	receive(t, entered, "the request to reach the model")
+	return budgetHold{n: n, d: d, spec: spec, release: release, inflight: inflight}
 }

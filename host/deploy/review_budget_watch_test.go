@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
-	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 )
@@ -19,26 +18,8 @@ import (
 // concurrent Assign was admitted into memory still held (for up to the
 // drain timeout, which may be an hour).
 func TestBudgetHeldWhileStopDrains(t *testing.T) {
-	srv := artifacttest.New(t)
-	n := newNode(t, nodeOpts{cfg: deploy.Config{MemoryBudget: 1000}})
-	spec := func(name string) deploy.Spec {
-		s := linearSpec(name, srv.Add("/"+name, linear(1)))
-		s.Resources.MemoryBytes = 600
-		return s
-	}
-	if _, err := n.m.Assign("a", spec("a"), deploy.OwnerCentral); err != nil {
-		t.Fatal(err)
-	}
-	waitSettled(t, n.m, "a", deploy.Ready)
-	d, err := n.m.Model("a", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	entered, release := n.loader.hold()
-	defer release()
-	inflight := make(chan error, 1)
-	go func() { _, err := inferOn(d); inflight <- err }()
-	receive(t, entered, "the request to reach the model")
+	h := holdBudgetRequest(t)
+	n, d, spec, release, inflight := h.n, h.d, h.spec, h.release, h.inflight
 
 	stopped := make(chan struct{})
 	go func() {
@@ -62,7 +43,7 @@ func TestBudgetHeldWhileStopDrains(t *testing.T) {
 	if st.MemoryBytes != 600 {
 		t.Errorf("a still holds its loaded model while draining but is charged %d bytes, want 600", st.MemoryBytes)
 	}
-	_, err = n.m.Assign("b", spec("b"), deploy.OwnerCentral)
+	_, err := n.m.Assign("b", spec("b"), deploy.OwnerCentral)
 	if !errors.Is(err, deploy.ErrNoCapacity) {
 		t.Errorf("Assign of 600 bytes while a's 600-byte model is still loaded (budget 1000): err = %v, want ErrNoCapacity", err)
 	}
