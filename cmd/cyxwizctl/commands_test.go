@@ -27,11 +27,28 @@ func TestHelpExitsZero(t *testing.T) {
 		}
 	}
 	// The flag defaults and the documented encodings are in the help.
-	if _, out, _ := ctl("deploy", "--help"); !strings.Contains(out, "-pre-sha256 digest") || !strings.Contains(out, `default "onnx"`) {
+	if _, out, _ := ctl("deploy", "--help"); !strings.Contains(out, "-pre-sha256 digest") || !strings.Contains(out, "default onnx, or guest with --format-guest") {
 		t.Errorf("deploy --help:\n%s", out)
 	}
 	if _, out, _ := ctl("infer", "--help"); !strings.Contains(out, `"NaN"`) || !strings.Contains(out, `"b64"`) {
 		t.Errorf("infer --help:\n%s", out)
+	}
+}
+
+// "cyxwizctl help" and "cyxwizctl help CMD" are --help and "CMD --help"
+// (they were an unknown command, exit 2); help for an unknown command is
+// still one.
+func TestHelpCommand(t *testing.T) {
+	code, out, errOut := ctl("help")
+	if code != 0 || !strings.Contains(out, "commands:") || errOut != "" {
+		t.Errorf("help: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	_, want, _ := ctl("stop", "--help")
+	if code, out, errOut := ctl("help", "stop"); code != 0 || out != want || errOut != "" {
+		t.Errorf("help stop: exit %d, stdout %q, stderr %q; want stop --help's %q", code, out, errOut, want)
+	}
+	if code, _, errOut := ctl("help", "nope"); code != 2 || !strings.Contains(errOut, `unknown command "nope"`) {
+		t.Errorf("help nope: exit %d, stderr %q", code, errOut)
 	}
 }
 
@@ -101,5 +118,18 @@ func TestHealthNotServing(t *testing.T) {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	if code, out, errOut := ctl("--addr", addr, "health"); code != 1 || out != "NOT_SERVING\n" || !strings.Contains(errOut, "NOT_SERVING") {
 		t.Errorf("NOT_SERVING: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+// An unknown ls --state is a usage error that lists the states it takes
+// (it named the bad one only), and every state listed is accepted.
+func TestListUnknownStateListsStates(t *testing.T) {
+	addr, _ := startNode(t)
+	code, _, errOut := ctl("--addr", addr, "ls", "--state", "bogus")
+	if code != 2 || !strings.Contains(errOut, `unknown state "bogus" (want `+stateList+")") {
+		t.Errorf("ls --state bogus: exit %d, stderr %q; want 2 and the states it takes", code, errOut)
+	}
+	if code, _, errOut := ctl("--addr", addr, "ls", "--state", stateList); code != 0 {
+		t.Errorf("ls --state %s: exit %d, stderr %q", stateList, code, errOut)
 	}
 }

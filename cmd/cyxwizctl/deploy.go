@@ -24,11 +24,15 @@ import (
 
 func init() {
 	register("deploy", command{
-		synopsis: "--id ID --model URI|FILE [--format onnx] [--sha256 H] [--pre g.wasm] [--post g.wasm] [flags]",
+		synopsis: "--id ID --model URI|FILE [--format onnx] [--sha256 H] [--pre g.wasm] [--post g.wasm] [--format-guest g.wasm] [flags]",
 		summary:  "deploy a model and wait until it is ready",
 		about: `Local files are sent as file:// URIs with the SHA-256 computed here, so
-they need no --sha256, --pre-sha256, --post-sha256 or --batch-policy-sha256;
-http(s) URIs need theirs (the node verifies what it downloads).
+they need no --sha256 or --<guest>-sha256; http(s) URIs need theirs (the
+node verifies what it downloads).
+
+A model in a custom format is served by a guest exporting format_load and
+format_infer (guests/examples/safetensors-mlp): give it with --format-guest;
+--format then defaults to "guest".
 
 Without --no-wait the command shows the progress and exits 0 once the
 deployment is ready, 1 if it fails or is stopped first. The wait has no
@@ -88,7 +92,7 @@ func artifactFor(ref, sum, sumFlag string) (*cyxwizpb.Artifact, error) {
 
 // guestFlags are the flags of one guest role: its module and its digest.
 type guestFlags struct {
-	name     string // flag and guest name: "pre", "post", "batch-policy"
+	name     string // flag and guest name: "pre", "post", "batch-policy", "format-guest"
 	role     cyxwizpb.GuestRole
 	ref, sum *string
 }
@@ -108,7 +112,7 @@ func newDeployFlags(fs *flag.FlagSet) *deployFlags {
 		id:     fs.String("id", "", "deployment `id` (required)"),
 		name:   fs.String("name", "", "model `name` clients use (default: the id)"),
 		model:  fs.String("model", "", "model `URI` (file://, http://, https://) or local file (required)"),
-		format: fs.String("format", "onnx", "model `format`"),
+		format: fs.String("format", "", "model `format` (default onnx, or guest with --format-guest)"),
 		sum:    fs.String("sha256", "", "model SHA-256 `digest` (required for http(s) URIs; computed for local files)"),
 	}
 	for _, g := range []struct {
@@ -118,6 +122,7 @@ func newDeployFlags(fs *flag.FlagSet) *deployFlags {
 		{"pre", "preprocess", cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS},
 		{"post", "postprocess", cyxwizpb.GuestRole_GUEST_ROLE_POSTPROCESS},
 		{"batch-policy", "batch-policy", cyxwizpb.GuestRole_GUEST_ROLE_BATCH_POLICY},
+		{"format-guest", "custom-format (format_load, format_infer)", cyxwizpb.GuestRole_GUEST_ROLE_FORMAT},
 	} {
 		o.guests = append(o.guests, guestFlags{name: g.name, role: g.role,
 			ref: fs.String(g.name, "", g.what+" guest (.wasm `file` or URI)"),
@@ -148,7 +153,14 @@ func (o *deployFlags) spec() (*cyxwizpb.DeploymentSpec, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := &cyxwizpb.DeploymentSpec{ModelName: name, Format: *o.format, Model: art, Config: map[string]string{}}
+	format := *o.format
+	if format == "" {
+		format = "onnx"
+		if *o.formatGuest().ref != "" {
+			format = formatGuest
+		}
+	}
+	spec := &cyxwizpb.DeploymentSpec{ModelName: name, Format: format, Model: art, Config: map[string]string{}}
 	for _, kv := range o.config {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -173,6 +185,19 @@ func (o *deployFlags) spec() (*cyxwizpb.DeploymentSpec, error) {
 		spec.Batching = &cyxwizpb.BatchingConfig{MaxBatchSize: *o.maxBatch, MaxQueueDelayUs: uint64(o.delay.Microseconds()), Instances: *o.instances}
 	}
 	return spec, nil
+}
+
+// formatGuest is the format of a model served by a FORMAT guest.
+const formatGuest = "guest"
+
+// formatGuest returns the flags of the FORMAT guest.
+func (o *deployFlags) formatGuest() guestFlags {
+	for _, g := range o.guests {
+		if g.role == cyxwizpb.GuestRole_GUEST_ROLE_FORMAT {
+			return g
+		}
+	}
+	panic("no format guest flag")
 }
 
 func (o *deployFlags) guest(g guestFlags) (*cyxwizpb.GuestModule, error) {
@@ -292,6 +317,12 @@ func deployErr(st *cyxwizpb.DeploymentStatus) error {
 	return nil
 }
 
+// roleName is a guest role as ABI.md names it: preprocess, postprocess,
+// batch_policy, format.
+func roleName(r cyxwizpb.GuestRole) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "GUEST_ROLE_"))
+}
+
 func stateName(s cyxwizpb.DeploymentState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "DEPLOYMENT_STATE_"))
 }
@@ -361,9 +392,12 @@ func humanBytes(n uint64) string {
 	return fmt.Sprintf("%dB", n)
 }
 
+// stateList is what ls --state takes.
+const stateList = "pending,fetching,loading,ready,running,stopping,stopped,failed"
+
 func runList(ctx context.Context, c *client, args []string) error {
 	fs := newFlagSet("ls")
-	states := fs.String("state", "", "comma-separated `states` to show (pending,fetching,loading,ready,running,stopping,stopped,failed)")
+	states := fs.String("state", "", "comma-separated `states` to show ("+stateList+")")
 	if _, err := parseArgs(c, fs, args); err != nil {
 		return err
 	}
@@ -374,7 +408,7 @@ func runList(ctx context.Context, c *client, args []string) error {
 		}
 		v, ok := cyxwizpb.DeploymentState_value["DEPLOYMENT_STATE_"+strings.ToUpper(s)]
 		if !ok {
-			return usagef("unknown state %q", s)
+			return usagef("unknown state %q (want %s)", s, stateList)
 		}
 		req.States = append(req.States, cyxwizpb.DeploymentState(v))
 	}
@@ -427,7 +461,11 @@ func runStatus(ctx context.Context, c *client, args []string) error {
 	}
 	fmt.Fprintf(c.out, "artifact: %s sha256=%s\n", st.Spec.GetModel().GetUri(), st.Spec.GetModel().GetSha256())
 	for _, g := range st.Spec.GetGuests() {
-		fmt.Fprintf(c.out, "guest:    %s %v %s\n", g.Name, g.Roles, g.GetArtifact().GetUri())
+		roles := make([]string, len(g.Roles))
+		for i, r := range g.Roles {
+			roles[i] = roleName(r)
+		}
+		fmt.Fprintf(c.out, "guest:    %s (%s) %s\n", g.Name, strings.Join(roles, ","), g.GetArtifact().GetUri())
 	}
 	return nil
 }

@@ -151,3 +151,41 @@ func TestStopDrainDeadline(t *testing.T) {
 		t.Errorf("--timeout 5s stop --drain 2m: deadline %v away", s.left.Round(time.Second))
 	}
 }
+
+// A custom-format model is deployed with its FORMAT guest (the
+// safetensors-mlp example): --format-guest sends it with that role, and
+// --format defaults to "guest" then (onnx otherwise). deploy had no flag
+// for it, so no custom format could be deployed with cyxwizctl.
+func TestDeployFormatGuest(t *testing.T) {
+	addr, f := startFakeDeployments(t, ready)
+	model := tempFile(t, "m.safetensors", "weights")
+	g := tempFile(t, "mlp.wasm", "guest")
+	for _, tc := range []struct {
+		args   []string
+		format string
+		role   cyxwizpb.GuestRole
+	}{
+		{[]string{"--format-guest", g}, "guest", cyxwizpb.GuestRole_GUEST_ROLE_FORMAT},
+		{[]string{"--format-guest", g, "--format", "custom"}, "custom", cyxwizpb.GuestRole_GUEST_ROLE_FORMAT},
+		{[]string{"--pre", g}, "onnx", cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS},
+	} {
+		args := append([]string{"--addr", addr, "deploy", "--id", "d", "--model", model, "--no-wait"}, tc.args...)
+		if code, _, errOut := ctl(args...); code != 0 {
+			t.Fatalf("%v: exit %d, %q", tc.args, code, errOut)
+		}
+		spec := (<-f.assigns).req.Spec
+		if spec.GetFormat() != tc.format || len(spec.GetGuests()) != 1 || len(spec.Guests[0].Roles) != 1 || spec.Guests[0].Roles[0] != tc.role {
+			t.Errorf("%v: sent format %q, guests %v; want %q and one guest with role %v", tc.args, spec.GetFormat(), spec.GetGuests(), tc.format, tc.role)
+		}
+	}
+}
+
+// status names guest roles as the rest of its output names states, and as
+// ABI.md names them (it printed "[GUEST_ROLE_PREPROCESS GUEST_ROLE_BATCH_POLICY]").
+func TestStatusGuestRoles(t *testing.T) {
+	addr, _ := startFakeDeployments(t, ready)
+	code, out, errOut := ctl("--addr", addr, "status", "d")
+	if code != 0 || !strings.Contains(out, "guest:    g (preprocess,batch_policy) file:///g.wasm\n") {
+		t.Errorf("status: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}

@@ -102,6 +102,14 @@ func (f *fakeDeployments) StopDeployment(ctx context.Context, r *cyxwizpb.StopDe
 		State: cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED}}, nil
 }
 
+func (f *fakeDeployments) GetDeploymentStatus(ctx context.Context, r *cyxwizpb.GetDeploymentStatusRequest) (*cyxwizpb.GetDeploymentStatusResponse, error) {
+	return &cyxwizpb.GetDeploymentStatusResponse{Status: &cyxwizpb.DeploymentStatus{DeploymentId: r.DeploymentId, State: f.state,
+		Spec: &cyxwizpb.DeploymentSpec{ModelName: r.DeploymentId, Format: "guest", Guests: []*cyxwizpb.GuestModule{
+			{Name: "g", Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS, cyxwizpb.GuestRole_GUEST_ROLE_BATCH_POLICY},
+				Artifact: &cyxwizpb.Artifact{Uri: "file:///g.wasm"}},
+		}}}}, nil
+}
+
 // tempFile writes content to a new file and returns its path.
 func tempFile(t *testing.T, name, content string) string {
 	t.Helper()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,8 @@ func TestGlobalFlagsAfterCommand(t *testing.T) {
 	}
 	if code, _, errOut := ctl("health", "--timeout", "soon"); code != 2 || !strings.Contains(errOut, "timeout") {
 		t.Errorf("bad --timeout after the command: exit %d %q", code, errOut)
+	} else if n := strings.Count(errOut, "invalid value"); n != 1 {
+		t.Errorf("bad --timeout after the command: the error is printed %d times, want once: %q", n, errOut)
 	}
 	// After "--", "--addr" is an argument: status looks up a deployment of
 	// that id on the node --addr names.
@@ -91,5 +94,21 @@ func TestProgressBarNotTerminal(t *testing.T) {
 	bar.done()
 	if strings.Count(term.String(), "\r") != len(updates) || strings.Count(term.String(), "\n") != 1 {
 		t.Errorf("terminal: %q", term.String())
+	}
+}
+
+// A node that cannot be reached (nothing listens there) is exit 1 with what
+// to do: gRPC's "connection refused" alone did not say which address was
+// tried, nor how to give another.
+func TestUnreachableNodeHint(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	code, _, errOut := ctl("--addr", addr, "--timeout", "5s", "health")
+	if code != 1 || !strings.Contains(errOut, "no node answers at "+addr) || !strings.Contains(errOut, "--addr or CYXWIZ_ADDR") {
+		t.Errorf("unreachable node: exit %d, stderr %q; want 1, the address and how to give another", code, errOut)
 	}
 }

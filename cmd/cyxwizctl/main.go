@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -85,7 +86,7 @@ func usage(w io.Writer, fs *flag.FlagSet) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'cyxwizctl <command> --help' for a command's arguments and flags.\n\nflags:")
+	fmt.Fprintln(w, "\nRun 'cyxwizctl <command> --help' (or 'cyxwizctl help <command>') for a command's arguments and flags.\n\nflags:")
 	out := fs.Output()
 	fs.SetOutput(w)
 	fs.PrintDefaults()
@@ -122,6 +123,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	name := fs.Arg(0)
+	if name == "help" { // "help" and "help CMD", as "--help" and "CMD --help"
+		if fs.NArg() == 1 {
+			usage(stdout, fs)
+			return 0
+		}
+		if _, ok := commands[fs.Arg(1)]; ok {
+			return run([]string{fs.Arg(1), "--help"}, stdout, stderr)
+		}
+		name = fs.Arg(1)
+	}
 	cmd, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(stderr, "cyxwizctl: unknown command %q\n", name)
@@ -130,6 +141,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// --addr and --timeout may follow the command too.
 	global, cmdArgs := hoistGlobal(fs, fs.Args()[1:])
+	fs.SetOutput(io.Discard) // the error is printed once, below
 	if err := fs.Parse(global); err != nil {
 		fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
 		return 2
@@ -149,7 +161,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = c.deadline(ctx, 0)
 		defer cancel()
 	}
-	return exitStatus(cmd.run(ctx, c, cmdArgs), name, stderr)
+	return exitStatus(withAddrHint(cmd.run(ctx, c, cmdArgs), *addr), name, stderr)
+}
+
+// withAddrHint adds to an error from a node that could not be reached what
+// to check: whether the node runs there, and how to name another address.
+func withAddrHint(err error, addr string) error {
+	if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && strings.HasPrefix(s.Message(), "connection error") {
+		return status.Errorf(codes.Unavailable, "%s\nno node answers at %s: is cyxwiz-node serving there? Give another address with --addr or CYXWIZ_ADDR.", s.Message(), addr)
+	}
+	return err
 }
 
 // hoistGlobal takes the flags of fs (--addr, --timeout), with their values,
