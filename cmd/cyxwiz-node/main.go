@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/BurntSushi/toml"
@@ -99,8 +100,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	log := newLogger(cfg.Log, stderr)
 	ctx, stop := signalContext(log)
-	defer stop()
-	if err := serve(ctx, cfg, log); err != nil {
+	err = serve(ctx, cfg, log)
+	stop() // the stop is over: a late second signal must not turn it into a forced exit
+	if err != nil {
 		log.Error("node stopped", "err", err)
 		return 1
 	}
@@ -109,7 +111,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // signalContext is cancelled by the first SIGINT or SIGTERM, which starts a
-// graceful stop; a second one exits at once.
+// graceful stop; a second one exits at once. After stop, both are ignored
+// (not given back their default action, which would kill the process with
+// the stop already done: `timeout` sends its signal twice).
 func signalContext(log *slog.Logger) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
@@ -130,11 +134,11 @@ func signalContext(log *slog.Logger) (context.Context, func()) {
 		case <-done:
 		}
 	}()
-	return ctx, func() {
-		signal.Stop(sigs)
+	return ctx, sync.OnceFunc(func() {
+		// Still notified, on a channel nobody reads: the signals are dropped.
 		close(done)
 		cancel()
-	}
+	})
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

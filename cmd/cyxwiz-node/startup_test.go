@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,3 +184,18 @@ func (h *dupKeys) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *dupKeys) WithGroup(string) slog.Handler { return h }
+
+// Once the stop is over, a late SIGINT (timeout(1) sends its signal twice)
+// is ignored: it was given back its default action, so the second copy
+// killed a node that had already stopped cleanly (or forced exit 1).
+func TestSignalAfterStopIgnored(t *testing.T) {
+	ctx, stop := signalContext(slog.New(slog.DiscardHandler))
+	stop()
+	if ctx.Err() == nil {
+		t.Fatal("context not cancelled by stop")
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // a default action would have ended this process by now
+}
