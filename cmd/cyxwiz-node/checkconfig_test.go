@@ -175,3 +175,29 @@ func TestGuestPagesBoundMatchesRuntime(t *testing.T) {
 		t.Errorf("the guest runtime takes %d pages, config stops at %d", config.MaxGuestMemoryPages+1, config.MaxGuestMemoryPages)
 	}
 }
+
+// check-config accepts [[models]] that will not serve here (a known format
+// this build cannot load, a model file that is missing) but warns about
+// each on stderr, naming the model and the reason; it said only "ok".
+func TestCheckConfigWarnsModelsThatWillFail(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "n.toml")
+	good := filepath.Join(dir, "c.onnx")
+	os.WriteFile(good, []byte("x"), 0o644)
+	os.WriteFile(path, []byte("[[models]]\nname = \"a\"\nformat = \"gguf\"\npath = \"c.onnx\"\n[[models]]\nname = \"b\"\nformat = \"onnx\"\npath = \"missing.onnx\"\n[[models]]\nname = \"c\"\nformat = \"onnx\"\npath = \"c.onnx\"\n"), 0o644)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-c", path}, &out, &errOut); code != 0 {
+		t.Fatalf("check-config: exit %d: %s", code, errOut.String())
+	}
+	warn := errOut.String()
+	for _, want := range []string{"warning: models[0] (a)", "llama.cpp", "warning: models[1] (b)", "missing.onnx"} {
+		if !strings.Contains(warn, want) {
+			t.Errorf("stderr %q does not contain %q", warn, want)
+		}
+	}
+	// (Whether ONNX Runtime loads in this test process depends on the
+	// tests before: c is only checked for its file.)
+	if strings.Contains(warn, "c.onnx") {
+		t.Errorf("warned about a model file that is there: %q", warn)
+	}
+}

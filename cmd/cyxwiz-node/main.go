@@ -86,6 +86,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if cmd == "check-config" {
+		for _, w := range modelWarnings(cfg, newRegistry(cfg)) {
+			fmt.Fprintln(stderr, "warning:", w)
+		}
 		fmt.Fprintf(stdout, "# %q: ok. Effective values (defaults filled in, paths resolved, secrets hidden):\n", *path)
 		shown := *cfg
 		if shown.Central.Token != "" {
@@ -156,6 +159,25 @@ var errStartup = errors.New("start-up failed")
 // checkFormats refuses [[models]] whose format no loader of this build
 // knows: the config package cannot tell, and such a model was accepted by
 // check-config, then only logged as not served.
+// modelWarnings lists the [[models]] that are valid but will not serve on
+// this node as it is: a format this build cannot load here, a model file
+// that is not there. serve starts without them (each deployment fails with
+// its reason), so check-config says so without failing.
+func modelWarnings(cfg *config.Config, reg *loaders.Registry) []string {
+	var out []string
+	for i, m := range cfg.Models {
+		if _, err := reg.Get(m.Format); err != nil && reg.Known(m.Format) {
+			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %v", i, m.Name, err))
+		}
+		if fi, err := os.Stat(m.Path); err != nil {
+			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %v", i, m.Name, err))
+		} else if !fi.Mode().IsRegular() {
+			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %s is not a regular file", i, m.Name, m.Path))
+		}
+	}
+	return out
+}
+
 func checkFormats(path string, cfg *config.Config, reg *loaders.Registry) error {
 	var problems []string
 	for i, m := range cfg.Models {
