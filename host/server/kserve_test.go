@@ -449,24 +449,37 @@ func TestQueueFullDeadlineAndCancel(t *testing.T) {
 	}
 
 	// A request whose deadline passes while queued gets DeadlineExceeded and
-	// never runs; same for one the client cancels.
-	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
+	// never runs; same for one the client cancels. Each is seen queued in
+	// the engine before it gives up: a deadline that passed (or a cancel
+	// sent) before the request reached the server would leave the engine
+	// nothing to count, and the wait below would never end.
 	slow2 := &slowModel{gate: make(chan struct{})}
 	n2 := newTestNode(t, slow2, slowSpec("slow", 8))
+	d2, _ := n2.models.Model("slow", "")
 	go n2.client.ModelInfer(ctx, slowReq("slow")) // holds the only instance
 	waitFor(t, func() bool { return slow2.calls.Load() == 1 })
-	if _, err := n2.client.ModelInfer(dctx, slowReq("slow")); status.Code(err) != codes.DeadlineExceeded {
+	// The deadline is generous enough for the request to reach the queue
+	// on a loaded machine; the test sees it there before it passes.
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	dres := make(chan error, 1)
+	go func() { _, err := n2.client.ModelInfer(dctx, slowReq("slow")); dres <- err }()
+	waitFor(t, func() bool { st := d2.Status().Stats; return st.Queued == 1 || st.Cancelled == 1 })
+	if err := <-dres; status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("deadline: got %v", err)
 	}
+	waitFor(t, func() bool { st := d2.Status().Stats; return st.Cancelled == 1 && st.Queued == 0 })
 	cctx, ccancel := context.WithCancel(ctx)
-	go func() { time.Sleep(50 * time.Millisecond); ccancel() }()
-	if _, err := n2.client.ModelInfer(cctx, slowReq("slow")); status.Code(err) != codes.Canceled {
+	defer ccancel()
+	cres := make(chan error, 1)
+	go func() { _, err := n2.client.ModelInfer(cctx, slowReq("slow")); cres <- err }()
+	waitFor(t, func() bool { return d2.Status().Stats.Queued == 1 })
+	ccancel()
+	if err := <-cres; status.Code(err) != codes.Canceled {
 		t.Fatalf("cancel: got %v", err)
 	}
 	// Cancellation reaches the server asynchronously: wait until the engine
 	// has seen both give-ups before letting the instance go.
-	d2, _ := n2.models.Model("slow", "")
 	waitFor(t, func() bool { return d2.Status().Stats.Cancelled >= 2 })
 	close(slow2.gate) // release everything
 	close(slow.gate)
@@ -540,11 +553,17 @@ func TestRunningRequestEndsWithItsClient(t *testing.T) {
 	ctx, cancelAll := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancelAll()
 
-	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
+	// The deadline leaves the request time to reach the model on a loaded
+	// machine (one that passed first would never reach the server, and the
+	// counts below would be short); the model sees it before it passes.
 	start := time.Now()
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
 	if _, err := n.client.ModelInfer(dctx, slowReq("slow")); status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("deadline while running: got %v", err)
+	}
+	if c := slow.calls.Load(); c != 1 {
+		t.Fatalf("the request with a deadline reached the model %d times before it passed, want 1", c)
 	}
 	cctx, ccancel := context.WithCancel(ctx)
 	go func() { // once the request runs, its client goes away

@@ -38,6 +38,14 @@ func preGuest(a artifact.Artifact) []deploy.Guest {
 // guest runtime, waits until each serves, and serves them over gRPC.
 func serveGuests(t *testing.T, model *slowModel, specs []deploy.Spec) inference.GRPCInferenceServiceClient {
 	t.Helper()
+	client, _ := serveGuestsManager(t, model, specs)
+	return client
+}
+
+// serveGuestsManager is serveGuests that also returns the deployments, for
+// tests that watch a deployment's engine.
+func serveGuestsManager(t *testing.T, model *slowModel, specs []deploy.Spec) (inference.GRPCInferenceServiceClient, *deploy.Manager) {
+	t.Helper()
 	rt, err := guest.NewRuntime(context.Background(), guest.Config{CallTimeout: 5 * time.Second}, quietLog())
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +69,7 @@ func serveGuests(t *testing.T, model *slowModel, specs []deploy.Spec) inference.
 		}
 	}
 	_, conn, _ := startServer(t, testConfig(t), Services{Inference: NewInference(models)})
-	return inference.NewGRPCInferenceServiceClient(conn)
+	return inference.NewGRPCInferenceServiceClient(conn), models
 }
 
 // zzPinNode serves deployment "pin" (slowModel behind the pin guest as its
