@@ -45,6 +45,11 @@ type outputSpec struct {
 	// of ORT (see plan); dims says where its dimensions come from.
 	prealloc bool
 	dims     []dimSource
+	// alias is the index of the graph input this output is (a graph output
+	// may name a graph input: a pass-through value), or -1. ORT hands such
+	// an output back by replacing the fetch with the feed, so a
+	// pre-allocated buffer is never written; Infer copies the input instead.
+	alias int
 }
 
 // dimSource is one dimension of a pre-allocated output: a fixed size, or
@@ -101,6 +106,10 @@ func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor, names []stri
 	ranOK := false
 	defer func() { release(vals, ranOK) }()
 	for i, t := range ordered {
+		if t.DType == tensor.Bool {
+			t = normBool(t)
+			ordered[i] = t
+		}
 		if ins[i], err = newInput(t, m.inputs[i].ortType); err != nil {
 			return nil, fmt.Errorf("onnx: input %q: %w", t.Name, err)
 		}
@@ -126,11 +135,45 @@ func (m *Model) Infer(ctx context.Context, inputs []*tensor.Tensor, names []stri
 
 	res := make([]*tensor.Tensor, len(want))
 	for j, i := range want {
+		if a := m.outputs[i].alias; a >= 0 {
+			res[j] = aliasOf(ordered[a], m.outputs[i].Name)
+			continue
+		}
 		if res[j], err = m.outputs[i].tensor(outs[i]); err != nil {
 			return nil, fmt.Errorf("onnx: output %q: %w", m.outputs[i].Name, err)
 		}
 	}
 	return res, nil
+}
+
+// normBool returns t with every BOOL element 0 or 1 (a copy when some byte
+// is neither). ORT reads BOOL elements as C++ bool, where any other byte is
+// undefined: Cast gave 2 for a true of 0x02, Not gave 3.
+func normBool(t *tensor.Tensor) *tensor.Tensor {
+	if !slices.ContainsFunc(t.Data, func(b byte) bool { return b > 1 }) {
+		return t
+	}
+	c := *t
+	c.Data = make([]byte, len(t.Data))
+	for j, b := range t.Data {
+		if b != 0 {
+			c.Data[j] = 1
+		}
+	}
+	return &c
+}
+
+// aliasOf is the value of an output that is the graph input in.
+func aliasOf(in *tensor.Tensor, name string) *tensor.Tensor {
+	t := in.Clone()
+	t.Name = name
+	if t.Shape == nil {
+		t.Shape = []int64{}
+	}
+	if t.DType != tensor.Bytes && t.Data == nil {
+		t.Data = []byte{}
+	}
+	return t
 }
 
 // ReleasesInputs reports that Infer keeps no reference to its inputs once it

@@ -14,9 +14,11 @@
 //	out, err := m.Infer(ctx, []*tensor.Tensor{x}, nil)
 //
 // Infer computes every output (an onnxruntime_go session has a fixed output
-// list) and returns those asked for. Load has ONNX Runtime parse the model
-// twice: once unoptimised, to list its inputs and outputs, once for the
-// session.
+// list) and returns those asked for. A BOOL input byte other than 0 is true
+// (ORT itself would read it as an undefined C++ bool), and an output that is
+// a graph input comes back as a copy of that input. Load has ONNX Runtime
+// parse the model twice: once unoptimised, to list its inputs and outputs,
+// once for the session.
 //
 // In Info, a dynamic dimension is -1, and a tensor whose file declares no
 // shape at all has a nil Shape (a rank-0 tensor has an empty, non-nil one).
@@ -328,7 +330,10 @@ func (m *Model) describe(path string, ins, outs []ort.InputOutputInfo) error {
 		if err != nil {
 			return err
 		}
-		out := outputSpec{TensorSpec: s, ortType: info.DataType}
+		out := outputSpec{TensorSpec: s, ortType: info.DataType, alias: -1}
+		if j, ok := m.inByName[s.Name]; ok {
+			out.alias = j
+		}
 		if err := out.plan(m.inputs, func() (map[string]graphValue, error) { readGraph(); return graph, graphErr }); err != nil {
 			return err
 		}
@@ -364,6 +369,12 @@ func (o *outputSpec) plan(inputs []inputSpec, graph func() (map[string]graphValu
 	for k, d := range o.Shape {
 		o.dims[k] = dimSource{size: d, input: -1}
 		if d >= 0 {
+			continue
+		}
+		if o.alias >= 0 && k < len(inputs[o.alias].Shape) {
+			// A pass-through: the dimensions are the input's (Infer
+			// copies the input, but ORT still wants the buffer).
+			o.dims[k].input, o.dims[k].axis = o.alias, k
 			continue
 		}
 		g, err := graph()
@@ -406,16 +417,26 @@ func checkProviders(names []string) error {
 
 // appendProviders adds the requested execution providers to so, in order,
 // and returns those in use. A provider that cannot be set up is skipped with
-// a warning; ORT's CPU provider is always there, last. Options for a
-// provider come from opts.Extra keys "cuda.<name>" and "tensorrt.<name>"
-// (e.g. "cuda.device_id").
+// one warning, however often it is listed; ORT's CPU provider is always
+// there, last. CPU runs every node, so the providers listed after "cpu"
+// would never get one: they are not set up (ORT would have put them ahead
+// of CPU, against the list's order). Options for a provider come from
+// opts.Extra keys "cuda.<name>" and "tensorrt.<name>" (e.g.
+// "cuda.device_id").
 func appendProviders(so *ort.SessionOptions, path string, opts loaders.Options) []string {
-	var used []string
-	for _, p := range opts.Providers {
+	var used, tried []string
+	for i, p := range opts.Providers {
 		p = strings.ToLower(p)
-		if p == "cpu" || slices.Contains(used, p) {
+		if p == "cpu" {
+			if rest := opts.Providers[i+1:]; len(rest) > 0 {
+				opts.Log().Debug("onnx: execution providers listed after cpu are not used", "providers", rest, "path", path)
+			}
+			break
+		}
+		if slices.Contains(tried, p) {
 			continue
 		}
+		tried = append(tried, p)
 		var err error
 		switch p {
 		case "cuda":

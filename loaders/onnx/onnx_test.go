@@ -416,6 +416,12 @@ func TestProviders(t *testing.T) {
 		{[]string{"cuda", "cpu"}, 1},
 		{[]string{"tensorrt", "cuda", "cpu"}, 2},
 		{[]string{"cuda"}, 1},
+		// A provider that cannot be set up warns once, however often listed.
+		{[]string{"cuda", "CUDA", "cpu"}, 1},
+		// CPU takes every node: what comes after it is never tried (ORT
+		// would have put CUDA ahead of CPU, against the list's order).
+		{[]string{"cpu", "cuda"}, 0},
+		{[]string{"cpu", "tensorrt", "cuda"}, 0},
 	} {
 		var log bytes.Buffer
 		opts := loaders.Options{Providers: c.providers, Logger: slog.New(slog.NewTextHandler(&log, nil))}

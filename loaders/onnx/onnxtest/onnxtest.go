@@ -151,6 +151,31 @@ func Identity(dtype ElemType, shape []int64) []byte {
 	)
 }
 
+// Cast returns a model with a single Cast node converting input "x" of
+// element type from to output "y" of element type to, both of the given
+// shape (-1 marks a dynamic dimension).
+func Cast(from, to ElemType, shape []int64) []byte {
+	return model("cast_"+from.String()+"_"+to.String(),
+		[][]byte{node("Cast", []string{"x"}, "y", attrInt("to", int64(to)))},
+		nil,
+		[][]byte{valueInfo("x", from, shape)},
+		[][]byte{valueInfo("y", to, shape)},
+	)
+}
+
+// InputAsOutput returns a model whose graph input "x" is also its second
+// graph output, next to "y" = Identity(x): an output that aliases an input,
+// as a model with a pass-through value has. Both are of element type dtype
+// and the given shape.
+func InputAsOutput(dtype ElemType, shape []int64) []byte {
+	return model("input_as_output_"+dtype.String(),
+		[][]byte{node("Identity", []string{"x"}, "y")},
+		nil,
+		[][]byte{valueInfo("x", dtype, shape)},
+		[][]byte{valueInfo("y", dtype, shape), valueInfo("x", dtype, shape)},
+	)
+}
+
 // linearW and linearB are the parameters of linear.onnx written by WriteAll.
 var (
 	linearW = [][]float32{{1, 2}, {3, 4}, {5, 6}}
@@ -213,8 +238,9 @@ func model(name string, nodes, inits, inputs, outputs [][]byte) []byte {
 	return m
 }
 
-// node encodes a NodeProto of the default domain with a single output.
-func node(op string, inputs []string, output string) []byte {
+// node encodes a NodeProto of the default domain with a single output and
+// the given encoded attributes.
+func node(op string, inputs []string, output string, attrs ...[]byte) []byte {
 	var b []byte
 	for _, in := range inputs {
 		b = appendString(b, 1, in) // NodeProto.input
@@ -222,6 +248,18 @@ func node(op string, inputs []string, output string) []byte {
 	b = appendString(b, 2, output) // NodeProto.output
 	b = appendString(b, 3, output) // NodeProto.name
 	b = appendString(b, 4, op)     // NodeProto.op_type
+	for _, a := range attrs {
+		b = appendMessage(b, 5, a) // NodeProto.attribute
+	}
+	return b
+}
+
+// attrInt encodes an AttributeProto of type INT.
+func attrInt(name string, v int64) []byte {
+	var b []byte
+	b = appendString(b, 1, name)      // AttributeProto.name
+	b = appendVarint(b, 3, uint64(v)) // AttributeProto.i
+	b = appendVarint(b, 20, 2)        // AttributeProto.type = INT
 	return b
 }
 
