@@ -84,23 +84,48 @@ type Governor struct {
 	hold  time.Duration
 	log   *slog.Logger
 
-	seen   atomic.Bool   // Touch was called since Run last looked
-	active atomic.Bool   // the limit is set, or Run has been woken to set it
-	wake   chan struct{} // Touch → Run, when the limit is not set
+	// state is idle, held or seen. It is one word so that Run's decision
+	// to withdraw the limit (held → idle) and a Touch (held → seen, or
+	// idle → seen and a wake) cannot cross: a Touch either stops the
+	// withdrawal or comes after it and wakes Run.
+	state atomic.Int32
+	wake  chan struct{} // Touch → Run, on idle → seen
+
+	// testHookRelease, if set, is called after the last quiet look and
+	// before the limit is withdrawn (tests only).
+	testHookRelease func()
 }
+
+const (
+	idle int32 = iota // the limit is withdrawn (or never set); the next Touch wakes Run
+	held              // the limit is set, and no Touch came since Run last looked
+	seen              // a Touch came since Run last looked (or woke Run to set the limit)
+)
 
 // NewGovernor returns a Governor over req. hold must be positive.
 func NewGovernor(req *Request, limit, hold time.Duration, log *slog.Logger) *Governor {
 	return &Governor{req: req, limit: limit, hold: hold, log: log, wake: make(chan struct{}, 1)}
 }
 
-// Touch says that a request has arrived.
+// Touch says that a request has arrived. Under steady traffic it only
+// reads: the state is already seen.
 func (g *Governor) Touch() {
-	g.seen.Store(true)
-	if !g.active.Load() && g.active.CompareAndSwap(false, true) {
-		select {
-		case g.wake <- struct{}{}:
-		default:
+	for {
+		switch g.state.Load() {
+		case seen:
+			return
+		case held:
+			if g.state.CompareAndSwap(held, seen) {
+				return
+			}
+		default: // idle
+			if g.state.CompareAndSwap(idle, seen) {
+				select {
+				case g.wake <- struct{}{}:
+				default:
+				}
+				return
+			}
 		}
 	}
 }
@@ -110,8 +135,8 @@ func (g *Governor) Touch() {
 // the limit. If the device refuses a value, Run logs it and stops governing
 // (the node serves on without it).
 func (g *Governor) Run(ctx context.Context) error {
-	// Touch only sets a flag; Run looks at it every quarter hold and
-	// withdraws the limit after four looks in a row find it unset.
+	// Touch only marks the state seen; Run looks at it every quarter hold
+	// and withdraws the limit after four looks in a row find it unmarked.
 	const looks = 4
 	tick := time.NewTicker(max(g.hold/looks, time.Microsecond))
 	tick.Stop()
@@ -128,23 +153,31 @@ func (g *Governor) Run(ctx context.Context) error {
 			return nil
 		}
 		g.log.Debug("cpu latency limit set", "limit", g.limit)
-		g.seen.Store(false) // the Touch that woke Run counts from now
+		g.state.Store(held) // the Touch that woke Run counts from now
 		tick.Reset(max(g.hold/looks, time.Microsecond))
-		for quiet := 0; quiet < looks; {
+		for quiet := 0; ; {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-tick.C:
 			}
-			if g.seen.Swap(false) {
+			if g.state.CompareAndSwap(seen, held) {
 				quiet = 0
-			} else {
-				quiet++
+				continue
+			}
+			if quiet++; quiet < looks {
+				continue
+			}
+			if g.testHookRelease != nil {
+				g.testHookRelease()
+			}
+			// A Touch since the last look leaves the state seen: the
+			// limit stays, and the next look counts from it. Once idle,
+			// a Touch wakes Run again, which then sets the limit again.
+			if g.state.CompareAndSwap(held, idle) {
+				break
 			}
 		}
-		// active goes false before the reset: a Touch from here on wakes
-		// Run again, which then sets the limit again.
-		g.active.Store(false)
 		tick.Stop()
 		if err := g.req.Reset(); err != nil {
 			g.log.Warn("cpu latency limit not withdrawn", "err", err)
