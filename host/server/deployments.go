@@ -2,9 +2,12 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -51,6 +54,9 @@ func NewDeployments(m *deploy.Manager) *Deployments { return &Deployments{m: m} 
 
 // AssignDeployment accepts a deployment; work continues in the background.
 func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDeploymentRequest) (*cyxwizpb.AssignDeploymentResponse, error) {
+	if err := checkNewID(req.DeploymentId); err != nil {
+		return nil, err
+	}
 	if req.Spec == nil {
 		return nil, status.Error(codes.InvalidArgument, "spec is missing")
 	}
@@ -64,6 +70,39 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 		return nil, err
 	}
 	return &cyxwizpb.AssignDeploymentResponse{Status: StatusToProto(st)}, nil
+}
+
+// maxIDBytes bounds a new deployment's id. An id is the key of its record
+// in the node's store (bbolt refuses keys over 32 KiB: the store's error
+// came back as INTERNAL, quoting the whole id) and appears in every status,
+// event and log line about the deployment.
+const maxIDBytes = 512
+
+// checkNewID checks the id of a deployment being assigned: not empty (the
+// manager says so too), at most maxIDBytes, and without control characters
+// (a newline in an id forges lines in logs and in cyxwizctl's tables).
+func checkNewID(id string) error {
+	if id == "" {
+		return status.Error(codes.InvalidArgument, "deployment_id is empty")
+	}
+	if len(id) > maxIDBytes {
+		return status.Errorf(codes.InvalidArgument, "deployment_id is %d bytes long (%q...): at most %d", len(id), id[:32], maxIDBytes)
+	}
+	for i, r := range id {
+		if unicode.IsControl(r) {
+			return status.Errorf(codes.InvalidArgument, "deployment_id %q has a control character (%U) at byte %d", id, r, i)
+		}
+	}
+	return nil
+}
+
+// checkID checks the id of an existing deployment named by a call: an
+// empty one is a client's mistake, not a deployment that went away.
+func checkID(field, id string) error {
+	if id == "" {
+		return status.Errorf(codes.InvalidArgument, "%s is empty", field)
+	}
+	return nil
 }
 
 // checkGuestTimeouts refuses a guest call_timeout that is not a valid
@@ -87,6 +126,9 @@ func checkGuestTimeouts(guests []*cyxwizpb.GuestModule) error {
 
 // GetDeploymentStatus reports one deployment.
 func (s *Deployments) GetDeploymentStatus(_ context.Context, req *cyxwizpb.GetDeploymentStatusRequest) (*cyxwizpb.GetDeploymentStatusResponse, error) {
+	if err := checkID("deployment_id", req.DeploymentId); err != nil {
+		return nil, err
+	}
 	d, err := s.m.Get(req.DeploymentId)
 	if err != nil {
 		return nil, err
@@ -94,10 +136,16 @@ func (s *Deployments) GetDeploymentStatus(_ context.Context, req *cyxwizpb.GetDe
 	return &cyxwizpb.GetDeploymentStatusResponse{Status: StatusToProto(d.Status())}, nil
 }
 
-// ListDeployments lists deployments, filtered by state when asked.
+// ListDeployments lists deployments, filtered by state when asked. A
+// filter naming no state (UNSPECIFIED, or a value this node does not know)
+// is refused: it matched nothing, and the client took an empty list for
+// "no such deployments".
 func (s *Deployments) ListDeployments(_ context.Context, req *cyxwizpb.ListDeploymentsRequest) (*cyxwizpb.ListDeploymentsResponse, error) {
 	want := map[cyxwizpb.DeploymentState]bool{}
-	for _, st := range req.States {
+	for i, st := range req.States {
+		if _, known := cyxwizpb.DeploymentState_name[int32(st)]; !known || st == cyxwizpb.DeploymentState_DEPLOYMENT_STATE_UNSPECIFIED {
+			return nil, status.Errorf(codes.InvalidArgument, "states[%d]: %v is not a deployment state (want PENDING to FAILED; leave states empty to list every deployment)", i, st)
+		}
 		want[st] = true
 	}
 	resp := &cyxwizpb.ListDeploymentsResponse{}
@@ -117,6 +165,9 @@ const maxDrain = time.Hour
 // set) or the node's limits.shutdown_timeout, and at most as long as the
 // call's own deadline.
 func (s *Deployments) StopDeployment(ctx context.Context, req *cyxwizpb.StopDeploymentRequest) (*cyxwizpb.StopDeploymentResponse, error) {
+	if err := checkID("deployment_id", req.DeploymentId); err != nil {
+		return nil, err
+	}
 	var drain time.Duration
 	if req.DrainTimeout != nil {
 		if err := req.DrainTimeout.CheckValid(); err != nil {
@@ -134,10 +185,21 @@ func (s *Deployments) StopDeployment(ctx context.Context, req *cyxwizpb.StopDepl
 	return &cyxwizpb.StopDeploymentResponse{Status: StatusToProto(st)}, nil
 }
 
-// WatchDeployments streams changes until the client goes away.
+// WatchDeployments streams changes until the client goes away. The
+// response headers go out as soon as the watch is registered: a client
+// that waits for them (Header) misses no change made after, even without a
+// snapshot and before any event.
 func (s *Deployments) WatchDeployments(req *cyxwizpb.WatchDeploymentsRequest, stream grpc.ServerStreamingServer[cyxwizpb.DeploymentEvent]) error {
+	for i, id := range req.DeploymentIds {
+		if err := checkID(fmt.Sprintf("deployment_ids[%d]", i), id); err != nil {
+			return err
+		}
+	}
 	w := s.m.Watch(req.DeploymentIds, req.Snapshot)
 	defer w.Close()
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
 	ctx := stream.Context()
 	for {
 		select {
@@ -264,10 +326,14 @@ var stateToProto = map[deploy.State]cyxwizpb.DeploymentState{
 	deploy.Failed:   cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED,
 }
 
-// StatusToProto converts a deployment status to the wire form.
+// StatusToProto converts a deployment status to the wire form. Its free
+// text is made valid UTF-8: a message may quote bytes from anywhere (a
+// path decoded from a file:// URI's %FF, a loader's or guest's error), and
+// a proto3 string that is not UTF-8 fails to marshal: the status, the
+// whole list and every watch carrying it failed with INTERNAL.
 func StatusToProto(st deploy.Status) *cyxwizpb.DeploymentStatus {
-	p := &cyxwizpb.DeploymentStatus{DeploymentId: st.ID, State: stateToProto[st.State], Message: st.Message,
-		Spec: SpecToProto(st.Spec), Owner: st.Owner, MemoryBytes: uint64(max(st.MemoryBytes, 0))}
+	p := &cyxwizpb.DeploymentStatus{DeploymentId: validUTF8(st.ID), State: stateToProto[st.State], Message: validUTF8(st.Message),
+		Spec: SpecToProto(st.Spec), Owner: validUTF8(st.Owner), MemoryBytes: uint64(max(st.MemoryBytes, 0))}
 	if !st.Created.IsZero() {
 		p.CreatedAt = timestamppb.New(st.Created)
 	}
@@ -279,7 +345,15 @@ func StatusToProto(st deploy.Status) *cyxwizpb.DeploymentStatus {
 		if total > 0 {
 			done = min(done, total) // a body longer than declared is refused, not progress past 100 %
 		}
-		p.Progress = &cyxwizpb.Progress{Phase: st.Progress.Phase, DoneBytes: uint64(done), TotalBytes: uint64(total)}
+		p.Progress = &cyxwizpb.Progress{Phase: validUTF8(st.Progress.Phase), DoneBytes: uint64(done), TotalBytes: uint64(total)}
 	}
 	return p
+}
+
+// validUTF8 is s with each run of invalid bytes replaced by U+FFFD.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }

@@ -1,0 +1,291 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/store"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
+)
+
+// These tests call the DeploymentService as the Central Server does: over
+// a real gRPC connection, through the server's codec and interceptors.
+
+// pathErrLoader fails every load quoting the path it was given, as real
+// loaders do ("load /models/m.onnx: ...").
+type pathErrLoader struct{}
+
+func (pathErrLoader) Format() string   { return "patherr" }
+func (pathErrLoader) Available() error { return nil }
+func (pathErrLoader) Load(_ context.Context, path string, _ loaders.Options) (loaders.Model, error) {
+	return nil, fmt.Errorf("load %s: %w", path, loaders.ErrInvalidModel)
+}
+
+// rpcNode serves a manager (over the slow test model and pathErrLoader,
+// with st as its store when not nil) over gRPC and returns a client.
+func rpcNode(t *testing.T, st *store.Store) (*deploy.Manager, cyxwizpb.DeploymentServiceClient, string) {
+	t.Helper()
+	uri := "file://" + writeFile(t, t.TempDir(), "m.bin", []byte("x"))
+	m := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(slowLoader{&slowModel{}}, pathErrLoader{}), nil, st, quietLog())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		m.Close(ctx)
+	})
+	_, conn, _ := startServer(t, testConfig(t), Services{Deployments: NewDeployments(m), Draining: m.StopWatches})
+	return m, cyxwizpb.NewDeploymentServiceClient(conn), uri
+}
+
+func rpcCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// A deployment whose status message holds bytes that are not UTF-8 (a
+// file:// URI's %FF decodes to the byte 0xFF, and the loader's error quotes
+// the path) is reported with U+FFFD in their place. It made every call
+// that carried its status fail with INTERNAL ("string field contains
+// invalid UTF-8"): its own status, the whole ListDeployments, and every
+// watch, which ended at its event.
+func TestStatusMessageNotUTF8OverGRPC(t *testing.T) {
+	m, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	watch, err := c.WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "good", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	bad := &cyxwizpb.DeploymentSpec{ModelName: "bad", Format: "patherr", Model: &cyxwizpb.Artifact{Uri: "file:///models/m%FF%FE.bin"}}
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "bad", Spec: bad}); err != nil {
+		t.Fatal(err)
+	}
+	if st := apiWait(t, m, "bad"); st.State != deploy.Failed || utf8.ValidString(st.Message) {
+		t.Fatalf("test setup: bad is %v %q, want Failed with a message that is not UTF-8", st.State, st.Message)
+	}
+	check := func(what string, p *cyxwizpb.DeploymentStatus) {
+		t.Helper()
+		if p.State != cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED || !strings.Contains(p.Message, "/models/m\uFFFD") {
+			t.Errorf("%s: %v %q, want FAILED naming /models/m\uFFFD", what, p.State, p.Message)
+		}
+	}
+	got, err := c.GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: "bad"})
+	if err != nil {
+		t.Fatalf("GetDeploymentStatus: %v", err)
+	}
+	check("GetDeploymentStatus", got.Status)
+	list, err := c.ListDeployments(ctx, &cyxwizpb.ListDeploymentsRequest{})
+	if err != nil {
+		t.Fatalf("ListDeployments: %v", err)
+	}
+	if len(list.Deployments) != 2 {
+		t.Fatalf("ListDeployments: %d deployments, want 2", len(list.Deployments))
+	}
+	check("ListDeployments", list.Deployments[0])
+	snap, err := c.WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: []string{"bad"}, Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := snap.Recv()
+	if err != nil {
+		t.Fatalf("watch with snapshot: %v", err)
+	}
+	check("watch snapshot", ev.Status)
+	// The watch opened first sees bad fail, and goes on to report good.
+	for sawFailed := false; ; {
+		ev, err := watch.Recv()
+		if err != nil {
+			t.Fatalf("live watch: %v", err)
+		}
+		if ev.Status.DeploymentId == "bad" && ev.Status.State == cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED {
+			check("live watch", ev.Status)
+			sawFailed = true
+		}
+		if sawFailed {
+			break
+		}
+	}
+	if _, err := c.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "good"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := watch.Recv()
+		if err != nil {
+			t.Fatalf("live watch after the failure: %v", err)
+		}
+		if ev.Status.DeploymentId == "good" && ev.Status.State == cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED {
+			break
+		}
+	}
+}
+
+// An empty id names no deployment: the call is INVALID_ARGUMENT, not
+// NOT_FOUND (which a Central Server takes for "the deployment is gone"),
+// and a watch of [""] is refused rather than left silent forever.
+func TestEmptyIDsAreInvalidArgument(t *testing.T) {
+	_, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	want := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "is empty") {
+			t.Errorf("%s: %v, want InvalidArgument saying the id is empty", what, err)
+		}
+	}
+	_, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{Spec: apiSpec(uri)})
+	want("AssignDeployment", err)
+	_, err = c.GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{})
+	want("GetDeploymentStatus", err)
+	_, err = c.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{})
+	want("StopDeployment", err)
+	w, err := c.WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: []string{"a", ""}, Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "a", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = w.Recv()
+	want("WatchDeployments [a, \"\"]", err)
+	if err != nil && !strings.Contains(err.Error(), "deployment_ids[1]") {
+		t.Errorf("watch error %v does not name deployment_ids[1]", err)
+	}
+	// An unknown id is still NOT_FOUND.
+	if _, err := c.GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: "nope"}); status.Code(err) != codes.NotFound {
+		t.Errorf("unknown id: %v, want NotFound", err)
+	}
+	if _, err := c.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "nope"}); status.Code(err) != codes.NotFound {
+		t.Errorf("stop of an unknown id: %v, want NotFound", err)
+	}
+}
+
+// A new deployment's id is bounded and has no control characters. On a
+// node with a store, an id over bbolt's 32 KiB key limit came back as
+// INTERNAL with the store's error quoting the id twice; ids are refused
+// as INVALID_ARGUMENT with a short message. Ids that look like paths are
+// only names.
+func TestDeploymentIDsChecked(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() }) // after the manager's Close (cleanups run last first)
+	_, c, uri := rpcNode(t, st)
+	ctx := rpcCtx(t)
+	for name, id := range map[string]string{
+		"40000 bytes":   strings.Repeat("x", 40000),
+		"513 bytes":     strings.Repeat("y", maxIDBytes+1),
+		"newline":       "a\nINFO forged line",
+		"NUL":           "a\x00b",
+		"DEL":           "a\x7fb",
+		"C1 control":    "a\u0085b",
+		"escape (ANSI)": "\x1b[2Jx",
+	} {
+		p := apiSpec(uri)
+		p.ModelName = "refused " + name
+		_, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: id, Spec: p})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "deployment_id") {
+			t.Errorf("id %s: %.200v, want InvalidArgument naming deployment_id", name, err)
+		} else if n := len(status.Convert(err).Message()); n > 200 {
+			t.Errorf("id %s: message of %d bytes", name, n)
+		}
+	}
+	for i, id := range []string{strings.Repeat("z", maxIDBytes), "../../etc/passwd", "/", "a/b\\c", "über-ü 模型"} {
+		p := apiSpec(uri)
+		p.ModelName = fmt.Sprintf("m%d", i)
+		if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: id, Spec: p}); err != nil {
+			t.Errorf("id %.40q: %v", id, err)
+			continue
+		}
+		got, err := c.GetDeploymentStatus(ctx, &cyxwizpb.GetDeploymentStatusRequest{DeploymentId: id})
+		if err != nil || got.Status.DeploymentId != id {
+			t.Errorf("status of %.40q: %v %v", id, got, err)
+		}
+		rec, err := st.Get(id)
+		if err != nil || rec.ID != id {
+			t.Errorf("stored %.40q: %v %v", id, rec.ID, err)
+		}
+	}
+}
+
+// A state filter that names no state (UNSPECIFIED, or a number this node
+// does not know) is INVALID_ARGUMENT: it matched nothing, and the client
+// read the empty list as "no deployment is in that state".
+func TestListStateFilterChecked(t *testing.T) {
+	m, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	apiWait(t, m, "d")
+	for _, states := range [][]cyxwizpb.DeploymentState{
+		{cyxwizpb.DeploymentState_DEPLOYMENT_STATE_UNSPECIFIED},
+		{cyxwizpb.DeploymentState_DEPLOYMENT_STATE_READY, 99},
+		{-1},
+	} {
+		_, err := c.ListDeployments(ctx, &cyxwizpb.ListDeploymentsRequest{States: states})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "states[") {
+			t.Errorf("states %v: %v, want InvalidArgument naming the entry", states, err)
+		}
+	}
+	for _, tc := range []struct {
+		states []cyxwizpb.DeploymentState
+		n      int
+	}{
+		{nil, 1},
+		{[]cyxwizpb.DeploymentState{cyxwizpb.DeploymentState_DEPLOYMENT_STATE_READY, cyxwizpb.DeploymentState_DEPLOYMENT_STATE_RUNNING}, 1},
+		{[]cyxwizpb.DeploymentState{cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED}, 0},
+	} {
+		resp, err := c.ListDeployments(ctx, &cyxwizpb.ListDeploymentsRequest{States: tc.states})
+		if err != nil || len(resp.Deployments) != tc.n {
+			t.Errorf("states %v: %v %v, want %d deployments", tc.states, resp, err, tc.n)
+		}
+	}
+}
+
+// A watch sends its response headers once it is registered: a client that
+// waits for them (no snapshot, nothing deployed yet) then misses no change.
+// The headers waited for the first event, so such a client could not tell
+// when it was safe to assign.
+func TestWatchHeadersOnceRegistered(t *testing.T) {
+	_, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	w, err := c.WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: []string{"d"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	header := make(chan error, 1)
+	go func() {
+		_, err := w.Header()
+		header <- err
+	}()
+	select {
+	case err := <-header:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no response headers 3s after opening a watch with nothing to report")
+	}
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Snapshot || ev.Status.DeploymentId != "d" || ev.Status.State != cyxwizpb.DeploymentState_DEPLOYMENT_STATE_PENDING {
+		t.Fatalf("first event: %v, want d PENDING (live)", ev)
+	}
+}
