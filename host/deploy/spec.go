@@ -50,6 +50,10 @@ type Resources struct {
 	Providers      []string `json:"providers,omitempty"`
 }
 
+// maxCPUThreads bounds resources.cpu_threads, as node.toml bounds its
+// thread counts (config.MaxThreads).
+const maxCPUThreads = 1024
+
 // GuestRoles are the roles a guest may take.
 var GuestRoles = []string{"preprocess", "postprocess", "batch_policy", "format"}
 
@@ -142,6 +146,9 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 	r := s.Resources
 	if r.MemoryBytes < 0 || r.GPUMemoryBytes < 0 || r.CPUThreads < 0 || r.GPUCount < 0 {
 		bad("resources: negative values")
+	}
+	if r.CPUThreads > maxCPUThreads {
+		bad("resources.cpu_threads is %d: at most %d", r.CPUThreads, maxCPUThreads)
 	}
 	if limits.MemoryBudget > 0 && r.MemoryBytes > limits.MemoryBudget {
 		bad("resources.memory_bytes %d exceeds the node's whole memory budget %d", r.MemoryBytes, limits.MemoryBudget)

@@ -213,3 +213,15 @@ func TestGuestInstancesBounded(t *testing.T) {
 		t.Errorf("4e9 guest instances: %v, want InvalidArgument naming guests[0].instances", err)
 	}
 }
+
+// resources.cpu_threads is bounded as node.toml's thread counts are (4e9
+// was accepted).
+func TestCPUThreadsBounded(t *testing.T) {
+	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
+	p := apiSpec(uri)
+	p.Resources = &cyxwizpb.ResourceRequest{CpuThreads: 4_000_000_000}
+	_, err := s.AssignDeployment(context.Background(), &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
+	if status.Code(ToStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "resources.cpu_threads") {
+		t.Errorf("4e9 cpu threads: %v, want InvalidArgument naming resources.cpu_threads", err)
+	}
+}
