@@ -308,6 +308,11 @@ func Decode(b []byte, size func(dtype uint8) int) ([]Tensor, error) {
 	if b[4] != Version {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrCodec, b[4], Version)
 	}
+	// Reserved fields are 0: a list is one encoding of its tensors, and a
+	// later version's flags are not read as version 1's.
+	if b[5] != 0 || b[6] != 0 || b[7] != 0 {
+		return nil, fmt.Errorf("%w: reserved header bytes % x, want 0", ErrCodec, b[5:8])
+	}
 	count := binary.LittleEndian.Uint32(b[8:])
 	b = b[headerLen:]
 	// Each entry takes at least 2+4+4+8 bytes: refuse counts that cannot fit
@@ -334,13 +339,13 @@ func Decode(b []byte, size func(dtype uint8) int) ([]Tensor, error) {
 		t.Name = string(b[:nl])
 		b = b[nl:]
 		t.DType = b[0]
-		kind, rank := b[1], int(b[2])
+		kind, rank, reserved := b[1], int(b[2]), b[3]
 		b = b[4:]
 		if t.DType == 0 || t.DType > maxDType {
 			return nil, fmt.Errorf("%w: entry %d (%q): dtype %d", ErrCodec, i, t.Name, t.DType)
 		}
-		if kind > KindHandle || rank > MaxRank {
-			return nil, fmt.Errorf("%w: entry %d (%q): kind %d rank %d", ErrCodec, i, t.Name, kind, rank)
+		if kind > KindHandle || rank > MaxRank || reserved != 0 {
+			return nil, fmt.Errorf("%w: entry %d (%q): kind %d rank %d reserved %d", ErrCodec, i, t.Name, kind, rank, reserved)
 		}
 		if len(b) < rank*8+12 {
 			return nil, fmt.Errorf("%w: entry %d (%q): truncated shape", ErrCodec, i, t.Name)

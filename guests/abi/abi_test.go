@@ -55,6 +55,11 @@ func TestDecodeErrors(t *testing.T) {
 		{"huge count", mut(func(b []byte) []byte { b[8], b[9], b[10], b[11] = 0xff, 0xff, 0xff, 0xff; return b })},
 		{"truncated", good[:len(good)-1]},
 		{"trailing", append(bytes.Clone(good), 0)},
+		// Reserved bytes are 0 (ABI.md): Decode ignored them, so two
+		// encodings stood for one list.
+		{"reserved header u8", mut(func(b []byte) []byte { b[5] = 1; return b })},
+		{"reserved header u16", mut(func(b []byte) []byte { b[7] = 1; return b })},
+		{"reserved entry u8", mut(func(b []byte) []byte { b[18] = 1; return b })},
 		{"dtype", mut(func(b []byte) []byte { b[15] = 99; return b })},
 		{"size mismatch", Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{3}, Data: make([]byte, 8)}})},
 		{"negative dim", Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{-1}}})},
@@ -126,4 +131,37 @@ func TestEncodeCutsNamesBetweenCharacters(t *testing.T) {
 	if got := list[0].Name; len(got) != MaxNameLen-1 || !strings.HasPrefix(name, got) {
 		t.Fatalf("decoded a %d-byte name, want the first %d bytes", len(got), MaxNameLen-1)
 	}
+}
+
+// Every list Decode accepts is the one encoding of what it decodes to:
+// Encode gives back the same bytes, and decoding those gives the same
+// tensors. Bytes Decode ignored (the reserved fields) would let two
+// different encodings stand for one list, and a later version's flags be
+// read as version 1's.
+func FuzzDecodeCanonical(f *testing.F) {
+	f.Add(Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}}))
+	f.Add(Encode(nil, []Tensor{{Name: "s", DType: DTypeBytes, Shape: []int64{2}, Strings: [][]byte{[]byte("hi"), nil}}, {Name: "h", DType: DTypeFP32, Shape: []int64{0, 3}, Handle: 3, DataLen: 12}}))
+	f.Add(Encode(nil, []Tensor{{Name: "é", DType: DTypeInt64, Shape: []int64{}, Data: make([]byte, 8)}, {Name: "", DType: DTypeUint8, Shape: []int64{0, 1 << 62}}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, size := range []func(uint8) int{Size, nil} {
+			list, err := Decode(b, size)
+			if err != nil {
+				if !errors.Is(err, ErrCodec) {
+					t.Fatalf("error %v is not ErrCodec", err)
+				}
+				continue
+			}
+			enc := Encode(nil, list)
+			if !bytes.Equal(enc, b) {
+				t.Fatalf("Encode(Decode(b)) differs from b:\n%x\n%x", enc, b)
+			}
+			again, err := Decode(enc, size)
+			if err != nil {
+				t.Fatalf("re-decode: %v", err)
+			}
+			if !reflect.DeepEqual(again, list) {
+				t.Fatalf("re-decode: %+v, want %+v", again, list)
+			}
+		}
+	})
 }

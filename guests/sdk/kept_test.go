@@ -172,3 +172,27 @@ func TestOutputsTheListCannotCarry(t *testing.T) {
 		})
 	}
 }
+
+// An inline output whose elements do not match its dtype and shape is the
+// guest's error: the SDK sent it as it was, the host refused the list as a
+// bad output and threw the instance away.
+func TestOutputsThatDoNotMatchTheirShape(t *testing.T) {
+	for _, mode := range []string{"badsize", "badbytes", "baddtype"} {
+		t.Run(mode, func(t *testing.T) {
+			p := keptPool(t, mode)
+			if _, err := p.Preprocess(context.Background(), x(1, 2)); !errors.Is(err, guest.ErrGuest) {
+				t.Fatalf("err = %v, want ErrGuest", err)
+			}
+		})
+	}
+}
+
+// An axis that int32 cannot hold is an error: the SDK passed int32(axis),
+// so Softmax along 1<<32 - 1 ran along the last axis.
+func TestSoftmaxAxisOutOfRange(t *testing.T) {
+	p := keptPool(t, "axis")
+	out, err := p.Preprocess(context.Background(), x(1, 2))
+	if !errors.Is(err, guest.ErrGuest) || !strings.Contains(err.Error(), "out of range") {
+		t.Fatalf("err = %v (outputs %v), want ErrGuest: out of range", err, out)
+	}
+}

@@ -91,6 +91,7 @@ type Tensor struct {
 	loaded bool     // data/strs hold the elements
 	data   []byte
 	strs   [][]byte
+	err    error // BYTES data given to New that is no list of elements
 }
 
 // hostRef is a host tensor handle, shared by a tensor and its Named copies.
@@ -122,10 +123,19 @@ func (t *Tensor) errStale(fn string) error {
 	return &HostError{Func: fn, Errno: abi.EBADF, Msg: fmt.Sprintf("tensor %q: its host tensor was freed, or ended with the call that made it (Pin keeps one for later calls)", t.name)}
 }
 
-// New returns a guest tensor with raw little-endian data. The tensor keeps
-// data but copies shape: a caller reusing its shape slice changes nothing.
+// New returns a guest tensor with raw little-endian data; for BYTES, data
+// is the ABI's encoding of the elements, a u32 length and the bytes of
+// each (the elements then alias data). The tensor keeps data but copies
+// shape: a caller reusing its shape slice changes nothing.
 func New(name string, dt DType, shape []int64, data []byte) *Tensor {
-	return &Tensor{name: name, dtype: dt, shape: slices.Clone(shape), known: true, loaded: true, data: data}
+	t := &Tensor{name: name, dtype: dt, shape: slices.Clone(shape), known: true, loaded: true, data: data}
+	if dt == Bytes {
+		t.data = nil
+		if t.strs, t.err = abi.DecodeStrings(data, -1); t.err != nil {
+			t.err = fmt.Errorf("tensor %q: %w", name, t.err)
+		}
+	}
+	return t
 }
 
 // Float32s returns an FP32 guest tensor.
@@ -211,7 +221,7 @@ func (t *Tensor) Named(name string) *Tensor {
 
 func (t *Tensor) load() error {
 	if t.loaded {
-		return nil
+		return t.err
 	}
 	t.info()
 	h := t.ref.live()
@@ -305,6 +315,9 @@ func (t *Tensor) handle() (uint32, error) {
 	}
 	if !t.loaded {
 		return 0, t.errStale("tensor")
+	}
+	if t.err != nil {
+		return 0, t.err
 	}
 	shape := make([]byte, 8*len(t.shape))
 	for i, d := range t.shape {
@@ -452,6 +465,9 @@ func Normalize(x *Tensor, scale float32, mean, std []float32, axis int) (*Tensor
 	if len(mean) != len(std) {
 		return nil, fmt.Errorf("normalize: %d means, %d stds", len(mean), len(std))
 	}
+	if axis < math.MinInt32 || axis > math.MaxInt32 {
+		return nil, fmt.Errorf("sdk: normalize: axis %d is out of range", axis)
+	}
 	m, s := f32bytes(mean), f32bytes(std)
 	return unary("normalize", x, func(h uint32) int32 {
 		return normalize(h, scale, ptr(m), ptr(s), uint32(len(mean)), int32(axis))
@@ -460,6 +476,10 @@ func Normalize(x *Tensor, scale float32, mean, std []float32, axis int) (*Tensor
 
 // Softmax along axis (negative counts from the end).
 func Softmax(x *Tensor, axis int) (*Tensor, error) {
+	if axis < math.MinInt32 || axis > math.MaxInt32 {
+		// int32(axis) would be another axis (1<<32 - 1 the last one).
+		return nil, fmt.Errorf("sdk: softmax: axis %d is out of range", axis)
+	}
 	return unary("softmax", x, func(h uint32) int32 { return softmax(h, int32(axis)) })
 }
 
@@ -763,6 +783,13 @@ func encodeList(out []*Tensor) ([]abi.Tensor, error) {
 		if h == 0 && !t.loaded {
 			return nil, fmt.Errorf("output %d: %w", i, t.errStale("output"))
 		}
+		if h == 0 {
+			// An inline output the host would refuse as a bad output,
+			// throwing the instance away: the guest's error instead.
+			if err := t.check(); err != nil {
+				return nil, fmt.Errorf("output %d: %w", i, err)
+			}
+		}
 		// What the list's framing carries (abi.Encode would cut the name,
 		// and the host refuse the rank as a bad output).
 		if len(t.name) > abi.MaxNameLen || len(t.shape) > abi.MaxRank {
@@ -772,6 +799,35 @@ func encodeList(out []*Tensor) ([]abi.Tensor, error) {
 		list[i] = abi.Tensor{Name: t.name, DType: uint8(t.dtype), Shape: t.shape, Handle: h, Data: t.data, Strings: t.strs}
 	}
 	return list, nil
+}
+
+// check reports a guest tensor whose elements do not match its dtype and
+// shape (guests/ABI.md: fixed-width data is exactly product(dims) × width,
+// BYTES one element per position).
+func (t *Tensor) check() error {
+	if t.err != nil {
+		return t.err
+	}
+	if t.dtype < Bool || t.dtype > Bytes {
+		return fmt.Errorf("tensor %q: datatype %v", t.name, t.dtype)
+	}
+	n := int64(1)
+	for _, d := range t.shape {
+		if d < 0 || d != 0 && n > math.MaxInt64/d {
+			return fmt.Errorf("tensor %q: shape %v", t.name, t.shape)
+		}
+		n *= d
+	}
+	if t.dtype == Bytes {
+		if int64(len(t.strs)) != n {
+			return fmt.Errorf("tensor %q: shape %v needs %d BYTES elements, got %d", t.name, t.shape, n, len(t.strs))
+		}
+		return nil
+	}
+	if w := int64(t.dtype.Size()); n > math.MaxInt64/w || n*w != int64(len(t.data)) {
+		return fmt.Errorf("tensor %q: shape %v of %v needs %d elements, got %d bytes", t.name, t.shape, t.dtype, n, len(t.data))
+	}
+	return nil
 }
 
 func scalar(in []*Tensor, name string) int64 {

@@ -9,7 +9,10 @@
 //   - "nil": returns a nil tensor;
 //   - "infer": runs the model on relu(x) under two names, "a" and "b";
 //   - "longname": returns x under a name of 70,000 bytes;
-//   - "rank17": returns a guest tensor of rank 17.
+//   - "rank17": returns a guest tensor of rank 17;
+//   - "badsize", "badbytes", "baddtype": returns a guest tensor whose
+//     elements do not match its shape, or of no datatype;
+//   - "axis": returns softmax(x) along axis 1<<32 - 1.
 package main
 
 import (
@@ -77,6 +80,18 @@ func pre(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 			shape[i] = 1
 		}
 		return []*sdk.Tensor{sdk.New("y", sdk.Uint8, shape, []byte{7})}, nil
+	case "badsize":
+		return []*sdk.Tensor{sdk.Float32s("y", []int64{3}, []float32{1, 2})}, nil
+	case "badbytes":
+		return []*sdk.Tensor{sdk.Strings("y", []int64{2}, [][]byte{[]byte("a")})}, nil
+	case "baddtype":
+		return []*sdk.Tensor{sdk.New("y", 0, []int64{1}, []byte{1})}, nil
+	case "axis":
+		y, err := sdk.Softmax(in[0], 1<<32-1)
+		if err != nil {
+			return nil, err
+		}
+		return []*sdk.Tensor{y}, nil
 	}
 	return nil, errors.New("unknown mode")
 }
