@@ -16,6 +16,8 @@ func init() {
 		summary:  "run a model and print its outputs",
 		about: `Inputs are .npy files (C order, little-endian) or JSON: a nested array
 (its datatype is the model's), or {"datatype": "FP32", "shape": [..], "data": [..]}.
+In JSON, float values may be NaN, Infinity and -Infinity, bare or as strings;
+FP16 and BF16 values are numbers, rounded to the nearest.
 
 FP16 and BF16 outputs are printed as numbers. With --json, each output is
 {"name", "datatype", "shape", "data"}; in data, NaN and infinities are the
@@ -52,7 +54,11 @@ func runInfer(ctx context.Context, c *client, args []string) error {
 			return err
 		}
 		for _, in := range md.Inputs {
-			want[in.Name], _ = tensor.ParseDType(in.Datatype)
+			// A datatype this client does not know is left out: its JSON is read as FP32
+			// (and the node says what it wants), not built as an INVALID tensor.
+			if dt, err := tensor.ParseDType(in.Datatype); err == nil {
+				want[in.Name] = dt
+			}
 		}
 	}
 	req := &inference.ModelInferRequest{ModelName: model, ModelVersion: *version}

@@ -27,19 +27,38 @@ var npyDTypes = map[string]tensor.DType{
 }
 
 // npyDType returns the datatype of a NumPy type string. A 1-byte type has
-// no byte order: NumPy writes '|', other writers '<' or '=', all the same.
+// no byte order: NumPy writes '|', other writers '<', '>' or '=', all the
+// same. '=' (and '|' or nothing on a wider type) is the reading machine's order (numpy.dtype's meaning), which is
+// little-endian on every platform the node builds for.
 func npyDType(descr string) (tensor.DType, bool) {
-	if len(descr) == 3 && descr[2] == '1' && strings.ContainsRune("<=|", rune(descr[0])) {
+	if len(descr) == 2 { // no byte order: numpy.dtype("f4") is native
+		descr = "=" + descr
+	}
+	if len(descr) == 3 && descr[2] == '1' && strings.ContainsRune("<>=|", rune(descr[0])) {
 		descr = "|" + descr[1:]
+	} else if len(descr) == 3 && (descr[0] == '=' || descr[0] == '|') {
+		descr = "<" + descr[1:]
 	}
 	dt, ok := npyDTypes[descr]
 	return dt, ok
 }
 
+// npyUnsupported says why a NumPy type string is refused.
+func npyUnsupported(descr string) string {
+	if len(descr) == 3 && descr[0] == '>' {
+		if _, ok := npyDTypes["<"+descr[1:]]; ok {
+			return fmt.Sprintf("big-endian dtype %q is not supported: save it little-endian (arr.astype('<%s'))", descr, descr[1:])
+		}
+	}
+	return fmt.Sprintf("unsupported dtype %q: want bool (b1), int (i1, i2, i4, i8), uint (u1, u2, u4, u8) or float (f2, f4, f8), little-endian", descr)
+}
+
+// The header is a Python dict literal; NumPy writes single quotes, but
+// reads double-quoted keys and strings too (ast.literal_eval).
 var (
-	npyDescr = regexp.MustCompile(`'descr':\s*'([^']+)'`)
-	npyOrder = regexp.MustCompile(`'fortran_order':\s*(True|False)`)
-	npyShape = regexp.MustCompile(`'shape':\s*\(([^)]*)\)`)
+	npyDescr = regexp.MustCompile(`['"]descr['"]:\s*(?:'([^']+)'|"([^"]+)")`)
+	npyOrder = regexp.MustCompile(`['"]fortran_order['"]:\s*(True|False)`)
+	npyShape = regexp.MustCompile(`['"]shape['"]:\s*\(([^)]*)\)`)
 )
 
 // readNPY reads a NumPy .npy file (format 1.0–3.0, C order, little-endian).
@@ -71,9 +90,10 @@ func readNPY(path string) (*tensor.Tensor, error) {
 	if d == nil || o == nil || s == nil {
 		return nil, fmt.Errorf("%s: malformed header %q", path, header)
 	}
-	dt, ok := npyDType(d[1])
+	descr := d[1] + d[2]
+	dt, ok := npyDType(descr)
 	if !ok {
-		return nil, fmt.Errorf("%s: unsupported dtype %q", path, d[1])
+		return nil, fmt.Errorf("%s: %s", path, npyUnsupported(descr))
 	}
 	if o[1] == "True" {
 		return nil, fmt.Errorf("%s: Fortran-order arrays are not supported", path)
@@ -83,7 +103,8 @@ func readNPY(path string) (*tensor.Tensor, error) {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
 		}
-		n, err := strconv.ParseInt(f, 10, 64)
+		// NumPy under Python 2 wrote long dimensions as 3L.
+		n, err := strconv.ParseInt(strings.TrimSuffix(f, "L"), 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("%s: bad shape %q", path, s[1])
 		}
@@ -108,6 +129,7 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 		Shape    []int64         `json:"shape"`
 		Data     json.RawMessage `json:"data"`
 	}
+	b = quoteNonFinite(b)
 	var nested any
 	var shape []int64
 	if decodeJSON(b, &obj) == nil && obj.Data != nil {
@@ -136,6 +158,46 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 		shape = dims
 	}
 	return fromValues(path, want, shape, flat)
+}
+
+// quoteNonFinite turns the bare NaN, Infinity and -Infinity that Python's
+// json.dumps writes (not JSON, which has no spelling for them) into the
+// strings "NaN", "Infinity" and "-Infinity" that --json prints and that
+// fromValues reads as floats. Outside strings, JSON has no other token
+// that starts with N, I or -I.
+func quoteNonFinite(b []byte) []byte {
+	var out []byte
+	inString, escaped, last := false, false, 0
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		case c == '"':
+			inString = true
+			continue
+		}
+		for _, tok := range []string{"NaN", "Infinity", "-Infinity"} {
+			if bytes.HasPrefix(b[i:], []byte(tok)) {
+				out = append(append(append(append(out, b[last:i]...), '"'), tok...), '"')
+				i += len(tok) - 1
+				last = i + 1
+				break
+			}
+		}
+	}
+	if out == nil {
+		return b
+	}
+	return append(out, b[last:]...)
 }
 
 // decodeJSON decodes raw, which must hold exactly one JSON value, into v.
@@ -200,9 +262,6 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 	if n := tensor.NumElements(shape); n != int64(len(vals)) {
 		return nil, fmt.Errorf("%s: shape %v needs %d values, got %d", src, shape, n, len(vals))
 	}
-	if dt == tensor.FP16 || dt == tensor.BF16 {
-		return nil, fmt.Errorf("%s: %v from JSON is not supported: use a .npy file", src, dt)
-	}
 	t := tensor.New("", dt, shape...)
 	for i, v := range vals {
 		if dt == tensor.Bytes {
@@ -217,6 +276,12 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 		switch x := v.(type) {
 		case json.Number:
 			num = x.String()
+		case string: // "NaN", "Infinity", "-Infinity", as --json prints them
+			if f, err := strconv.ParseFloat(x, 64); err == nil && (math.IsNaN(f) || math.IsInf(f, 0)) && isFloat(dt) {
+				num = x
+			} else {
+				return nil, fmt.Errorf("%s: element %d: want a number, got %s", src, i, jsonKind(v))
+			}
 		case bool:
 			num = "0"
 			if x {
@@ -228,6 +293,16 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 		size := dt.Size()
 		p := t.Data[i*size:]
 		switch dt {
+		case tensor.FP16, tensor.BF16:
+			f, err := strconv.ParseFloat(num, 64)
+			h := toHalf(f, dt)
+			if err == nil && !math.IsInf(f, 0) && h&0x7fff == toHalf(math.Inf(1), dt) {
+				err = strconv.ErrRange // finite, but past the type's largest value
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: element %d: %q is not an %v value", src, i, num, dt)
+			}
+			binary.LittleEndian.PutUint16(p, h)
 		case tensor.FP32:
 			f, err := strconv.ParseFloat(num, 32)
 			if err != nil {
@@ -259,6 +334,45 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 		}
 	}
 	return t, nil
+}
+
+func isFloat(dt tensor.DType) bool {
+	return dt == tensor.FP16 || dt == tensor.BF16 || dt == tensor.FP32 || dt == tensor.FP64
+}
+
+// toHalf rounds f to the nearest FP16 or BF16 value (ties to even, in one
+// rounding from float64) and returns its bits.
+func toHalf(f float64, dt tensor.DType) uint16 {
+	mant, bias := 10, 15 // FP16: 5 exponent bits, 10 fraction bits
+	if dt == tensor.BF16 {
+		mant, bias = 7, 127 // BF16: 8 exponent bits, 7 fraction bits
+	}
+	expMax := 1<<(15-mant) - 1
+	var sign uint16
+	if math.Signbit(f) {
+		sign = 0x8000
+	}
+	inf := sign | uint16(expMax)<<mant
+	switch {
+	case math.IsNaN(f):
+		return inf | 1<<(mant-1)
+	case math.IsInf(f, 0):
+		return inf
+	}
+	a := math.Abs(f)
+	if a < math.Ldexp(1, 1-bias) { // subnormal: multiples of 2^(1-bias-mant); rounding up to 1<<mant is the smallest normal
+		return sign | uint16(math.RoundToEven(math.Ldexp(a, bias-1+mant)))
+	}
+	_, e := math.Frexp(a)
+	e-- // a = 1.x × 2^e
+	m := math.RoundToEven(math.Ldexp(a, mant-e))
+	if m == float64(int(1)<<(mant+1)) {
+		m, e = m/2, e+1
+	}
+	if e+bias >= expMax {
+		return inf
+	}
+	return sign | uint16(e+bias)<<mant | (uint16(m) - 1<<mant)
 }
 
 // readTensorFile reads name=path input specs by extension.

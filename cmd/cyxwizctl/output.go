@@ -242,14 +242,26 @@ func printOutputs(w io.Writer, resp *inference.ModelInferResponse, asJSON, full 
 		return printJSON(w, resp, outs)
 	}
 	for _, t := range outs {
-		v := values(t)
-		suffix := ""
-		if !full && len(v) > 16 {
-			v, suffix = v[:16], fmt.Sprintf(" ... (%d more)", len(v)-16)
+		shown, suffix := t, ""
+		if n := t.Len(); !full && n > 16 {
+			shown, suffix = head(t, 16), fmt.Sprintf(" ... (%d more)", n-16)
 		}
+		v := values(shown)
 		fmt.Fprintf(w, "%s %s %v: %v%s\n", t.Name, t.DType, t.Shape, v, suffix)
 	}
 	return nil
+}
+
+// head is a view of t's first n elements (t has more), so that printing
+// the start of a large output does not convert every element.
+func head(t *tensor.Tensor, n int) *tensor.Tensor {
+	h := &tensor.Tensor{Name: t.Name, DType: t.DType, Shape: []int64{int64(n)}}
+	if t.DType == tensor.Bytes {
+		h.Strings = t.Strings[:n]
+	} else {
+		h.Data = t.Data[:n*t.DType.Size()]
+	}
+	return h
 }
 
 func printJSON(w io.Writer, resp *inference.ModelInferResponse, outs []*tensor.Tensor) error {
