@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
+	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
@@ -246,7 +249,10 @@ func printOutputs(w io.Writer, resp *inference.ModelInferResponse, asJSON, full 
 		if n := t.Len(); !full && n > 16 {
 			shown, suffix = head(t, 16), fmt.Sprintf(" ... (%d more)", n-16)
 		}
-		v := values(shown)
+		var v any = values(shown)
+		if t.DType == tensor.Bytes {
+			v = textStrings(shown.Strings)
+		}
 		fmt.Fprintf(w, "%s %s %v: %v%s\n", t.Name, t.DType, t.Shape, v, suffix)
 	}
 	return nil
@@ -275,4 +281,38 @@ func printJSON(w io.Writer, resp *inference.ModelInferResponse, outs []*tensor.T
 		return fmt.Errorf("print outputs as JSON: %w", err)
 	}
 	return nil
+}
+
+// textStrings renders BYTES elements for the text output: as they are when
+// that is unambiguous, quoted (Go syntax) when one is empty, holds a space,
+// a bracket, a quote, a control character or bytes that are not UTF-8
+// (printed raw, ["a b", "c"] read as three values, an empty one vanished,
+// and control characters reached the terminal).
+func textStrings(ss [][]byte) string {
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if plain(s) {
+			b.Write(s)
+		} else {
+			b.WriteString(strconv.Quote(string(s)))
+		}
+	}
+	b.WriteByte(']')
+	return b.String()
+}
+
+func plain(s []byte) bool {
+	if len(s) == 0 || !utf8.Valid(s) {
+		return false
+	}
+	for _, r := range string(s) {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) || strings.ContainsRune(`[]"`, r) {
+			return false
+		}
+	}
+	return true
 }

@@ -142,3 +142,20 @@ func equalAny(a, b []any) bool {
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
 }
+
+// BYTES values in the text output are quoted where printing them raw is
+// ambiguous: ["a b", "c"] printed as [a b c], an empty value vanished, and
+// control characters went to the terminal.
+func TestBytesOutputUnambiguous(t *testing.T) {
+	resp := &inference.ModelInferResponse{Outputs: []*inference.ModelInferResponse_InferOutputTensor{{
+		Name: "y", Datatype: "BYTES", Shape: []int64{5},
+		Contents: &inference.InferTensorContents{BytesContents: [][]byte{[]byte("a b"), []byte("c"), {}, []byte("\x1b[2J"), []byte("ok")}},
+	}}}
+	var out bytes.Buffer
+	if err := printOutputs(&out, resp, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if want := "y BYTES [5]: [\"a b\" c \"\" \"\\x1b[2J\" ok]\n"; out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
+	}
+}
