@@ -191,6 +191,14 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 	if err := so.SetInterOpNumThreads(opts.InterOpThreads); err != nil {
 		return nil, fmt.Errorf("onnx: load %s: inter-op threads: %w", path, err)
 	}
+	// ONNX Runtime uses inter-op threads only in its parallel execution
+	// mode (independent branches of the graph at once); without it the
+	// setting did nothing.
+	if opts.InterOpThreads > 1 {
+		if err := so.SetExecutionMode(ort.ExecutionModeParallel); err != nil {
+			return nil, fmt.Errorf("onnx: load %s: parallel execution mode: %w", path, err)
+		}
+	}
 	providers := appendProviders(so, path, opts)
 
 	inNames := make([]string, len(m.inputs))

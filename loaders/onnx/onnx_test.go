@@ -640,3 +640,22 @@ func TestKernelRefusesInputShape(t *testing.T) {
 	}
 	checkSoftmax(t, infer(t, m, nil, ppocrInput(1, 1)), 1) // the model still serves
 }
+
+// inter_op_threads above 1 runs the session in ONNX Runtime's parallel
+// execution mode (the setting did nothing without it): MultiIO's two
+// independent branches give the same results there, call after call.
+func TestParallelExecutionMode(t *testing.T) {
+	l := newLoader(t)
+	m := load(t, l, writeModel(t, "multi.onnx", onnxtest.MultiIO()), loaders.Options{IntraOpThreads: 1, InterOpThreads: 2})
+	a := f32("A", []int64{2, 4}, 1, 2, 3, 4, 5, 6, 7, 8)
+	b := f32("B", []int64{2, 4}, 0.5, -1, 2, 0, 10, 1, -3, 0.25)
+	want := []*tensor.Tensor{
+		f32("sum", []int64{2, 4}, 1.5, 1, 5, 4, 15, 7, 4, 8.25),
+		f32("prod", []int64{2, 4}, 0.5, -2, 6, 0, 50, 6, -21, 2),
+	}
+	for range 50 {
+		if got := infer(t, m, nil, a, b); !slices.EqualFunc(got, want, loadertest.Equal) {
+			t.Fatalf("parallel mode: got %+v, want %+v", got, want)
+		}
+	}
+}
