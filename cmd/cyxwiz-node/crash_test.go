@@ -71,11 +71,7 @@ func TestCrashRecovery(t *testing.T) {
 	srv.Stall(b.path) // released by Unstall below, for the next node
 	n.assign(t, b)
 	acked = append(acked, b)
-	select {
-	case <-srv.Stalled:
-	case <-time.After(crashWait):
-		t.Fatal("the download of b did not start")
-	}
+	waitStalled(t, srv, "b")
 	half := len(b.data) / 2
 	part := waitPartial(t, filepath.Join(artifacts, "tmp"), int64(half))
 	srv.Unstall(b.path) // the next node is served; this request waits for the kill
@@ -355,6 +351,31 @@ func (d *daemon) kill(t *testing.T) {
 		t.Fatal("daemon survived SIGKILL")
 	}
 	d.conn.Close()
+}
+
+// term sends SIGTERM, as systemd or an operator stops a node, and waits
+// for the graceful stop to end.
+func (d *daemon) term(t *testing.T) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(crashWait):
+		t.Fatal("daemon did not stop on SIGTERM")
+	}
+	d.conn.Close()
+}
+
+// waitStalled waits until srv holds a stalled download (of what).
+func waitStalled(t *testing.T, srv *artifacttest.Server, what string) {
+	t.Helper()
+	select {
+	case <-srv.Stalled:
+	case <-time.After(crashWait):
+		t.Fatalf("the download of %s did not start", what)
+	}
 }
 
 func (d *daemon) assign(t *testing.T, m crashModel) {

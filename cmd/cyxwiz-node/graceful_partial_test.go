@@ -5,9 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 )
@@ -26,25 +24,13 @@ func TestGracefulStopKeepsPartialDownload(t *testing.T) {
 	b := serveModel(srv, "b", bigModel())
 	srv.Stall(b.path)
 	n.assign(t, b)
-	select {
-	case <-srv.Stalled:
-	case <-time.After(crashWait):
-		t.Fatal("the download of b did not start")
-	}
+	waitStalled(t, srv, "b")
 	half := len(b.data) / 2
 	part := waitPartial(t, filepath.Join(artifacts, "tmp"), int64(half))
 	srv.Unstall(b.path)
 
 	// A graceful stop, as systemd or an operator does it.
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-n.exited:
-	case <-time.After(crashWait):
-		t.Fatal("daemon did not stop on SIGTERM")
-	}
-	n.conn.Close()
+	n.term(t)
 	_, statErr := os.Stat(part)
 	t.Logf("after SIGTERM: partial %s: %v", filepath.Base(part), statErr)
 	if statErr != nil {

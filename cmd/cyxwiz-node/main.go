@@ -78,15 +78,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg, err := config.Load(*path)
+	var reg *loaders.Registry
 	if err == nil {
-		err = checkFormats(*path, cfg, newRegistry(cfg))
+		reg = newRegistry(cfg)
+		err = checkFormats(*path, cfg, reg)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	if cmd == "check-config" {
-		for _, w := range modelWarnings(cfg, newRegistry(cfg)) {
+		for _, w := range modelWarnings(cfg, reg) {
 			fmt.Fprintln(stderr, "warning:", w)
 		}
 		fmt.Fprintf(stdout, "# %q: ok. Effective values (defaults filled in, paths resolved, secrets hidden):\n", *path)

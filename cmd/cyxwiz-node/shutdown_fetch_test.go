@@ -3,9 +3,7 @@ package main
 import (
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 )
@@ -26,25 +24,13 @@ func TestGracefulStopDuringFetchNotFailed(t *testing.T) {
 		n.assign(t, m)
 	}
 	for range ms {
-		select {
-		case <-srv.Stalled:
-		case <-time.After(crashWait):
-			t.Fatal("the downloads did not start")
-		}
+		waitStalled(t, srv, "both models")
 	}
 	for _, m := range ms {
 		srv.Unstall(m.path)
 	}
 
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-n.exited:
-	case <-time.After(crashWait):
-		t.Fatal("daemon did not stop on SIGTERM")
-	}
-	n.conn.Close()
+	n.term(t)
 	failed := false
 	for _, m := range ms {
 		state := storedState(t, filepath.Join(stateDir, "deployments.db"), m.id)

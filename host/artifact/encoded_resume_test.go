@@ -2,7 +2,6 @@ package artifact_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"errors"
 	"fmt"
 	"net/http"
@@ -92,13 +91,9 @@ func interruptThenResume(t *testing.T, a artifact.Artifact, stall *atomic.Bool) 
 // is asked again plainly, so the fetch works as it does uninterrupted.
 func TestGzipIgnoredRangeAfterRestart(t *testing.T) {
 	content := blob(t, 256<<10)
-	var zb bytes.Buffer
-	zw := gzip.NewWriter(&zb)
-	zw.Write(content)
-	zw.Close()
 	var stall atomic.Bool
 	var ranges atomic.Int64
-	srv := encodedServer(t, zb.Bytes(), "gzip", true, &stall, &ranges)
+	srv := encodedServer(t, gzipped(content), "gzip", true, &stall, &ranges)
 	a := artifact.Artifact{URI: srv.URL + "/model.bin", SHA256: digest(content)}
 	fetchOK(t, newCache(t, t.TempDir(), 0), a, content) // uninterrupted: fine
 	_, err := interruptThenResume(t, a, &stall)

@@ -22,13 +22,9 @@ import (
 // ErrChecksum, although the same fetch works uninterrupted).
 func TestGzipDownloadResumedAfterRestart(t *testing.T) {
 	content := blob(t, 256<<10) // random: compresses to about its size
-	var zb bytes.Buffer
-	zw := gzip.NewWriter(&zb)
-	zw.Write(content)
-	zw.Close()
 	var stall atomic.Bool
 	var ranges atomic.Int64
-	srv := encodedServer(t, zb.Bytes(), "gzip", false, &stall, &ranges)
+	srv := encodedServer(t, gzipped(content), "gzip", false, &stall, &ranges)
 	a := artifact.Artifact{URI: srv.URL + "/model.bin", SHA256: digest(content)}
 
 	// Uninterrupted, the fetch works: the digest is the decoded content's.
@@ -86,4 +82,13 @@ func TestSameDigestOtherURIFetchesItsOwn(t *testing.T) {
 	if err := <-second; err != nil {
 		t.Errorf("the good URI's fetch failed with the dead mirror's error: %v", err)
 	}
+}
+
+// gzipped is b gzip-encoded.
+func gzipped(b []byte) []byte {
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(b)
+	zw.Close()
+	return zb.Bytes()
 }

@@ -24,6 +24,19 @@ func fakeDevice(t *testing.T) string {
 	return path
 }
 
+// fakeGovernor is a Governor holding for hold over a request on a fake
+// device (closed when the test ends), and the device's path.
+func fakeGovernor(t *testing.T, hold time.Duration) (*Governor, string) {
+	t.Helper()
+	path := fakeDevice(t)
+	r, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return NewGovernor(r, 0, hold, slog.New(slog.DiscardHandler)), path
+}
+
 // current is the value last written to the fake device, and how many were.
 func current(t *testing.T, path string) (int32, int) {
 	t.Helper()
@@ -75,14 +88,8 @@ func TestOpenMissing(t *testing.T) {
 // TestGovernor: the limit is set while requests come, withdrawn after hold
 // without one, set again by the next request, and withdrawn when Run ends.
 func TestGovernor(t *testing.T) {
-	path := fakeDevice(t)
-	r, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	const hold = 30 * time.Millisecond
-	g := NewGovernor(r, 0, hold, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g, path := fakeGovernor(t, hold)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Run(ctx) }()

@@ -2,8 +2,6 @@ package cpulatency
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 )
@@ -13,14 +11,8 @@ import (
 // single request the Governor kept it for about two holds: the Touch that
 // woke Run also left its mark, so the first look always continued.
 func TestHoldAfterLastRequest(t *testing.T) {
-	path := fakeDevice(t)
-	r, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	const hold = 200 * time.Millisecond
-	g := NewGovernor(r, 0, hold, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g, path := fakeGovernor(t, hold)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go g.Run(ctx)
@@ -54,14 +46,8 @@ func TestHoldAfterLastRequest(t *testing.T) {
 // withdrawn (for that request and until the next one) although a request
 // had just come.
 func TestTouchAtRelease(t *testing.T) {
-	path := fakeDevice(t)
-	r, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	const hold = 200 * time.Millisecond
-	g := NewGovernor(r, 0, hold, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g, path := fakeGovernor(t, hold)
 	touched := make(chan time.Time, 1)
 	raced := false // Run's goroutine only
 	g.testHookRelease = func() {

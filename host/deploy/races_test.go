@@ -25,11 +25,7 @@ import (
 func TestStopCancelsGuestSwap(t *testing.T) {
 	n := newGuestNode(t)
 	srv := artifacttest.New(t)
-	spec := func(labels string, post artifact.Artifact) deploy.Spec {
-		return deploy.Spec{Name: "m", Format: "onnx", Model: n.file(t, "m.onnx", linear(1)),
-			Config: map[string]string{"labels": labels},
-			Guests: []deploy.Guest{{Name: "post", Roles: []string{"postprocess"}, Artifact: post}}}
-	}
+	spec := func(labels string, post artifact.Artifact) deploy.Spec { return postSpec(t, n, labels, post) }
 	post := guesttest.Build(t, "guests/examples/cls-post")
 	if st := n.deploy(t, "dep", spec("a,b", srv.Add("/post1.wasm", post))); !st.State.Serving() {
 		t.Fatalf("deploy: %v %s", st.State, st.Message)
@@ -79,11 +75,7 @@ func TestStopCancelsGuestSwap(t *testing.T) {
 func TestSwapUnpinsReplacedGuests(t *testing.T) {
 	n := newGuestNode(t)
 	srv := artifacttest.New(t)
-	spec := func(labels string, post artifact.Artifact) deploy.Spec {
-		return deploy.Spec{Name: "m", Format: "onnx", Model: n.file(t, "m.onnx", linear(1)),
-			Config: map[string]string{"labels": labels},
-			Guests: []deploy.Guest{{Name: "post", Roles: []string{"postprocess"}, Artifact: post}}}
-	}
+	spec := func(labels string, post artifact.Artifact) deploy.Spec { return postSpec(t, n, labels, post) }
 	post := guesttest.Build(t, "guests/examples/cls-post")
 	v1 := srv.Add("/post1.wasm", post)
 	if st := n.deploy(t, "dep", spec("a,b", v1)); !st.State.Serving() {
@@ -380,4 +372,11 @@ func TestSpecErrorsRedactURIs(t *testing.T) {
 	if !errors.Is(err, deploy.ErrInvalidSpec) || strings.Contains(err.Error(), "SECRET123") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// postSpec is model "m" with the postprocess guest post and its labels.
+func postSpec(t *testing.T, n *guestNode, labels string, post artifact.Artifact) deploy.Spec {
+	return deploy.Spec{Name: "m", Format: "onnx", Model: n.file(t, "m.onnx", linear(1)),
+		Config: map[string]string{"labels": labels},
+		Guests: []deploy.Guest{{Name: "post", Roles: []string{"postprocess"}, Artifact: post}}}
 }

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -350,10 +349,6 @@ func StatusToProto(st deploy.Status) *cyxwizpb.DeploymentStatus {
 	return p
 }
 
-// validUTF8 is s with each run of invalid bytes replaced by U+FFFD.
-func validUTF8(s string) string {
-	if utf8.ValidString(s) {
-		return s
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
-}
+// validUTF8 is s with each run of invalid bytes replaced by U+FFFD (s
+// itself, not a copy, when it is valid).
+func validUTF8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
