@@ -96,9 +96,14 @@ type entry struct {
 	digest string
 	size   int64
 	used   uint64 // value of Cache.seq at last use; smaller is older
+	// mtime is the file's modification time as the cache last saw or set
+	// it: a file rewritten behind the cache's back, even to the same size,
+	// has another.
+	mtime time.Time
 	// verified: this process hashed the file (it downloaded it, or checked
 	// it at its first use). A file found on disk by New, or one whose size
-	// changed behind the cache's back, is hashed again before it is served.
+	// or modification time changed behind the cache's back, is hashed again
+	// before it is served.
 	verified bool
 }
 
@@ -206,7 +211,7 @@ func (c *Cache) load() error {
 			}
 			return fmt.Errorf("artifact cache: stat %s: %w", name, err)
 		}
-		all = append(all, found{&entry{digest: name, size: fi.Size()}, fi.ModTime()})
+		all = append(all, found{&entry{digest: name, size: fi.Size(), mtime: fi.ModTime()}, fi.ModTime()})
 	}
 	slices.SortFunc(all, func(a, b found) int { return a.mtime.Compare(b.mtime) })
 	for _, f := range all {
@@ -289,7 +294,9 @@ func (c *Cache) path(d string) string {
 }
 
 // touchLocked marks d as just used, in memory and (best effort, so the order
-// survives a restart) in the file's modification time.
+// survives a restart) in the file's modification time. A file changed since
+// the cache last saw it is no longer verified: setting its time must not
+// hide the change.
 func (c *Cache) touchLocked(d string) {
 	e, ok := c.entries[d]
 	if !ok {
@@ -297,10 +304,24 @@ func (c *Cache) touchLocked(d string) {
 	}
 	c.seq++
 	e.used = c.seq
+	p := c.path(d)
+	if !c.unchanged(e) {
+		e.verified = false
+	}
 	now := time.Now()
-	if err := os.Chtimes(c.path(d), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Chtimes(p, now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		c.log.Debug("touch artifact", "digest", d, "err", err)
 	}
+	if fi, err := os.Lstat(p); err == nil {
+		e.mtime = fi.ModTime()
+	}
+}
+
+// unchanged reports whether e's file is still the regular file of e's size
+// and modification time that the cache last saw.
+func (c *Cache) unchanged(e *entry) bool {
+	fi, err := os.Lstat(c.path(e.digest))
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == e.size && fi.ModTime().Equal(e.mtime)
 }
 
 // addLocked records a verified artifact just renamed into place and evicts
@@ -310,7 +331,11 @@ func (c *Cache) addLocked(d string, size int64) {
 		c.total -= old.size
 	}
 	c.seq++
-	c.entries[d] = &entry{digest: d, size: size, used: c.seq, verified: true}
+	e := &entry{digest: d, size: size, used: c.seq, verified: true}
+	if fi, err := os.Lstat(c.path(d)); err == nil {
+		e.mtime = fi.ModTime()
+	}
+	c.entries[d] = e
 	c.total += size
 	if c.budget > 0 && size > c.budget {
 		c.log.Warn("artifact is larger than the whole cache budget; it will be evicted first once released",

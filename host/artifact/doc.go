@@ -40,7 +40,8 @@
 // Fetch in the new process (shared by concurrent callers like a download):
 // one that is no longer what its name says (a flipped bit, a truncated file,
 // anything but a regular file) is removed and fetched again. A file whose
-// size changes behind a running cache is hashed again the same way.
+// size or modification time changes behind a running cache (rewritten in
+// place, even to the same size) is hashed again the same way.
 //
 // # Sources
 //

@@ -90,9 +90,10 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 		case err != nil:
 			c.log.Warn("cached artifact vanished from disk; fetching it again", "digest", d)
 			c.dropLocked(d)
-		case !fi.Mode().IsRegular() || fi.Size() != e.size:
-			// Changed behind the cache's back: hashed again (by the
-			// flight below) before it is served.
+		case !fi.Mode().IsRegular() || fi.Size() != e.size || !fi.ModTime().Equal(e.mtime):
+			// Changed behind the cache's back (rewritten in place keeps
+			// the size, not the time): hashed again (by the flight below)
+			// before it is served.
 			if e.verified {
 				c.log.Warn("cached artifact changed on disk; verifying it again", "digest", d,
 					"size", fi.Size(), "want", e.size)
@@ -264,6 +265,12 @@ func (c *Cache) verifyCached(ctx context.Context, d string) (int64, bool, error)
 	if !ok {
 		return -1, false, nil
 	}
+	// The time before hashing: a change while the file is read shows at
+	// the next use.
+	var mtime time.Time
+	if fi, err := os.Lstat(c.path(d)); err == nil {
+		mtime = fi.ModTime()
+	}
 	n, sum, herr := hashFile(ctx, c.path(d))
 	if ctx.Err() != nil {
 		return 0, false, fmt.Errorf("fetch %s: verify cached copy: %w", d, context.Cause(ctx))
@@ -279,10 +286,13 @@ func (c *Cache) verifyCached(ctx context.Context, d string) (int64, bool, error)
 	}
 	if herr == nil && sum == d {
 		c.total += n - e.size
-		e.size, e.verified = n, true
+		e.size, e.mtime, e.verified = n, mtime, true
 		c.touchLocked(d)
-		c.log.Info("verified cached artifact", "digest", d, "size", n)
-		return n, true, nil
+		if e.verified {
+			c.log.Info("verified cached artifact", "digest", d, "size", n)
+			return n, true, nil
+		}
+		herr = errors.New("changed on disk while it was verified")
 	}
 	switch {
 	case errors.Is(herr, fs.ErrNotExist):

@@ -111,6 +111,11 @@ func TestFetchReverifiesCachedCopy(t *testing.T) {
 		{"truncated after restart", true, 0, func(p string) error { return os.Truncate(p, 500) }, true},
 		{"truncated after restart, size declared", true, int64(len(content)), func(p string) error { return os.Truncate(p, 500) }, true},
 		{"truncated while running", false, 0, func(p string) error { return os.Truncate(p, 500) }, true},
+		{"bit flip while running", false, 0, func(p string) error {
+			b := bytes.Clone(content)
+			b[len(b)/2] ^= 0x10
+			return os.WriteFile(p, b, 0o444)
+		}, true},
 		{"replaced by a symlink", false, 0, func(p string) error {
 			other := filepath.Join(filepath.Dir(p), "..", "elsewhere")
 			if err := os.WriteFile(other, content[:10], 0o644); err != nil {

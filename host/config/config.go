@@ -554,7 +554,10 @@ func checkProviders(key string, ps []string) []string {
 // inherit fills the keys a model's batching table leaves out from the
 // node-wide defaults: the keys not in set, or (set nil, a Config built in
 // code) the zero ones. A key the file sets keeps its value, 0 included:
-// max_queue_delay_us = 0 means no delay for that model.
+// max_queue_delay_us = 0 means no delay for that model. The preferred sizes
+// come with the maximum, as for a deployment assigned over gRPC
+// (deploy.WithBatchingDefaults): a model that sets its own max_batch_size
+// (1 to turn batching off) keeps its own preferred sizes, or none.
 func (b *Batching) inherit(def Batching, set map[string]bool) {
 	left := func(key string, zero bool) bool {
 		if set == nil {
@@ -564,9 +567,9 @@ func (b *Batching) inherit(def Batching, set map[string]bool) {
 	}
 	if left("max_batch_size", b.MaxBatchSize == 0) {
 		b.MaxBatchSize = def.MaxBatchSize
-	}
-	if left("preferred_batch_sizes", b.PreferredBatchSizes == nil) {
-		b.PreferredBatchSizes = def.PreferredBatchSizes
+		if left("preferred_batch_sizes", b.PreferredBatchSizes == nil) {
+			b.PreferredBatchSizes = def.PreferredBatchSizes
+		}
 	}
 	if left("max_queue_delay_us", b.MaxQueueDelayUS == 0) {
 		b.MaxQueueDelayUS = def.MaxQueueDelayUS

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -366,5 +367,43 @@ func TestSyntaxErrorWraps(t *testing.T) {
 	}
 	if msg := err.Error(); !strings.Contains(msg, "node.toml") || !strings.Contains(msg, "line 2") {
 		t.Errorf("message %q does not name the file and line", msg)
+	}
+}
+
+// A model that sets its own max_batch_size does not inherit the node-wide
+// preferred sizes (they come with the maximum, as for a deployment assigned
+// over gRPC): max_batch_size = 1 turns its batching off, and a smaller
+// maximum is not refused for sizes the model never asked for.
+func TestModelMaxBatchSizeDropsInheritedPreferredSizes(t *testing.T) {
+	c, err := Parse(`[inference.batching]
+max_batch_size = 16
+preferred_batch_sizes = [8, 16]
+[[models]]
+name = "off"
+format = "onnx"
+path = "a.onnx"
+[models.batching]
+max_batch_size = 1
+[[models]]
+name = "small"
+format = "onnx"
+path = "b.onnx"
+[models.batching]
+max_batch_size = 4
+[[models]]
+name = "inherits"
+format = "onnx"
+path = "c.onnx"
+[models.batching]
+instances = 1
+`, "/base", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]int{nil, nil, {8, 16}} {
+		m := c.Models[i]
+		if got := c.BatchingFor(m).PreferredBatchSizes; !slices.Equal(got, want) {
+			t.Errorf("%s: preferred sizes %v, want %v", m.Name, got, want)
+		}
 	}
 }

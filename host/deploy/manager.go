@@ -812,7 +812,13 @@ func (m *Manager) Restore() error {
 		}
 		spec := specs[i]
 		d := m.newDeployment(r.ID, r.Owner, spec, r.Created)
+		// Created is the record's; Updated is now (it starts again, or
+		// fails now), or for a stopped one its last change.
+		d.updated = time.Now()
 		if r.Desired != store.DesiredRunning {
+			if !r.Updated.IsZero() {
+				d.updated = r.Updated
+			}
 			m.restoreIdle(d, Stopped, "stopped")
 			continue
 		}
