@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 
@@ -465,6 +466,8 @@ func (c *Config) validate() []string {
 		key := fmt.Sprintf("models[%d]", i)
 		if m.Name == "" {
 			bad(key+".name", "must not be empty")
+		} else if msg := checkModelName(m.Name); msg != "" {
+			bad(key+".name", "%s", msg)
 		} else if seen[m.Name] {
 			bad(key+".name", "duplicate model name %q", m.Name)
 		}
@@ -549,6 +552,25 @@ func checkProviders(key string, ps []string) []string {
 		}
 	}
 	return p
+}
+
+// maxModelNameBytes bounds a model's name, the deployment id it serves
+// under, as the DeploymentService bounds the ids it is given.
+const maxModelNameBytes = 512
+
+// checkModelName returns why name cannot name a model, or "". A control
+// character (a newline, say) in a name forges lines in logs and in
+// cyxwizctl's tables; the DeploymentService refuses such ids too.
+func checkModelName(name string) string {
+	if len(name) > maxModelNameBytes {
+		return fmt.Sprintf("is %d bytes long: at most %d", len(name), maxModelNameBytes)
+	}
+	for i, r := range name {
+		if unicode.IsControl(r) {
+			return fmt.Sprintf("%q has a control character (%U) at byte %d", name, r, i)
+		}
+	}
+	return ""
 }
 
 // inherit fills the keys a model's batching table leaves out from the

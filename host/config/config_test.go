@@ -407,3 +407,24 @@ instances = 1
 		}
 	}
 }
+
+// A model's name is the deployment id it serves under: node.toml refuses
+// what the DeploymentService refuses in ids (control characters, which
+// forge log lines and table rows, and names over 512 bytes).
+func TestModelNameRefusesControlCharactersAndLength(t *testing.T) {
+	for name, tc := range map[string]struct{ name, want string }{
+		"newline": {`"a\nb"`, `models[0].name: "a\nb" has a control character (U+000A) at byte 1`},
+		"escape":  {`"cls\u001b[2J"`, `has a control character (U+001B) at byte 3`},
+		"long":    {`"` + strings.Repeat("m", 513) + `"`, "models[0].name: is 513 bytes long: at most 512"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse("[[models]]\nname = "+tc.name+"\nformat = \"onnx\"\npath = \"a.onnx\"\n", "/base", "x")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := Parse("[[models]]\nname = \"ppocr-cls v2 (ünïcode)\"\nformat = \"onnx\"\npath = \"a.onnx\"\n", "/base", "x"); err != nil {
+		t.Fatalf("a plain name with spaces and letters: %v", err)
+	}
+}
