@@ -17,7 +17,8 @@ type batch struct {
 	reqs   []*request
 	rows   int
 	sealed bool // no request may join: it is full, or runs alone
-	// waitUntil is when a Policy that said "wait" is asked again.
+	// waitUntil is when a Policy that said "wait" is asked again, unless
+	// a request joins the batch first.
 	waitUntil time.Time
 }
 
@@ -41,7 +42,7 @@ func (s *Scheduler) freeBatch(b *batch) {
 func (s *Scheduler) batchLoop() {
 	defer s.exit()
 	var (
-		pending []*batch  // in order of creation
+		pending []*batch  // by oldest request (see requeue)
 		held    int       // instance slots taken from s.slots, not yet used
 		in      = s.reqCh // nil once closed and drained
 		timer   *time.Timer
@@ -162,6 +163,9 @@ func (s *Scheduler) add(pending *[]*batch, r *request) {
 			if b.rows+r.rows <= s.cfg.MaxBatchSize {
 				b.reqs = append(b.reqs, r)
 				b.rows += r.rows
+				// A Policy that said "wait" is asked again: it has not
+				// seen this request.
+				b.waitUntil = time.Time{}
 				return
 			}
 			b.sealed = true
@@ -177,6 +181,7 @@ func (s *Scheduler) add(pending *[]*batch, r *request) {
 
 // next removes and returns the first pending batch that is due, or its due
 // prefix, dropping cancelled requests on the way; nil when none is due.
+// pending is kept in the order of each batch's oldest request.
 // With idle instances (counting the one that will run it), no Policy and
 // not a preferred size, a batch due whole goes out in idle shares: its first share now, the rest
 // (sealed, due at once) to the next idle instances. A closed loop of as many
@@ -187,11 +192,16 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool, idle i
 	defer func() { *pending = p }()
 	for i := 0; i < len(p); i++ {
 		b := p[i]
+		head := b.reqs[0]
 		s.prune(b)
 		if len(b.reqs) == 0 {
 			p = slices.Delete(p, i, i+1)
 			i--
 			s.freeBatch(b)
+			continue
+		}
+		if b.reqs[0] != head && requeue(p, i) {
+			i-- // p[i] is another batch now; b comes again later
 			continue
 		}
 		n := s.take(b, now, draining)
@@ -215,10 +225,30 @@ func (s *Scheduler) next(pending *[]*batch, now time.Time, draining bool, idle i
 			}
 			b.reqs = slices.Delete(b.reqs, 0, n)
 			b.rows -= out.rows
+			requeue(p, i)
 		}
 		return out // its requests leave the count when a worker claims them
 	}
 	return nil
+}
+
+// requeue moves p[i], whose oldest request has left it, behind the batches
+// whose oldest request is older, and reports whether it moved. Batches are
+// looked at oldest request first, as Triton takes requests in arrival order:
+// a batch that keeps giving preferred-size prefixes must not keep its place
+// ahead of an older one that waits for its delay.
+func requeue(p []*batch, i int) bool {
+	b := p[i]
+	j := i
+	for j+1 < len(p) && !p[j+1].reqs[0].enqueued.After(b.reqs[0].enqueued) {
+		j++
+	}
+	if j == i {
+		return false
+	}
+	copy(p[i:j], p[i+1:j+1])
+	p[j] = b
+	return true
 }
 
 // preferredSize says whether rows is one of the preferred batch sizes:
@@ -228,27 +258,31 @@ func (s *Scheduler) preferredSize(rows int) bool {
 }
 
 // take says how many of b's leading requests to dispatch now, following
-// Triton: all of them when the batch is full or sealed, when its oldest
-// request has waited MaxQueueDelay (at once when that is 0) or when closing;
-// otherwise the longest prefix whose rows are a preferred size; otherwise
+// Triton: all of them when its oldest request has waited MaxQueueDelay or
+// when closing; otherwise the longest prefix whose rows are a preferred size
+// (a full batch too: "the largest possible preferred size"); otherwise all
+// of them when the batch is full or sealed or MaxQueueDelay is 0; otherwise
 // none, and the batch keeps waiting.
 func (s *Scheduler) take(b *batch, now time.Time, draining bool) int {
 	if s.cfg.Policy != nil {
 		return s.takeByPolicy(b, now, draining)
 	}
 	d := s.cfg.MaxQueueDelay
-	if draining || b.sealed || b.rows >= s.cfg.MaxBatchSize || d == 0 || now.Sub(b.reqs[0].enqueued) >= d {
+	if draining || d > 0 && now.Sub(b.reqs[0].enqueued) >= d {
 		return len(b.reqs)
 	}
-	if s.preferred == nil {
-		return 0
-	}
-	best, rows := 0, 0
-	for i, r := range b.reqs {
-		rows += r.rows
-		if s.preferred[rows] {
-			best = i + 1
+	best := 0
+	if s.preferred != nil {
+		rows := 0
+		for i, r := range b.reqs {
+			rows += r.rows
+			if s.preferred[rows] {
+				best = i + 1
+			}
 		}
+	}
+	if best == 0 && (b.sealed || b.rows >= s.cfg.MaxBatchSize || d == 0) {
+		return len(b.reqs)
 	}
 	return best
 }
@@ -269,9 +303,7 @@ func (s *Scheduler) takeByPolicy(b *batch, now time.Time, draining bool) int {
 	for i, r := range b.reqs {
 		q.Rows[i] = int64(r.rows)
 	}
-	ctx, cancel := context.WithTimeout(s.runCtx, bound)
-	dec, err := s.cfg.Policy(ctx, q)
-	cancel()
+	dec, err := s.askPolicy(q, bound)
 	switch {
 	case err != nil:
 		s.stats.policyErrors.Add(1)
@@ -282,6 +314,19 @@ func (s *Scheduler) takeByPolicy(b *batch, now time.Time, draining bool) int {
 	}
 	b.waitUntil = now.Add(min(max(dec.Wait, 50*time.Microsecond), bound-oldest))
 	return 0
+}
+
+// askPolicy calls the Policy, turning a panic into an error: the batch runs
+// instead of the node crashing, as for a model that panics.
+func (s *Scheduler) askPolicy(q QueueState, bound time.Duration) (dec Decision, err error) {
+	ctx, cancel := context.WithTimeout(s.runCtx, bound)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			dec, err = Decision{}, fmt.Errorf("batch policy panicked: %v", p)
+		}
+	}()
+	return s.cfg.Policy(ctx, q)
 }
 
 // due is when the first pending batch must be looked at again: its oldest
@@ -333,6 +378,8 @@ func (s *Scheduler) sweep(pending []*batch) []*batch {
 		kept = append(kept, b)
 	}
 	clear(pending[len(kept):])
+	// A batch whose oldest requests were dropped goes behind older ones.
+	slices.SortStableFunc(kept, func(a, b *batch) int { return a.reqs[0].enqueued.Compare(b.reqs[0].enqueued) })
 	return kept
 }
 

@@ -18,8 +18,9 @@ type Config struct {
 	// alone, as given. Default: 0.
 	MaxBatchSize int
 	// PreferredBatchSizes are row counts worth dispatching at once, before
-	// MaxQueueDelay runs out. Each must be in [1, MaxBatchSize]; only
-	// meaningful with batching. Default: none.
+	// MaxQueueDelay runs out; as in Triton, the largest preferred size the
+	// oldest requests make up goes first, even from a full batch. Each must
+	// be in [1, MaxBatchSize]; only meaningful with batching. Default: none.
 	PreferredBatchSizes []int
 	// MaxQueueDelay is how long the oldest request of a batch may wait for
 	// the batch to fill. 0 dispatches as soon as an instance is free, which
@@ -46,7 +47,8 @@ const DefaultPolicyBound = 5 * time.Millisecond
 
 // BatchPolicy decides, for the oldest pending batch, how many of its
 // requests to run now (Decision.Run > 0) or how long to wait before asking
-// again. It is called from the batcher goroutine, so it must be quick.
+// again; a request joining the batch has it asked again sooner. It is called
+// from the batcher goroutine, so it must be quick.
 type BatchPolicy func(ctx context.Context, q QueueState) (Decision, error)
 
 // QueueState is what a BatchPolicy sees of a pending batch.
@@ -60,7 +62,7 @@ type QueueState struct {
 // Decision is a BatchPolicy's answer.
 type Decision struct {
 	Run  int           // requests to run now, oldest first; 0 = wait
-	Wait time.Duration // when Run is 0: how long to wait before asking again
+	Wait time.Duration // when Run is 0: how long to wait before asking again, unless a request joins
 }
 
 // policyBound is the longest a request may wait under a Policy.
@@ -86,8 +88,6 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate returns every problem with c at once, each naming its field, joined
-// and wrapping ErrInvalidConfig; nil when c is usable.
 // Upper bounds of the configuration: the scheduler allocates by them (a
 // queue channel, a histogram, a goroutine per instance), and a spec from the
 // network must not make it allocate gigabytes.
@@ -98,6 +98,8 @@ const (
 	MaxQueueDelayLimit = time.Hour
 )
 
+// Validate returns every problem with c at once, each naming its field, joined
+// and wrapping ErrInvalidConfig; nil when c is usable.
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
