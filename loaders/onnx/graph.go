@@ -37,9 +37,10 @@ var errNoGraph = errors.New("no graph in model")
 
 // readGraphValues reads the declared inputs and outputs of the ONNX
 // ModelProto in r. It streams past everything else, weights included, so it
-// never holds more than one ValueInfoProto in memory.
+// never holds more than one ValueInfoProto in memory; when r is an
+// io.Seeker (a file), it seeks past the large fields instead of reading them.
 func readGraphValues(r io.Reader) (map[string]graphValue, error) {
-	s := &pbStream{r: bufio.NewReaderSize(r, 64<<10)}
+	s := &pbStream{r: bufio.NewReaderSize(r, 64<<10), src: r}
 	for {
 		num, typ, err := s.tag()
 		if err == io.EOF {
@@ -171,6 +172,7 @@ func eachBytesField(b []byte, fn func(protowire.Number, []byte) error) error {
 // pbStream reads protobuf wire format from a stream, counting the bytes read.
 type pbStream struct {
 	r   *bufio.Reader
+	src io.Reader // what r reads; skip seeks it when it can
 	off int64
 }
 
@@ -235,6 +237,16 @@ func (s *pbStream) skip(typ protowire.Type) error {
 		}
 	default:
 		return fmt.Errorf("unsupported wire type %d", typ)
+	}
+	if sk, ok := s.src.(io.Seeker); ok && n > int64(s.r.Buffered()) {
+		// Past what r holds: seek over the rest (weights, mostly). A seek
+		// past the end is not an error; the next read finds the end.
+		if _, err := sk.Seek(n-int64(s.r.Buffered()), io.SeekCurrent); err != nil {
+			return err
+		}
+		s.r.Reset(s.src)
+		s.off += n
+		return nil
 	}
 	m, err := io.CopyN(io.Discard, s, n)
 	if m != n {

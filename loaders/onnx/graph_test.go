@@ -70,6 +70,49 @@ func TestReadGraphValuesErrors(t *testing.T) {
 	}
 }
 
+// A file's weights are sought past, not read; what is read is the same as
+// from a stream, and a file cut inside the weights is still an error.
+func TestReadGraphValuesSeeks(t *testing.T) {
+	w := make([][]float32, 300) // 300×300 FP32: 360 kB, past the read buffer
+	for i := range w {
+		w[i] = make([]float32, 300)
+	}
+	model := onnxtest.Linear(w, make([]float32, 300))
+	want, err := readGraphValues(io.MultiReader(bytes.NewReader(model))) // no Seek
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &countingReader{r: bytes.NewReader(model)}
+	got, err := readGraphValues(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !slices.Equal(got["X"].params, want["X"].params) || !slices.Equal(got["Y"].params, want["Y"].params) {
+		t.Fatalf("with Seek: %v, without: %v", got, want)
+	}
+	if r.n > 64<<10*2 {
+		t.Errorf("read %d bytes of a %d-byte model", r.n, len(model))
+	}
+	for _, cut := range []int{len(model) / 2, len(model) - 20} {
+		if _, err := readGraphValues(bytes.NewReader(model[:cut])); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("cut at %d of %d: %v, want io.ErrUnexpectedEOF", cut, len(model), err)
+		}
+	}
+}
+
+type countingReader struct {
+	r *bytes.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+func (c *countingReader) Seek(off int64, whence int) (int64, error) { return c.r.Seek(off, whence) }
+
 func FuzzReadGraphValues(f *testing.F) {
 	f.Add(onnxtest.Linear([][]float32{{1}}, []float32{0}))
 	f.Add(onnxtest.MultiIO())

@@ -25,6 +25,10 @@ type Model struct {
 	inByName  map[string]int
 	outByName map[string]int
 	all       []int // every output index, for Infer with no names
+	// sameDims are groups of input dimensions that share the dim_param a
+	// pre-allocated output takes its size from; each request must give
+	// them one size (see namedDimGroups).
+	sameDims [][]inputAxis
 
 	// mu guards session: Infer holds it shared for the whole run, Close
 	// exclusively, so a session is never destroyed under a running Infer.
@@ -58,6 +62,9 @@ type dimSource struct {
 	size        int64
 	input, axis int
 }
+
+// inputAxis is dimension axis of input number input.
+type inputAxis struct{ input, axis int }
 
 // Info describes the model. The caller may modify the copy it gets.
 func (m *Model) Info() loaders.Info {
@@ -220,9 +227,11 @@ func (m *Model) run(ctx context.Context, ins, outs []ort.Value) error {
 
 // ortInputErrors are the ORT run errors caused by the inputs themselves,
 // such as "Got invalid dimensions for input: x for the following indices",
-// and the kernels' own refusals of a shape that the model's dynamic
+// the kernels' own refusals of a shape that the model's dynamic
 // dimensions let through ("Non-zero status code returned while running
-// Conv node. ... Status Message: Invalid input shape: {48,0}").
+// Conv node. ... Status Message: Invalid input shape: {48,0}"), and of
+// index values ("indices element out of data bounds, idx=4 must be within
+// the inclusive range [-4,3]").
 var ortInputErrors = []string{
 	"for input",
 	"Unexpected input data type",
@@ -232,6 +241,12 @@ var ortInputErrors = []string{
 	"Incompatible dimensions",
 	"Attempting to broadcast an axis by a dimension other than 1",
 	"cannot be reshaped to the requested shape",
+	// Index values out of range: a token id past an embedding table
+	// (Gather), and the other gather and scatter kernels.
+	"indices element out of data bounds",
+	"Out of range value in index tensor",
+	"invalid index found",
+	"invalid indice found",
 }
 
 func aboutInput(err error) bool {
@@ -297,6 +312,16 @@ func (m *Model) bind(inputs []*tensor.Tensor, ordered []*tensor.Tensor) error {
 	for i, t := range ordered {
 		if t == nil {
 			return fmt.Errorf("onnx: %w: missing input %q (model inputs: %s)", loaders.ErrInvalidInput, m.inputs[i].Name, specNames(m.info.Inputs))
+		}
+	}
+	for _, group := range m.sameDims {
+		a := group[0]
+		for _, b := range group[1:] {
+			x, y := ordered[a.input], ordered[b.input]
+			if x.Shape[a.axis] != y.Shape[b.axis] {
+				return fmt.Errorf("onnx: %w: input %q has %d at dimension %d and input %q has %d at dimension %d, which the model declares the same size", loaders.ErrInvalidInput,
+					x.Name, x.Shape[a.axis], a.axis, y.Name, y.Shape[b.axis], b.axis)
+			}
 		}
 	}
 	return nil

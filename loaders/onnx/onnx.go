@@ -18,7 +18,8 @@
 // (ORT itself would read it as an undefined C++ bool), and an output that is
 // a graph input comes back as a copy of that input. Load has ONNX Runtime
 // parse the model twice: once unoptimised, to list its inputs and outputs,
-// once for the session.
+// once for the session; it also reads the graph's input and output
+// declarations from the file itself, seeking past the weights.
 //
 // In Info, a dynamic dimension is -1, and a tensor whose file declares no
 // shape at all has a nil Shape (a rank-0 tensor has an empty, non-nil one).
@@ -302,6 +303,15 @@ func (m *Model) describe(path string, ins, outs []ort.InputOutputInfo) error {
 		defer f.Close()
 		graph, graphErr = readGraphValues(f)
 	}
+	// ORT's C API cuts names at a NUL byte: a model whose input or output
+	// name holds one would load, and then fail every run ("Invalid input
+	// name").
+	readGraph()
+	for name := range graph {
+		if strings.IndexByte(name, 0) >= 0 {
+			return fmt.Errorf("graph input or output %q: names with a NUL byte are cut short by ONNX Runtime's C API", name)
+		}
+	}
 	// shape turns ORT's dimensions into a TensorSpec shape: ORT reports both
 	// "no declared shape" and "rank 0" as zero dimensions; the file tells.
 	shape := func(info ort.InputOutputInfo) []int64 {
@@ -348,7 +358,44 @@ func (m *Model) describe(path string, ins, outs []ort.InputOutputInfo) error {
 		m.outputs = append(m.outputs, out)
 		m.outByName[s.Name] = i
 	}
+	if graph != nil {
+		m.sameDims = namedDimGroups(m.inputs, m.outputs, graph)
+	}
 	return nil
+}
+
+// namedDimGroups lists, for each dim_param that sizes a pre-allocated
+// output, the input dimensions named after it when there are several: ORT
+// lets them differ (a broadcast), but the output is sized from the first,
+// so a request whose named dimensions disagree would fail the run on ORT's
+// shape check of that output.
+func namedDimGroups(inputs []inputSpec, outputs []outputSpec, g map[string]graphValue) [][]inputAxis {
+	var groups [][]inputAxis
+	var seen []string
+	for _, o := range outputs {
+		for _, d := range o.dims {
+			if d.input < 0 || d.input == o.alias {
+				continue
+			}
+			param := g[inputs[d.input].Name].params[d.axis]
+			if slices.Contains(seen, param) {
+				continue
+			}
+			seen = append(seen, param)
+			var group []inputAxis
+			for j, in := range inputs {
+				for axis, p := range g[in.Name].params {
+					if p == param && axis < len(in.Shape) {
+						group = append(group, inputAxis{j, axis})
+					}
+				}
+			}
+			if len(group) > 1 {
+				groups = append(groups, group)
+			}
+		}
+	}
+	return groups
 }
 
 // plan decides whether the output must be allocated before each run and, if

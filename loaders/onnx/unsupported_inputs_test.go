@@ -3,6 +3,7 @@ package onnx
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -48,5 +49,24 @@ func TestUnsupportedInputsAreInvalidInput(t *testing.T) {
 // A graph input whose name holds a NUL loads (ORT's C API hands the name
 // back cut at the NUL, and the session is created with the cut name), but
 // every Infer then fails inside ORT with "Invalid input name", reported as
-// the client's ErrInvalidInput. The model can never run; Load should refuse
-// it as ErrInvalidModel.
+// the client's ErrInvalidInput. The model can never run: Load refuses it as
+// ErrInvalidModel, naming the file and the value.
+func TestNULInNameRefusedAtLoad(t *testing.T) {
+	one := []rvDim{{value: 1}}
+	for name, model := range map[string][]byte{
+		"input": rvModel([][]byte{rvNode("Identity", []string{"a\x00b"}, []string{"y"})}, nil,
+			[][]byte{rvValueInfo("a\x00b", elemFloat, one)}, [][]byte{rvValueInfo("y", elemFloat, one)}),
+		"output": rvModel([][]byte{rvNode("Identity", []string{"x"}, []string{"y\x00z"})}, nil,
+			[][]byte{rvValueInfo("x", elemFloat, one)}, [][]byte{rvValueInfo("y\x00z", elemFloat, one)}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			m, err := rvLoad(t, model)
+			if err == nil {
+				t.Fatalf("Load succeeded (model inputs %+v, outputs %+v), want ErrInvalidModel", m.Info().Inputs, m.Info().Outputs)
+			}
+			if !errors.Is(err, loaders.ErrInvalidModel) || !strings.Contains(err.Error(), "m.onnx") || !strings.Contains(err.Error(), "NUL") {
+				t.Fatalf("Load error %v, want ErrInvalidModel naming the file and the NUL", err)
+			}
+		})
+	}
+}
