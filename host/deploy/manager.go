@@ -460,6 +460,9 @@ func (m *Manager) load(ctx context.Context, d *Deployment, paths map[string]stri
 	if pipe.policy != nil {
 		cfg.Policy = d.batchPolicy
 	}
+	// One request's values (a token id past the table) fail its batch:
+	// the batch's requests then run alone, and only that one fails.
+	cfg.Isolate = func(err error) bool { return errors.Is(err, loaders.ErrInvalidInput) }
 	sched, err := engine.New(d.spec.Name, model, cfg, d.log)
 	if err != nil {
 		model.Close()

@@ -524,6 +524,30 @@ func (s *Scheduler) run(w *worker, b *batch) {
 	}
 }
 
+// runAlone runs each of reqs as given, one after the other, on the
+// instance the caller holds, under its own caller's context: a batch that
+// failed on one request's values (Config.Isolate) then fails that request
+// alone.
+func (s *Scheduler) runAlone(reqs []*request) {
+	for _, r := range reqs {
+		if err := r.ctx.Err(); err != nil {
+			deliver(r, nil, fmt.Errorf("engine %s: %w", s.name, err))
+			continue
+		}
+		if s.runCtx.Err() != nil {
+			deliver(r, nil, s.closedErr())
+			continue
+		}
+		start := time.Now()
+		outs, err := s.infer(r.ctx, r.inputs, r.outputs)
+		s.stats.record(r.rows, time.Since(start))
+		if err != nil {
+			err = fmt.Errorf("engine %s: %w", s.name, err)
+		}
+		deliver(r, outs, err)
+	}
+}
+
 // failAll delivers err to every request.
 func failAll(reqs []*request, err error) {
 	for _, r := range reqs {
@@ -572,6 +596,13 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 	// The batch belongs to no single caller: it runs under the scheduler's
 	// context, which only a Close that gives up cancels.
 	outs, err := s.infer(s.runCtx, inputs, first.outputs)
+	if err != nil && s.runCtx.Err() == nil && s.cfg.Isolate != nil && s.cfg.Isolate(err) {
+		s.stats.record(rows, time.Since(start))
+		s.log.Debug("batch failed on a request's values; running its requests alone", "requests", len(reqs), "rows", rows, "err", err)
+		s.runAlone(reqs)
+		s.release()
+		return
+	}
 	s.release()
 	s.stats.record(rows, time.Since(start))
 	if err != nil && s.runCtx.Err() != nil {

@@ -39,6 +39,12 @@ type Config struct {
 	// DefaultPolicyBound when 0) still bounds every request's wait. A
 	// policy error runs the batch at once. Not serialised.
 	Policy BatchPolicy `json:"-"`
+	// Isolate, when set, reports whether a batch's error may come from the
+	// values of one of its requests (an index out of range, say) rather
+	// than from the model or the node: the batch's requests then run again
+	// one by one, so that only the requests at fault fail. nil: a batch's
+	// error fails every request in it. Not serialised.
+	Isolate func(error) bool `json:"-"`
 }
 
 // DefaultPolicyBound caps a request's wait under a Policy when
