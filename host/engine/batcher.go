@@ -312,7 +312,11 @@ func (s *Scheduler) takeByPolicy(b *batch, now time.Time, draining bool) int {
 	case dec.Run > 0:
 		return min(dec.Run, len(b.reqs))
 	}
-	b.waitUntil = now.Add(min(max(dec.Wait, 50*time.Microsecond), bound-oldest))
+	wait := bound - oldest // Wait 0: at the next arrival (or the bound)
+	if dec.Wait > 0 {
+		wait = min(max(dec.Wait, 50*time.Microsecond), wait)
+	}
+	b.waitUntil = now.Add(wait)
 	return 0
 }
 

@@ -68,7 +68,7 @@ type QueueState struct {
 // Decision is a BatchPolicy's answer.
 type Decision struct {
 	Run  int           // requests to run now, oldest first; 0 = wait
-	Wait time.Duration // when Run is 0: how long to wait before asking again, unless a request joins
+	Wait time.Duration // when Run is 0: how long to wait before asking again, unless a request joins; 0: until one joins
 }
 
 // policyBound is the longest a request may wait under a Policy.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -151,5 +152,42 @@ func TestPolicyPanicRunsTheBatch(t *testing.T) {
 	checkOutputs(t, r, outs)
 	if n := s.Stats().PolicyErrors; n != 1 {
 		t.Errorf("PolicyErrors = %d, want 1", n)
+	}
+}
+
+// A policy's Wait of 0 means "ask again when a request arrives" (as the
+// guest runtime's Decision documents), not "ask again at once": the
+// batcher asked it every 50 µs until the bound, a busy loop of guest calls.
+func TestPolicyWaitZeroWaitsForArrival(t *testing.T) {
+	noLeaks(t)
+	var asked atomic.Int32
+	policy := func(_ context.Context, q QueueState) (Decision, error) {
+		asked.Add(1)
+		if q.Queued >= 2 {
+			return Decision{Run: q.Queued}, nil
+		}
+		return Decision{}, nil
+	}
+	m := &fakeModel{started: make(chan int, 4)}
+	s := newScheduler(t, m, Config{MaxBatchSize: 8, MaxQueueDelay: time.Minute, Policy: policy})
+	first := goInfer(context.Background(), s, req(1, 1, 2))
+	eventually(t, "the policy to be asked", func() bool { return asked.Load() >= 1 })
+	time.Sleep(20 * time.Millisecond) // long enough for ~400 asks at 50 µs
+	if n := asked.Load(); n != 1 {
+		t.Errorf("policy asked %d times while nothing arrived, want 1", n)
+	}
+	second := goInfer(context.Background(), s, req(2, 1, 2))
+	select {
+	case rows := <-m.started:
+		if rows != 2 {
+			t.Fatalf("a batch of %d rows, want 2", rows)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the policy was not asked again when the second request arrived")
+	}
+	for _, ch := range []<-chan result{first, second} {
+		if r := wait(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
 	}
 }
