@@ -142,6 +142,16 @@ func FuzzDecodeCanonical(f *testing.F) {
 	f.Add(Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}}))
 	f.Add(Encode(nil, []Tensor{{Name: "s", DType: DTypeBytes, Shape: []int64{2}, Strings: [][]byte{[]byte("hi"), nil}}, {Name: "h", DType: DTypeFP32, Shape: []int64{0, 3}, Handle: 3, DataLen: 12}}))
 	f.Add(Encode(nil, []Tensor{{Name: "é", DType: DTypeInt64, Shape: []int64{}, Data: make([]byte, 8)}, {Name: "", DType: DTypeUint8, Shape: []int64{0, 1 << 62}}}))
+	// One of each malformed class, for the fuzzer to start from: a count
+	// past the bytes, dimensions whose product overflows int64, data not of
+	// the shape's size, trailing bytes, a name that is not UTF-8.
+	one := Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}})
+	f.Add(append(bytes.Clone(one[:8]), 0xff, 0xff, 0xff, 0xff))
+	f.Add(Encode(nil, []Tensor{{Name: "x", DType: DTypeUint8, Shape: []int64{1 << 32, 1 << 32}}}))
+	f.Add(Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{1 << 61}, Data: make([]byte, 8)}}))
+	f.Add(Encode(nil, []Tensor{{Name: "x", DType: DTypeFP32, Shape: []int64{3}, Data: make([]byte, 8)}}))
+	f.Add(append(bytes.Clone(one), 0))
+	f.Add(Encode(nil, []Tensor{{Name: "\xff", DType: DTypeFP32, Shape: []int64{2}, Data: make([]byte, 8)}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, size := range []func(uint8) int{Size, nil} {
 			list, err := Decode(b, size)
@@ -162,6 +172,31 @@ func FuzzDecodeCanonical(f *testing.F) {
 			if !reflect.DeepEqual(again, list) {
 				t.Fatalf("re-decode: %+v, want %+v", again, list)
 			}
+		}
+	})
+}
+
+// DecodeStrings parses BYTES data on its own (the SDK's New and
+// tensor_read): whatever it accepts is the one encoding of its elements,
+// and it never panics nor allocates for a count the bytes cannot hold.
+func FuzzDecodeStrings(f *testing.F) {
+	f.Add(AppendStrings(nil, [][]byte{[]byte("a"), nil, []byte("bc")}), int64(3))
+	f.Add([]byte{9, 0, 0, 0, 'x'}, int64(-1))
+	f.Add([]byte{}, int64(1<<62))
+	f.Add([]byte{0, 0, 0, 0, 0, 0}, int64(1))
+	f.Fuzz(func(t *testing.T, b []byte, want int64) {
+		s, err := DecodeStrings(b, want)
+		if err != nil {
+			if !errors.Is(err, ErrCodec) {
+				t.Fatalf("error %v is not ErrCodec", err)
+			}
+			return
+		}
+		if want >= 0 && int64(len(s)) != want {
+			t.Fatalf("%d elements, want %d", len(s), want)
+		}
+		if enc := AppendStrings(nil, s); !bytes.Equal(enc, b) || StringsLen(s) != uint64(len(b)) {
+			t.Fatalf("AppendStrings(DecodeStrings(b)) = %x, want %x", enc, b)
 		}
 	})
 }

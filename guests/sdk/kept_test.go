@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/guesttest"
 	"github.com/cyxwiz/cyxwiz-node/host/guest"
@@ -170,6 +171,42 @@ func TestOutputsTheListCannotCarry(t *testing.T) {
 				t.Fatalf("err = %v (outputs with names of %v bytes), want ErrGuest saying what fits", err, names)
 			}
 		})
+	}
+}
+
+// An output named otherwise than in UTF-8 (ABI.md: names are UTF-8) is the
+// guest's error: the host refused the list as a bad output and threw the
+// instance away.
+func TestOutputNameNotUTF8(t *testing.T) {
+	for _, mode := range []string{"badname", "badnameinline"} {
+		t.Run(mode, func(t *testing.T) {
+			p := keptPool(t, mode)
+			_, err := p.Preprocess(context.Background(), x(1, 2))
+			if !errors.Is(err, guest.ErrGuest) || !strings.Contains(err.Error(), "UTF-8") {
+				t.Fatalf("err = %v, want ErrGuest saying the name is not UTF-8", err)
+			}
+		})
+	}
+}
+
+// A decision the host cannot follow (a run of more requests than are
+// queued, a negative wait) is the guest's error: the host refused it as a
+// bad output and threw the instance away, so a policy with that bug started
+// a new instance for every decision.
+func TestBatchPolicyDecisionOutOfRange(t *testing.T) {
+	for _, mode := range []string{"runover", "negwait"} {
+		t.Run(mode, func(t *testing.T) {
+			p := keptPool(t, mode)
+			q := guest.QueueState{Queued: 2, OldestWait: time.Millisecond, Rows: []int64{1, 3}, MaxBatch: 8}
+			d, err := p.BatchPolicy(context.Background(), q)
+			if !errors.Is(err, guest.ErrGuest) {
+				t.Fatalf("BatchPolicy = %+v, %v; want ErrGuest", d, err)
+			}
+		})
+	}
+	d, err := keptPool(t, "all").BatchPolicy(context.Background(), guest.QueueState{Queued: 2, Rows: []int64{1, 3}, MaxBatch: 8})
+	if err != nil || d.Run != 2 {
+		t.Fatalf("BatchPolicy = %+v, %v; want Run 2", d, err)
 	}
 }
 

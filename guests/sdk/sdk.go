@@ -26,7 +26,7 @@
 //
 // Tensors live on the host: an operation returns a handle-backed *Tensor
 // and nothing is copied into the guest until it reads the elements
-// (Float32, Int64, Bytes, Strings). Handles last for the call, unless
+// (Data, Float32, Int64, Strings). Handles last for the call, unless
 // pinned (Pin) to survive until the instance is discarded.
 //
 // The package builds for any platform so that `go vet ./...` covers the
@@ -40,6 +40,7 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
@@ -664,8 +665,9 @@ type QueueState struct {
 	MaxBatch int64
 }
 
-// Decision is a batch policy's answer: run the Run oldest requests now, or,
-// when Run is 0, ask again after Wait.
+// Decision is a batch policy's answer: run the Run oldest requests now
+// (0..Queued), or, when Run is 0, ask again after Wait (>= 0; 0: at the
+// next arrival). A decision outside those ranges is the policy's error.
 type Decision struct {
 	Run  int
 	Wait time.Duration
@@ -796,6 +798,11 @@ func encodeList(out []*Tensor) ([]abi.Tensor, error) {
 			return nil, fmt.Errorf("output %d (%.64q): a name of %d bytes or a rank of %d, at most %d and %d",
 				i, t.name, len(t.name), len(t.shape), abi.MaxNameLen, abi.MaxRank)
 		}
+		// Names are UTF-8 (ABI.md): the host refuses another as a bad
+		// output and throws the instance away.
+		if !utf8.ValidString(t.name) {
+			return nil, fmt.Errorf("output %d: name %.64q is not UTF-8", i, t.name)
+		}
 		list[i] = abi.Tensor{Name: t.name, DType: uint8(t.dtype), Shape: t.shape, Handle: h, Data: t.data, Strings: t.strs}
 	}
 	return list, nil
@@ -858,6 +865,11 @@ func batchCall(in []*Tensor) ([]*Tensor, error) {
 	d, err := handlers.BatchPolicy(q)
 	if err != nil {
 		return nil, err
+	}
+	// The host refuses a decision it cannot follow as a bad output and
+	// throws the instance away: the guest's error instead.
+	if d.Run < 0 || d.Run > q.Queued || d.Wait.Microseconds() < 0 {
+		return nil, fmt.Errorf("batch policy: decision %+v: Run must be in [0, %d] (the queued requests) and Wait >= 0", d, q.Queued)
 	}
 	return []*Tensor{
 		Int64s("run", []int64{}, []int64{int64(d.Run)}),

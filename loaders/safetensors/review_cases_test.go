@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -199,5 +201,24 @@ func TestMetadataNullValueRefused(t *testing.T) {
 	// A null map is no metadata, as there.
 	if f, err := safetensors.Parse(file(`{"__metadata__":null}`, 0)); err != nil || f.Metadata != nil {
 		t.Errorf("null metadata: %+v, %v", f, err)
+	}
+}
+
+// A dtype of the format that no KServe datatype holds (FP8, FP4, FP6,
+// complex) is named as unsupported: "unknown dtype" read as a corrupt
+// file, though the reference reads it.
+func TestUnsupportedDTypeSaysSo(t *testing.T) {
+	for _, dt := range []string{"F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "C64"} {
+		size := map[string]int{"C64": 8}[dt]
+		if size == 0 {
+			size = 1
+		}
+		_, err := safetensors.Parse(file(`{"w":{"dtype":"`+dt+`","shape":[1],"data_offsets":[0,`+strconv.Itoa(size)+`]}}`, size))
+		if !errors.Is(err, loaders.ErrInvalidModel) || !strings.Contains(err.Error(), "not supported") {
+			t.Errorf("%s: Parse error %v, want ErrInvalidModel saying the dtype is not supported", dt, err)
+		}
+	}
+	if _, err := safetensors.Parse(file(`{"w":{"dtype":"Q8","shape":[1],"data_offsets":[0,1]}}`, 1)); err == nil || !strings.Contains(err.Error(), "unknown dtype") {
+		t.Errorf("Q8: Parse error %v, want unknown dtype", err)
 	}
 }

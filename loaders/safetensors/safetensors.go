@@ -35,6 +35,13 @@ var dtypes = map[string]tensor.DType{
 	"F16": tensor.FP16, "BF16": tensor.BF16, "F32": tensor.FP32, "F64": tensor.FP64,
 }
 
+// unsupported are the reference's dtypes that no tensor.DType holds: a file
+// of them is valid SafeTensors that this node cannot serve, not a corrupt
+// one.
+var unsupported = map[string]bool{
+	"F8_E4M3": true, "F8_E5M2": true, "F8_E8M0": true, "F4": true, "F6_E2M3": true, "F6_E3M2": true, "C64": true,
+}
+
 func dtypeName(d tensor.DType) (string, bool) {
 	for k, v := range dtypes {
 		if v == d {
@@ -181,6 +188,9 @@ func Parse(b []byte) (*File, error) {
 			return nil, invalid("tensor %q: %v", name, err)
 		}
 		dt, ok := dtypes[e.DType]
+		if !ok && unsupported[e.DType] {
+			return nil, invalid("tensor %q: dtype %s is not supported (KServe has no such datatype)", name, e.DType)
+		}
 		if !ok {
 			return nil, invalid("tensor %q: unknown dtype %q", name, e.DType)
 		}
