@@ -59,6 +59,12 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	if req.Spec == nil {
 		return nil, status.Error(codes.InvalidArgument, "spec is missing")
 	}
+	if err := checkName("spec.model_name", req.Spec.ModelName); err != nil {
+		return nil, err
+	}
+	if err := checkName("spec.model_version", req.Spec.ModelVersion); err != nil {
+		return nil, err
+	}
 	if err := checkGuestTimeouts(req.Spec.Guests); err != nil {
 		return nil, err
 	}
@@ -79,17 +85,25 @@ const maxIDBytes = 512
 
 // checkNewID checks the id of a deployment being assigned: not empty (the
 // manager says so too), at most maxIDBytes, and without control characters
-// (a newline in an id forges lines in logs and in cyxwizctl's tables).
+// (a newline in an id forges lines in logs and in cyxwizctl's tables). The
+// spec's model name and version are held to the same (checkName).
 func checkNewID(id string) error {
 	if id == "" {
 		return status.Error(codes.InvalidArgument, "deployment_id is empty")
 	}
-	if len(id) > maxIDBytes {
-		return status.Errorf(codes.InvalidArgument, "deployment_id is %d bytes long (%q...): at most %d", len(id), id[:32], maxIDBytes)
+	return checkName("deployment_id", id)
+}
+
+// checkName checks a name that the node prints and quotes (an id, a model
+// name or version): at most maxIDBytes, without control characters.
+// Emptiness is for the caller to judge.
+func checkName(field, v string) error {
+	if len(v) > maxIDBytes {
+		return status.Errorf(codes.InvalidArgument, "%s is %d bytes long (%q...): at most %d", field, len(v), v[:32], maxIDBytes)
 	}
-	for i, r := range id {
+	for i, r := range v {
 		if unicode.IsControl(r) {
-			return status.Errorf(codes.InvalidArgument, "deployment_id %q has a control character (%U) at byte %d", id, r, i)
+			return status.Errorf(codes.InvalidArgument, "%s %q has a control character (%U) at byte %d", field, v, r, i)
 		}
 	}
 	return nil
@@ -184,11 +198,19 @@ func (s *Deployments) StopDeployment(ctx context.Context, req *cyxwizpb.StopDepl
 	return &cyxwizpb.StopDeploymentResponse{Status: StatusToProto(st)}, nil
 }
 
+// maxWatchIDs bounds the deployments one watch names: its filter is kept
+// for the stream's lifetime (11 million short ids, one 64 MiB request,
+// held hundreds of megabytes).
+const maxWatchIDs = 1 << 14
+
 // WatchDeployments streams changes until the client goes away. The
 // response headers go out as soon as the watch is registered: a client
 // that waits for them (Header) misses no change made after, even without a
 // snapshot and before any event.
 func (s *Deployments) WatchDeployments(req *cyxwizpb.WatchDeploymentsRequest, stream grpc.ServerStreamingServer[cyxwizpb.DeploymentEvent]) error {
+	if n := len(req.DeploymentIds); n > maxWatchIDs {
+		return status.Errorf(codes.InvalidArgument, "deployment_ids names %d deployments: at most %d (leave it empty to watch every deployment)", n, maxWatchIDs)
+	}
 	for i, id := range req.DeploymentIds {
 		if err := checkID(fmt.Sprintf("deployment_ids[%d]", i), id); err != nil {
 			return err

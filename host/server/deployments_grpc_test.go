@@ -289,3 +289,79 @@ func TestWatchHeadersOnceRegistered(t *testing.T) {
 		t.Fatalf("first event: %v, want d PENDING (live)", ev)
 	}
 }
+
+// A new deployment's model name and version are checked as its id is:
+// bounded, and without control characters. They are printed as they are
+// in cyxwizctl's tables (models, ls, status) and quoted in every KServe
+// error about the model: a newline forged rows, an escape sequence drove
+// the operator's terminal, and a 40 KB name filled every message.
+func TestModelNameAndVersionChecked(t *testing.T) {
+	m, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	bad := map[string]string{
+		"513 bytes":     strings.Repeat("y", maxIDBytes+1),
+		"newline":       "a\nm2\t1\tonnx\tRUNNING",
+		"NUL":           "a\x00b",
+		"C1 control":    "a\u0085b",
+		"escape (ANSI)": "\x1b[2Jx",
+	}
+	for name, v := range bad {
+		for _, field := range []string{"model_name", "model_version"} {
+			p := apiSpec(uri)
+			if field == "model_name" {
+				p.ModelName = v
+			} else {
+				p.ModelVersion = v
+			}
+			_, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d-" + field, Spec: p})
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spec."+field) {
+				t.Errorf("%s %s: %.200v, want InvalidArgument naming spec.%s", field, name, err, field)
+			} else if n := len(status.Convert(err).Message()); n > 200 {
+				t.Errorf("%s %s: message of %d bytes", field, name, n)
+			}
+		}
+	}
+	if n := len(m.List()); n != 0 {
+		t.Fatalf("%d deployments after refused assigns", n)
+	}
+	p := apiSpec(uri)
+	p.ModelName, p.ModelVersion = "über-ü 模型/"+strings.Repeat("z", maxIDBytes-20), "2024-01 rc1"
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "ok", Spec: p}); err != nil {
+		t.Fatalf("name %.40q version %q: %v", p.ModelName, p.ModelVersion, err)
+	}
+}
+
+// A watch names at most maxWatchIDs deployments. Each id is a few bytes on
+// the wire and an entry in the watch's filter, kept for the stream's
+// lifetime: one 64 MiB request of 11 million short ids held hundreds of
+// megabytes for as long as its client kept the stream open.
+func TestWatchIDsBounded(t *testing.T) {
+	_, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	ids := make([]string, maxWatchIDs+1)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("d%d", i)
+	}
+	for _, n := range []int{maxWatchIDs + 1, maxWatchIDs} {
+		w, err := c.WatchDeployments(ctx, &cyxwizpb.WatchDeploymentsRequest{DeploymentIds: ids[:n]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Header(); err != nil && n <= maxWatchIDs {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("d%d", n-1)
+		p := apiSpec(uri)
+		p.ModelName = id
+		if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: id, Spec: p}); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := w.Recv()
+		switch {
+		case n > maxWatchIDs && (status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "deployment_ids")):
+			t.Errorf("a watch of %d ids: %v %v, want InvalidArgument naming deployment_ids", n, ev, err)
+		case n <= maxWatchIDs && (err != nil || ev.Status.DeploymentId != id):
+			t.Errorf("a watch of %d ids: %v %v, want %s's event", n, ev, err, id)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
@@ -95,6 +96,46 @@ func capMessage(err error) error {
 	return status.ErrorProto(p)
 }
 
+// checkedDecode returns a copy of desc whose unary handlers answer a
+// request that does not decode with InvalidArgument: grpc-go makes a codec
+// error Internal, before any interceptor runs. Streams get the same from
+// checkedStream.
+func checkedDecode(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
+	d := *desc
+	d.Methods = slices.Clone(desc.Methods)
+	for i := range d.Methods {
+		h := d.Methods[i].Handler
+		d.Methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			return h(srv, ctx, func(v any) error {
+				u := &undecoded{msg: v}
+				if err := dec(u); err != nil {
+					return err
+				}
+				if u.bad != nil {
+					return decodeError(v, u.bad)
+				}
+				return nil
+			}, interceptor)
+		}
+	}
+	return &d
+}
+
+// checkedStream is a server stream whose received messages that do not
+// decode are InvalidArgument, not Internal.
+type checkedStream struct{ grpc.ServerStream }
+
+func (s checkedStream) RecvMsg(m any) error {
+	u := &undecoded{msg: m}
+	if err := s.ServerStream.RecvMsg(u); err != nil {
+		return err
+	}
+	if u.bad != nil {
+		return decodeError(m, u.bad)
+	}
+	return nil
+}
+
 func unaryErrors(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
@@ -110,7 +151,7 @@ func unaryErrors(log *slog.Logger) grpc.UnaryServerInterceptor {
 
 func streamErrors(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		err := handler(srv, ss)
+		err := handler(srv, checkedStream{ss})
 		if err != nil {
 			err = ToStatus(err)
 			if status.Code(err) == codes.Internal {

@@ -64,8 +64,12 @@ func (s *Inference) ServerMetadata(context.Context, *inference.ServerMetadataReq
 	return &inference.ServerMetadataResponse{Name: s.name, Version: Version, Extensions: []string{}}, nil
 }
 
-// ModelReady is true when the model serves; an unknown model is NOT_FOUND.
+// ModelReady is true when the model serves; an unknown model is NOT_FOUND,
+// an empty name INVALID_ARGUMENT.
 func (s *Inference) ModelReady(_ context.Context, req *inference.ModelReadyRequest) (*inference.ModelReadyResponse, error) {
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is empty")
+	}
 	_, err := s.models.Model(req.Name, req.Version)
 	if errors.Is(err, deploy.ErrNotReady) {
 		return &inference.ModelReadyResponse{Ready: false}, nil
@@ -78,6 +82,9 @@ func (s *Inference) ModelReady(_ context.Context, req *inference.ModelReadyReque
 
 // ModelMetadata describes a serving model's tensors.
 func (s *Inference) ModelMetadata(_ context.Context, req *inference.ModelMetadataRequest) (*inference.ModelMetadataResponse, error) {
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is empty")
+	}
 	d, err := s.models.Model(req.Name, req.Version)
 	if err != nil {
 		return nil, err

@@ -129,3 +129,22 @@ func TestExtensionParametersRefused(t *testing.T) {
 		t.Fatalf("binary_data: %v %v", resp, err)
 	}
 }
+
+// ModelReady and ModelMetadata without a model name are INVALID_ARGUMENT,
+// as ModelInfer is: NOT_FOUND read as "no such model" (and ModelReady's
+// answer as "the model went away").
+func TestEmptyModelNameIsInvalidArgument(t *testing.T) {
+	n := newTestNode(t, nil, slowSpec("slow", 8))
+	ctx := context.Background()
+	_, err := n.client.ModelReady(ctx, &inference.ModelReadyRequest{Version: "1"})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "name is empty") {
+		t.Errorf("ModelReady: %v, want InvalidArgument", err)
+	}
+	_, err = n.client.ModelMetadata(ctx, &inference.ModelMetadataRequest{})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "name is empty") {
+		t.Errorf("ModelMetadata: %v, want InvalidArgument", err)
+	}
+	if r, err := n.client.ModelReady(ctx, &inference.ModelReadyRequest{Name: "slow"}); err != nil || !r.Ready {
+		t.Fatalf("ModelReady(slow): %v %v", r, err)
+	}
+}

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -201,6 +204,37 @@ func TestReplyMarshalledBeforeBufferReuse(t *testing.T) {
 		buffers.Put(b)
 		if len(resp.RawOutputContents) != 1 || !bytes.Equal(resp.RawOutputContents[0], raw) {
 			t.Fatal("the response was changed by the next user of its request's buffer")
+		}
+	}
+}
+
+// A request is refused, before it is decoded, when it has more than
+// maxEntries inputs, requested outputs or raw_input_contents: each entry
+// takes two bytes on the wire and up to a hundred and fifty decoded, and a
+// 64 MiB request made the node allocate 5 GB.
+func TestDecodeBoundsEntries(t *testing.T) {
+	for _, field := range []protowire.Number{5, 6, rawInputField} {
+		var wire []byte
+		for range 4 * maxEntries {
+			wire = protowire.AppendTag(wire, field, protowire.BytesType)
+			wire = append(wire, 0)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		var req inference.ModelInferRequest
+		err := decodeInferRequest(wire, &req)
+		runtime.ReadMemStats(&after)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("more than %d %s", maxEntries, entryFields[field])) {
+			t.Errorf("field %d: %d entries decoded: %v", field, 4*maxEntries, err)
+		}
+		// Inputs and outputs are refused before anything is decoded (raw
+		// entries up to the bound are taken as they come).
+		if mb := (after.TotalAlloc - before.TotalAlloc) >> 20; mb > 32 && field != rawInputField {
+			t.Errorf("field %d: %d MiB allocated for a %d MiB request", field, mb, len(wire)>>20)
+		}
+		// As many as the bound are decoded.
+		if err := decodeInferRequest(wire[:2*maxEntries], &req); err != nil {
+			t.Errorf("field %d: %d entries: %v", field, maxEntries, err)
 		}
 	}
 }

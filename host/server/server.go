@@ -138,16 +138,19 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	if svc.Generate == nil {
 		svc.Generate = unimplementedGenerate{}
 	}
-	cyxwizpb.RegisterDeploymentServiceServer(s.grpc, svc.Deployments)
+	// Every service is registered with checkedDecode: a request that does
+	// not decode is InvalidArgument (reflection's streams get it from the
+	// stream interceptor).
+	s.grpc.RegisterService(checkedDecode(&cyxwizpb.DeploymentService_ServiceDesc), svc.Deployments)
 	if inf, ok := svc.Inference.(*Inference); ok {
-		s.grpc.RegisterService(inferenceDesc(), inf) // the zero-copy ModelInfer
+		s.grpc.RegisterService(checkedDecode(inferenceDesc()), inf) // the zero-copy ModelInfer
 	} else {
-		inference.RegisterGRPCInferenceServiceServer(s.grpc, svc.Inference)
+		s.grpc.RegisterService(checkedDecode(&inference.GRPCInferenceService_ServiceDesc), svc.Inference)
 	}
-	cyxwizpb.RegisterTerminalServiceServer(s.grpc, svc.Terminal)
-	cyxwizpb.RegisterGenerateServiceServer(s.grpc, svc.Generate)
+	s.grpc.RegisterService(checkedDecode(&cyxwizpb.TerminalService_ServiceDesc), svc.Terminal)
+	s.grpc.RegisterService(checkedDecode(&cyxwizpb.GenerateService_ServiceDesc), svc.Generate)
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.grpc.RegisterService(checkedDecode(&healthpb.Health_ServiceDesc), s.health)
 	reflection.Register(s.grpc)
 
 	if cfg.Listen.HTTP != "" {
