@@ -31,8 +31,19 @@ const rawInputField protowire.Number = 7
 // maxEntries bounds each of a request's inputs, requested outputs and
 // raw_input_contents. An entry takes two bytes on the wire and up to a
 // hundred and fifty in memory: a 64 MiB request of 33 million empty inputs
-// made the node allocate 5 GB to decode it.
-const maxEntries = 1 << 20
+// made the node allocate 5 GB to decode it. No model has thousands of
+// inputs.
+const maxEntries = 1 << 14
+
+// The nested repeated fields whose entries cost far more decoded than on
+// the wire are bounded per request too (checkNested), before decoding: a
+// 64 MiB request of empty bytes_contents decoded to ~1.3 GB, one of
+// parameters to ~1.1 GB, one shape of 33 million dimensions to 256 MB.
+const (
+	maxBytesElements = 1 << 20 // bytes_contents entries, all inputs together
+	maxParameters    = 1 << 12 // parameters entries, request, inputs and outputs together
+	maxRank          = 64      // dimensions of one input's shape
+)
 
 // entryFields names the repeated fields of ModelInferRequest that
 // maxEntries bounds.
@@ -104,6 +115,7 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 	merge := proto.UnmarshalOptions{Merge: true}
 	start := 0 // of the pending run of other fields
 	var entries [rawInputField + 1]int
+	var nested nestedCount
 	for pos := 0; pos < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[pos:])
 		if n < 0 {
@@ -112,6 +124,15 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 		if name, ok := entryFields[num]; ok && typ == protowire.BytesType {
 			if entries[num]++; entries[num] > maxEntries {
 				return fmt.Errorf("decode ModelInferRequest: more than %d %s", maxEntries, name)
+			}
+		}
+		if typ == protowire.BytesType && num >= 4 && num <= 6 {
+			v, m := protowire.ConsumeBytes(b[pos+n:])
+			if m < 0 {
+				return fmt.Errorf("decode ModelInferRequest: field %d: %w", num, protowire.ParseError(m))
+			}
+			if err := nested.check(num, v, entries[num]-1); err != nil {
+				return fmt.Errorf("decode ModelInferRequest: %w", err)
 			}
 		}
 		if num == rawInputField && typ == protowire.BytesType {
@@ -140,6 +161,95 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 		if err := merge.Unmarshal(b[start:], req); err != nil {
 			return fmt.Errorf("decode ModelInferRequest: %w", err)
 		}
+	}
+	return nil
+}
+
+// nestedCount counts, over one ModelInferRequest, the nested entries that
+// maxBytesElements, maxParameters and maxRank bound.
+type nestedCount struct {
+	bytes, params int
+}
+
+// check counts the entries of v, the i-th value of the request's field num
+// (4 a parameters entry, 5 an input, 6 a requested output). Malformed
+// nested bytes are left to the decoder, which says what is wrong.
+func (c *nestedCount) check(num protowire.Number, v []byte, i int) error {
+	switch num {
+	case 4:
+		return c.param()
+	case 5:
+		rank := 0
+		err := eachField(v, func(f protowire.Number, typ protowire.Type, w []byte) error {
+			switch {
+			case f == 3 && typ == protowire.BytesType: // shape, packed
+				for _, x := range w {
+					if x < 0x80 {
+						rank++
+					}
+				}
+			case f == 3 && typ == protowire.VarintType:
+				rank++
+			case f == 4 && typ == protowire.BytesType:
+				return c.param()
+			case f == 5 && typ == protowire.BytesType: // contents
+				return eachField(w, func(g protowire.Number, typ protowire.Type, _ []byte) error {
+					if g == 8 && typ == protowire.BytesType {
+						if c.bytes++; c.bytes > maxBytesElements {
+							return fmt.Errorf("more than %d bytes_contents elements (send large BYTES tensors in raw_input_contents)", maxBytesElements)
+						}
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+		if err == nil && rank > maxRank {
+			err = fmt.Errorf("inputs[%d]: a shape of %d dimensions: at most %d", i, rank, maxRank)
+		}
+		return err
+	case 6:
+		return eachField(v, func(f protowire.Number, typ protowire.Type, _ []byte) error {
+			if f == 2 && typ == protowire.BytesType {
+				return c.param()
+			}
+			return nil
+		})
+	}
+	return nil
+}
+
+func (c *nestedCount) param() error {
+	if c.params++; c.params > maxParameters {
+		return fmt.Errorf("more than %d parameters", maxParameters)
+	}
+	return nil
+}
+
+// eachField calls fn with each field of the protobuf message b: its
+// number, wire type and, for a length-delimited one, its bytes. It stops
+// quietly at malformed bytes: the decoder reports them.
+func eachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil
+		}
+		b = b[n:]
+		var v []byte
+		m := 0
+		if typ == protowire.BytesType {
+			v, m = protowire.ConsumeBytes(b)
+		} else {
+			m = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if m < 0 {
+			return nil
+		}
+		if err := fn(num, typ, v); err != nil {
+			return err
+		}
+		b = b[m:]
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -236,5 +237,63 @@ func TestDecodeBoundsEntries(t *testing.T) {
 		if err := decodeInferRequest(wire[:2*maxEntries], &req); err != nil {
 			t.Errorf("field %d: %d entries: %v", field, maxEntries, err)
 		}
+	}
+}
+
+// The nested entries that cost far more decoded than on the wire are
+// bounded before decoding: empty bytes_contents (~20× their wire size),
+// parameters entries (~17×) and shape dimensions (8×). A 64 MiB request of
+// them decoded to more than a gigabyte.
+func TestDecodeBoundsNestedEntries(t *testing.T) {
+	msg := func(fields ...[]byte) []byte { return slices.Concat(fields...) }
+	field := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	repeat := func(n int, b []byte) []byte { return bytes.Repeat(b, n) }
+	param := field(4, msg(field(1, []byte("k")), field(2, nil)))
+	outParam := field(2, msg(field(1, []byte("k")), field(2, nil)))
+	emptyBytes := field(8, nil)
+	packedShape := func(rank int) []byte { return field(3, bytes.Repeat([]byte{1}, rank)) }
+	for name, tc := range map[string]struct {
+		wire []byte
+		want string // "" when it decodes
+	}{
+		"bytes_contents at the bound": {field(5, field(5, repeat(maxBytesElements, emptyBytes))), ""},
+		"bytes_contents over, one input": {field(5, field(5, repeat(maxBytesElements+1, emptyBytes))),
+			fmt.Sprintf("more than %d bytes_contents", maxBytesElements)},
+		"bytes_contents over, two inputs": {msg(field(5, field(5, repeat(maxBytesElements/2+1, emptyBytes))), field(5, field(5, repeat(maxBytesElements/2, emptyBytes)))),
+			"bytes_contents"},
+		"bytes_contents over, contents repeated": {field(5, msg(field(5, repeat(maxBytesElements, emptyBytes)), field(5, emptyBytes))),
+			"bytes_contents"},
+		"parameters at the bound":     {msg(repeat(maxParameters/2, param), field(5, repeat(maxParameters/4, param)), field(6, repeat(maxParameters/4, outParam))), ""},
+		"request parameters over":     {repeat(maxParameters+1, param), fmt.Sprintf("more than %d parameters", maxParameters)},
+		"input parameters over":       {field(5, repeat(maxParameters+1, param)), "parameters"},
+		"output parameters over":      {field(6, repeat(maxParameters+1, outParam)), "parameters"},
+		"shape at the bound":          {field(5, packedShape(maxRank)), ""},
+		"shape over, packed":          {msg(field(5, nil), field(5, packedShape(maxRank+1))), fmt.Sprintf("inputs[1]: a shape of %d dimensions: at most %d", maxRank+1, maxRank)},
+		"shape over, packed in parts": {field(5, msg(packedShape(maxRank), packedShape(1))), "dimensions"},
+		"shape over, unpacked":        {field(5, repeat(maxRank+1, protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 7))), "dimensions"},
+		"huge shape":                  {field(5, packedShape(8<<20)), "dimensions"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var req inference.ModelInferRequest
+			err := decodeInferRequest(tc.wire, &req)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err %v, want one containing %q", err, tc.want)
+			}
+			if tc.want == "" {
+				// The differential: what proto.Unmarshal makes of the same bytes.
+				var want inference.ModelInferRequest
+				if err := proto.Unmarshal(tc.wire, &want); err != nil {
+					t.Fatal(err)
+				}
+				if !proto.Equal(&req, &want) {
+					t.Error("decoded differently from proto.Unmarshal")
+				}
+			}
+		})
 	}
 }
