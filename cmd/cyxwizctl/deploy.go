@@ -54,7 +54,7 @@ given on the command line is kept, and may cut the drain short.`, stopMargin),
 	register("watch", command{
 		synopsis: "[ID ...]",
 		summary:  "stream deployment changes (all, or the given ids)",
-		about:    "It runs until interrupted, unless --timeout is given.",
+		about:    "It runs until interrupted, or until a --timeout given on the command line ends it (exit 0).",
 		maxArgs:  -1, ownDeadline: true, run: runWatch,
 	})
 }
@@ -509,7 +509,10 @@ func runWatch(ctx context.Context, c *client, args []string) error {
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			// The end of a --timeout given to bound the watch is how it
+			// was asked to end, not a failure ("DeadlineExceeded: stream
+			// terminated by RST_STREAM with error code: CANCEL").
+			if errors.Is(err, io.EOF) || c.explicitTimeout && (errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded) {
 				return nil
 			}
 			return err
@@ -519,6 +522,8 @@ func runWatch(ctx context.Context, c *client, args []string) error {
 		if p := st.Progress; p != nil && p.TotalBytes > 0 {
 			prog = fmt.Sprintf(" %s/%s", humanBytes(p.DoneBytes), humanBytes(p.TotalBytes))
 		}
-		fmt.Fprintf(c.out, "%s %-12s %-9s %s%s\n", st.UpdatedAt.AsTime().Format("15:04:05.000"), st.DeploymentId, stateName(st.State), st.Message, prog)
+		// Local time, as the node logs it and the operator's clock shows it:
+		// the bare clock time has no zone to tell UTC by.
+		fmt.Fprintf(c.out, "%s %-12s %-9s %s%s\n", st.UpdatedAt.AsTime().Local().Format("15:04:05.000"), st.DeploymentId, stateName(st.State), st.Message, prog)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -107,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if def == "" {
 		def = "localhost:50052"
 	}
-	addr := fs.String("addr", def, "node `address` (env CYXWIZ_ADDR)")
+	addr := fs.String("addr", def, "node `address`: host:port, or a host, on port "+defaultPort+" (env CYXWIZ_ADDR)")
 	timeout := durationVar(fs, "timeout", defaultTimeout, 0,
 		"`deadline` of the command (0 = none; watch and deploy's wait for readiness have none unless it is given)")
 	if err := fs.Parse(args); err != nil {
@@ -146,7 +147,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
 		return 2
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	target, err := dialTarget(*addr)
+	if err != nil {
+		if !asksHelp(cmdArgs) {
+			return exitStatus(err, name, stderr)
+		}
+		target = "passthrough:///" // the help needs no node
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)))
 	if err != nil {
 		fmt.Fprintf(stderr, "cyxwizctl: %v\n", err)
@@ -161,14 +169,62 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = c.deadline(ctx, 0)
 		defer cancel()
 	}
-	return exitStatus(withAddrHint(cmd.run(ctx, c, cmdArgs), *addr), name, stderr)
+	return exitStatus(withAddrHint(cmd.run(ctx, c, cmdArgs), target), name, stderr)
+}
+
+// defaultPort is the node's gRPC port, which an address without one gets.
+const defaultPort = "50052"
+
+// dialTarget is the gRPC target for --addr. A host without a port gets the
+// node's port (gRPC would dial 443, and the hint for an unreachable node
+// named the host alone); a URL is a usage error (gRPC read it as a host
+// with too many colons). A target with a scheme (dns:///h:p, unix:///path)
+// is kept.
+func dialTarget(addr string) (string, error) {
+	switch {
+	case addr == "":
+		return "", usagef("--addr is empty: want host:port")
+	case strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://"):
+		return "", usagef("--addr %q: want host:port, not a URL (the node speaks gRPC, e.g. localhost:%s)", addr, defaultPort)
+	case strings.Contains(addr, "/"):
+		return addr, nil
+	case net.ParseIP(addr) != nil: // a bare IPv6 address: ::1
+		return net.JoinHostPort(addr, defaultPort), nil
+	}
+	var ae *net.AddrError
+	if _, _, err := net.SplitHostPort(addr); errors.As(err, &ae) && strings.HasPrefix(ae.Err, "missing port") {
+		return net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]"), defaultPort), nil
+	}
+	return addr, nil
+}
+
+// asksHelp reports whether a command's arguments ask for its help.
+func asksHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
 }
 
 // withAddrHint adds to an error from a node that could not be reached what
 // to check: whether the node runs there, and how to name another address.
+// That is a refused connection, a host that does not resolve, or a
+// deadline that ran out before any connection was made (an address whose
+// packets are dropped, or where something else accepts and never answers).
 func withAddrHint(err error, addr string) error {
-	if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && strings.HasPrefix(s.Message(), "connection error") {
-		return status.Errorf(codes.Unavailable, "%s\nno node answers at %s: is cyxwiz-node serving there? Give another address with --addr or CYXWIZ_ADDR.", s.Message(), addr)
+	s, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := s.Message()
+	if s.Code() == codes.Unavailable && (strings.HasPrefix(msg, "connection error") || strings.HasPrefix(msg, "name resolver error")) ||
+		s.Code() == codes.DeadlineExceeded && strings.HasSuffix(msg, "while waiting for connections to become ready") {
+		return status.Errorf(s.Code(), "%s\nno node answers at %s: is cyxwiz-node serving there? Give another address with --addr or CYXWIZ_ADDR.", msg, addr)
 	}
 	return err
 }
