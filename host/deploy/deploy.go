@@ -34,7 +34,16 @@ var (
 	ErrNoCapacity = errors.New("node has no capacity")
 	// ErrClosed: the node is shutting down and takes no new work.
 	ErrClosed = errors.New("node is shutting down")
+	// ErrFailed: the deployment failed and will not serve until it is
+	// assigned again (retrying does not help). It is also ErrNotReady.
+	ErrFailed error = failedError{}
 )
+
+// failedError is ErrFailed: it reads and matches as ErrNotReady.
+type failedError struct{}
+
+func (failedError) Error() string { return ErrNotReady.Error() }
+func (failedError) Unwrap() error { return ErrNotReady }
 
 // State is a step of a deployment's life.
 type State int

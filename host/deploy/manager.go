@@ -714,7 +714,8 @@ func (m *Manager) Get(id string) (*Deployment, error) {
 }
 
 // Model returns the deployment serving name. version "" matches any; a
-// deployment that is not serving is returned with ErrNotReady.
+// deployment that is not serving is returned with ErrNotReady (ErrFailed
+// when it failed).
 func (m *Manager) Model(name, version string) (*Deployment, error) {
 	m.mu.Lock()
 	d, ok := m.byName[name]
@@ -735,11 +736,10 @@ func (m *Manager) Model(name, version string) (*Deployment, error) {
 		return nil, fmt.Errorf("%w: model %s version %q (have %q)", ErrNotFound, name, version, d.spec.Version)
 	}
 	if st := d.Status(); !st.State.Serving() {
-		msg := st.State.String()
 		if st.State == Failed {
-			msg += ": " + st.Message
+			return d, fmt.Errorf("%w: %s is %s: %s", ErrFailed, name, st.State, st.Message)
 		}
-		return d, fmt.Errorf("%w: %s is %s", ErrNotReady, name, msg)
+		return d, fmt.Errorf("%w: %s is %s", ErrNotReady, name, st.State)
 	}
 	return d, nil
 }

@@ -17,6 +17,9 @@ import (
 
 func init() {
 	registerCode(deploy.ErrNotFound, codes.NotFound)
+	// A failed deployment will not serve until assigned again: not a
+	// condition to retry, as a loading one is.
+	registerCode(deploy.ErrFailed, codes.FailedPrecondition)
 	registerCode(deploy.ErrNotReady, codes.Unavailable)
 	registerCode(deploy.ErrExists, codes.AlreadyExists)
 	registerCode(engine.ErrQueueFull, codes.ResourceExhausted)

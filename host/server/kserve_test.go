@@ -531,9 +531,15 @@ func TestCorruptModelFailsOnlyItself(t *testing.T) {
 		if err != nil || r.Ready {
 			t.Errorf("%s: ModelReady = %v, %v", name, r, err)
 		}
+		// Not UNAVAILABLE, which tells a client to retry: a failed
+		// deployment serves only once assigned again.
 		_, err = n.client.ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: name})
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("%s: infer on a failed model: %v", name, err)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), name+" is Failed: ") {
+			t.Errorf("%s: infer on a failed model: %v, want FailedPrecondition saying why", name, err)
+		}
+		_, err = n.client.ModelMetadata(context.Background(), &inference.ModelMetadataRequest{Name: name})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("%s: metadata of a failed model: %v, want FailedPrecondition", name, err)
 		}
 	}
 	resp, err := n.client.ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "linear",
