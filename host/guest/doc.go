@@ -41,6 +41,8 @@
 //	loaders.ErrInvalidInput (a malformed input tensor) InvalidArgument
 //	loaders.ErrClosed (the pool was closed)            Unavailable
 //
-// The package starts no goroutine; wazero's per-call context watcher ends
-// with the call.
+// The package starts one goroutine per instance a call makes, which ends
+// when the instance is made (at most Config.InitTimeout), holding one of
+// the pool's tokens (Close waits for it); wazero's per-call context watcher
+// ends with the call.
 package guest

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +73,10 @@ type Pool struct {
 	log     *slog.Logger
 	timeout time.Duration
 	sem     chan struct{} // one token per instance in use or idle
+	// life ends when Close stops waiting: instances still being made for
+	// calls (start) stop then.
+	life context.Context
+	end  context.CancelFunc
 
 	mu       sync.Mutex
 	idle     []*instance
@@ -96,6 +101,7 @@ func (rt *Runtime) NewPool(ctx context.Context, m *Module, cfg PoolConfig) (*Poo
 		cfg.Instances = 1
 	}
 	p := &Pool{rt: rt, m: m, cfg: cfg, log: cfg.Log, timeout: cfg.CallTimeout, sem: make(chan struct{}, cfg.Instances)}
+	p.life, p.end = context.WithCancel(context.Background())
 	if p.log == nil {
 		p.log = rt.log.With("guest", cfg.Name)
 	}
@@ -130,8 +136,10 @@ func (p *Pool) Entries() []Entry {
 	return out
 }
 
-// Close waits (until ctx ends) for calls in progress, then closes every
-// instance. Calls after Close fail with loaders.ErrClosed.
+// Close waits (until ctx ends) for calls in progress and for instances
+// being made for calls that stopped waiting, then closes every instance
+// (those still being made stop). Calls after Close fail with
+// loaders.ErrClosed.
 func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
@@ -150,6 +158,7 @@ wait:
 			break wait
 		}
 	}
+	p.end() // instances still being made (Close gave up waiting) stop
 	p.mu.Lock()
 	idle := p.idle
 	p.idle = nil
@@ -314,7 +323,10 @@ func waitErr(ctx context.Context) error {
 	return fmt.Errorf("waiting for an instance: %w", ctx.Err())
 }
 
-func (p *Pool) acquire(ctx context.Context) (*instance, error) {
+// acquire takes an idle instance, or makes one (see start). own makes it
+// under ctx itself, for FormatLoad: the deployment's own load, which
+// stopping the deployment cancels.
+func (p *Pool) acquire(ctx context.Context, own bool) (*instance, error) {
 	// A caller already gone takes nothing: wazero would close the
 	// instance at the call's start (and with it a loaded model).
 	if ctx.Err() != nil {
@@ -342,12 +354,59 @@ func (p *Pool) acquire(ctx context.Context) (*instance, error) {
 	}
 	model, gen := p.model, p.gen
 	p.mu.Unlock()
+	if !own {
+		return p.start(ctx, model, gen)
+	}
 	inst, err := p.newInstance(ctx, model, gen)
 	if err != nil {
 		<-p.sem
 		return nil, err
 	}
 	return inst, nil
+}
+
+// start makes a new instance for a caller that holds a token. The instance
+// is the pool's, not the caller's: it is made with the caller's values but
+// not its deadline (InitTimeout and the pool's life bound it), and a
+// caller that stops waiting leaves it, and the token, to the pool. Made
+// under the caller's deadline, a custom format whose format_load took
+// longer than its clients waited never got an instance again once it had
+// lost one.
+func (p *Pool) start(ctx context.Context, model []byte, gen int) (*instance, error) {
+	type made struct {
+		inst *instance
+		err  error
+	}
+	done := make(chan made)     // unbuffered: taken only by a caller still waiting
+	gone := make(chan struct{}) // closed when the caller stops waiting
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(p.life, cancel)
+	go func() {
+		defer cancel()
+		defer stop()
+		inst, err := p.newInstance(mctx, model, gen)
+		select {
+		case done <- made{inst, err}:
+		case <-gone:
+			if err != nil {
+				p.log.Warn("guest instance failed to start", "err", err)
+				<-p.sem
+				return
+			}
+			p.release(inst, true)
+		}
+	}()
+	select {
+	case m := <-done:
+		if m.err != nil {
+			<-p.sem
+			return nil, m.err
+		}
+		return m.inst, nil
+	case <-ctx.Done():
+		close(gone)
+		return nil, p.errorf("acquire", waitErr(ctx))
+	}
 }
 
 // release returns inst to the pool, or closes it when it failed, belongs
@@ -370,7 +429,7 @@ func (p *Pool) run(ctx context.Context, e Entry, in []*tensor.Tensor) ([]*tensor
 	if p.provided&e.Bit() == 0 {
 		return nil, p.errorf(e.String(), fmt.Errorf("%w: the guest does not provide %s", ErrABI, e))
 	}
-	inst, err := p.acquire(ctx)
+	inst, err := p.acquire(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -476,6 +535,12 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	return p.output(op, inst, res)
 }
 
+// outputOverhead is what the host holds for each tensor of an output
+// besides its data (its decoded list entry and its tensor, ~220 bytes): it
+// counts against MaxOutputBytes with the list's bytes, or a list of BOOL
+// scalars (19 bytes each) made the host allocate twelve times the limit.
+const outputOverhead = 256
+
 // output decodes and resolves the tensor list at the packed result res.
 func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, error) {
 	ptr, n := abi.Unpack(res)
@@ -486,6 +551,16 @@ func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, e
 	if !ok {
 		return nil, p.errorf(op, fmt.Errorf("%w: %d bytes at %#x, outside its memory", ErrBadOutput, n, ptr))
 	}
+	// Each tensor of the list counts outputOverhead besides its bytes,
+	// before it is decoded: the count is at offset 8 of the header.
+	total := int64(n)
+	if len(view) >= 12 {
+		count := int64(binary.LittleEndian.Uint32(view[8:]))
+		if total += count * outputOverhead; total > int64(p.rt.cfg.MaxOutputBytes) {
+			return nil, p.errorf(op, fmt.Errorf("%w: %d tensors in %d bytes, %d with the %d bytes the host holds for each; the limit is %d (guest.max_output_size)",
+				ErrBadOutput, count, n, total, outputOverhead, p.rt.cfg.MaxOutputBytes))
+		}
+	}
 	buf := bytes.Clone(view)
 	list, err := abi.Decode(buf, abi.Size)
 	if err != nil {
@@ -495,7 +570,6 @@ func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, e
 	// Host tensors named by handle count against the limit too: each
 	// mention is a copy in the response (the same handle listed 20,000
 	// times would otherwise be 20,000 copies).
-	total := int64(n)
 	for i, e := range list {
 		if e.Handle != 0 {
 			t, ok := inst.sess.Get(e.Handle)
@@ -558,7 +632,7 @@ func (p *Pool) FormatLoad(ctx context.Context, model []byte) error {
 	for _, inst := range old {
 		_ = inst.close(ctx)
 	}
-	inst, err := p.acquire(ctx) // a new instance: it loads the model
+	inst, err := p.acquire(ctx, true) // a new instance: it loads the model
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,24 @@ const (
 	// the memory limit).
 	maxTables       = 16
 	maxTableEntries = 1 << 20
+	// maxGlobals, maxDataSegments and maxElements (the entries of all
+	// element segments) bound what every instance copies on the host,
+	// outside memory_limit_pages: wazero makes each instance ~85 bytes a
+	// global, ~24 a data segment and ~40 a passive element entry, from 5,
+	// 2 and 1 bytes of module (a 2 MB module of passive element entries
+	// held 80 MiB an instance). Go's linker writes 8 globals, at most
+	// 100,000 data segments (V8's limit) and one entry a function.
+	maxGlobals      = 100_000
+	maxDataSegments = 100_000
+	maxElements     = maxTableEntries
+	// maxTypes and maxTypeValues (the parameters and results of all the
+	// types) bound what compiling a module adds for good to the runtime:
+	// wazero gives every distinct function type an ID in a table of the
+	// runtime that nothing ever shrinks (~100 bytes a type, more for long
+	// ones): modules of 200,000 new types each kept 20 MiB a compile after
+	// their Close. Go's guests declare about 15 types.
+	maxTypes      = 10_000
+	maxTypeValues = 100_000
 )
 
 // checkModule walks a module's sections and refuses one whose declared
@@ -186,15 +204,23 @@ func (r *wreader) section(id byte) error {
 		}
 		return r.err
 	case 1: // type
-		for range r.count(3) {
+		n := r.count(3)
+		if r.err == nil && n > maxTypes {
+			r.fail(fmt.Errorf("%d function types, at most %d", n, maxTypes))
+		}
+		values := 0
+		for range n {
 			if form := r.byte(); form != 0x60 && r.err == nil {
 				r.fail(fmt.Errorf("type form %#x is not supported", form))
 			}
-			for range r.count(1) {
-				r.valtype()
-			}
-			for range r.count(1) {
-				r.valtype()
+			for range 2 { // parameters, results
+				k := r.count(1)
+				if values += k; r.err == nil && values > maxTypeValues {
+					r.fail(fmt.Errorf("function types of more than %d parameters and results in all", maxTypeValues))
+				}
+				for range k {
+					r.valtype()
+				}
 			}
 		}
 	case 2: // import
@@ -228,7 +254,11 @@ func (r *wreader) section(id byte) error {
 		}
 		return r.err
 	case 6: // global
-		for range r.count(3) {
+		n := r.count(3)
+		if r.err == nil && n > maxGlobals {
+			r.fail(fmt.Errorf("%d globals, at most %d", n, maxGlobals))
+		}
+		for range n {
 			r.valtype()
 			r.byte()
 			r.expr()
@@ -242,8 +272,12 @@ func (r *wreader) section(id byte) error {
 	case 8, 12: // start (a function index), data count
 		r.u32()
 	case 9: // element
+		var entries uint64
 		for range r.count(2) {
-			r.element()
+			entries += uint64(r.element())
+		}
+		if r.err == nil && entries > maxElements {
+			r.fail(fmt.Errorf("element segments of %d entries, at most %d", entries, maxElements))
 		}
 	case 10: // code
 		for range r.count(1) {
@@ -265,7 +299,11 @@ func (r *wreader) section(id byte) error {
 			r.skip(size)
 		}
 	case 11: // data
-		for range r.count(2) {
+		n := r.count(2)
+		if r.err == nil && n > maxDataSegments {
+			r.fail(fmt.Errorf("%d data segments, at most %d", n, maxDataSegments))
+		}
+		for range n {
 			switch flags := r.u32(); flags {
 			case 0:
 				r.expr()
@@ -329,12 +367,13 @@ func (r *wreader) names() {
 	}
 }
 
-// element skips one element segment (the eight forms of the binary format).
-func (r *wreader) element() {
+// element skips one element segment (the eight forms of the binary format)
+// and returns its number of entries.
+func (r *wreader) element() int {
 	flags := r.u32()
 	if flags > 7 {
 		r.fail(fmt.Errorf("element segment flags %d", flags))
-		return
+		return 0
 	}
 	if flags&2 != 0 && flags&1 == 0 { // explicit table index
 		r.u32()
@@ -347,15 +386,15 @@ func (r *wreader) element() {
 			r.fail(fmt.Errorf("element type %#x is not supported", k))
 		}
 	}
-	if flags&4 == 0 { // function indices
-		for range r.count(1) {
+	n := r.count(1)
+	for range n {
+		if flags&4 == 0 { // function indices
 			r.u32()
+		} else { // expressions
+			r.expr()
 		}
-		return
 	}
-	for range r.count(1) { // expressions
-		r.expr()
-	}
+	return n
 }
 
 // limitTables rewrites every table's maximum to at most maxTableEntries:

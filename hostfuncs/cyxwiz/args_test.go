@@ -88,3 +88,23 @@ func TestLogBoundedPerCall(t *testing.T) {
 		}
 	}
 }
+
+// A log message that runs past the end of guest memory is EFAULT, as any
+// such pointer and length (ABI.md), though only its first 4 KiB would be
+// logged: the log took those and returned 0, hiding the guest's bad length.
+func TestLogMessageOutsideMemory(t *testing.T) {
+	mem := guestMemory(t, 1)
+	h := &countingHandler{}
+	s := NewSession(Env{Log: slog.New(h)})
+	for _, tt := range []struct{ ptr, n uint32 }{{0, 65537}, {65000, 1000}, {0, 1 << 31}, {60000, 0xffff_ffff}} {
+		if rc := hostLog(context.Background(), s, mem, stack(0, tt.ptr, tt.n)); rc != int32(abi.EFAULT) {
+			t.Errorf("log of %d bytes at %d in a 65536-byte memory: %d, want EFAULT", tt.n, tt.ptr, rc)
+		}
+	}
+	if h.records != 0 {
+		t.Errorf("%d messages logged", h.records)
+	}
+	if rc := hostLog(context.Background(), s, mem, stack(0, 0, 65536)); rc != 0 || h.records != 1 || h.bytes > 4096 {
+		t.Errorf("log of the whole memory: %d, %d records of %d bytes; want 0, 1 of at most 4096", rc, h.records, h.bytes)
+	}
+}

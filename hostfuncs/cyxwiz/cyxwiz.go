@@ -298,11 +298,14 @@ func (s *Session) writeOut(mem api.Memory, ptr, capacity uint32, b []byte) int32
 // The host functions.
 
 func hostLog(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32 {
-	n := min(u32(st, 2), uint32(s.lim.MaxLogBytes))
-	b, e := s.read(mem, u32(st, 1), n, "log message")
+	// The whole message must lie in guest memory (a view: nothing is
+	// copied), as every pointer and length; its first MaxLogBytes are
+	// logged.
+	b, e := s.read(mem, u32(st, 1), u32(st, 2), "log message")
 	if e != 0 {
 		return e
 	}
+	b = b[:min(len(b), s.lim.MaxLogBytes)]
 	// A call logs at most MaxCallLogBytes, as its stdout: a guest logging
 	// in a loop wrote 4 KiB a message to the node's log until its deadline.
 	if len(b) > s.lim.MaxCallLogBytes-s.logged {
@@ -668,6 +671,12 @@ func hostImageDecode(_ context.Context, s *Session, _ api.Memory, st []uint64) i
 }
 
 func hostInfer(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32 {
+	// A model is named in at most abi.MaxNameLen bytes, as a tensor: the
+	// name is copied into the lookup, a kept retry and the errors that
+	// quote it (an 8 MiB name made the host allocate 364 MiB a call).
+	if n := u32(st, 1); n > abi.MaxNameLen {
+		return s.fail(abi.EINVAL, "infer: a model name of %d bytes, at most %d", n, abi.MaxNameLen)
+	}
 	model, e := s.read(mem, u32(st, 0), u32(st, 1), "model name")
 	if e != 0 {
 		return e

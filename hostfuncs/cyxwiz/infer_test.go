@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
@@ -124,4 +125,35 @@ func TestInferMoreOutputsThanRoom(t *testing.T) {
 	if n := infer(0); n != int32(abi.ENOMEM) || s.used != 0 {
 		t.Fatalf("70 outputs over a 100-byte limit: returned %d, %d bytes held, want ENOMEM and none", n, s.used)
 	}
+}
+
+// A model name is at most abi.MaxNameLen bytes, as a tensor name: infer
+// copied a name as long as guest memory (into the model lookup, the kept
+// retry and the error a refusing InferFunc quotes it in, 4 bytes a byte
+// with %q): a call with an 8 MiB name made the host allocate 364 MiB.
+func TestInferModelNameBounded(t *testing.T) {
+	var called int
+	s := NewSession(Env{Infer: func(_ context.Context, model string, _ []*tensor.Tensor) ([]*tensor.Tensor, error) {
+		called++
+		return nil, fmt.Errorf("%w: may not call model %q", ErrNotAllowed, model) // as the deployments' InferFunc does
+	}})
+	mem := guestMemory(t, 127) // 8 MiB
+	ctx := context.Background()
+	before := allocated()
+	rc := hostInfer(ctx, s, mem, stack(0, mem.Size()-64, 0, 0, 0, 0))
+	alloc := allocated() - before
+	if rc != int32(abi.EINVAL) || alloc > 1<<20 {
+		t.Errorf("infer of a model named with %d bytes: %d (%.100s), %d MiB allocated; want EINVAL", mem.Size()-64, rc, s.LastError(), alloc>>20)
+	}
+	name := bytes.Repeat([]byte{'m'}, abi.MaxNameLen)
+	mem.Write(0, name)
+	if rc := hostInfer(ctx, s, mem, stack(0, abi.MaxNameLen, 0, 0, 0, 0)); rc != int32(abi.EPERM) || called == 0 {
+		t.Errorf("infer of a model named with %d bytes: %d (%s), want EPERM from the model lookup", len(name), rc, s.LastError())
+	}
+}
+
+func allocated() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.TotalAlloc
 }
