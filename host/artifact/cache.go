@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -76,6 +77,9 @@ type Cache struct {
 	// backoff is the wait before the first resume of a download.
 	backoff time.Duration
 
+	// lock holds dir's lock file (see lockDir) until Close.
+	lock *os.File
+
 	// ctx is the parent of every download; Close cancels it.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -136,10 +140,17 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 		c.client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 		c.ownClient = true
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	c.lock = lock
 	if err := c.cleanTmp(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	if err := c.load(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
@@ -236,7 +247,41 @@ func (c *Cache) Close() error {
 	if c.ownClient {
 		c.client.CloseIdleConnections()
 	}
+	c.mu.Lock()
+	lock := c.lock
+	c.lock = nil
+	c.mu.Unlock()
+	if lock != nil {
+		return lock.Close()
+	}
 	return nil
+}
+
+// lockFile is the file in the cache's directory that one open Cache holds
+// locked.
+const lockFile = ".lock"
+
+// lockDir creates dir and takes its lock, or says who holds it: two
+// processes sharing a cache directory (two nodes with the same
+// storage.cache_dir) would delete each other's partial downloads at start
+// and evict each other's files in use.
+func lockDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("artifact cache: %w", err)
+	}
+	p := filepath.Join(dir, lockFile)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("artifact cache: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("artifact cache %s is in use by another process (another node with the same storage.cache_dir?)", dir)
+		}
+		return nil, fmt.Errorf("artifact cache: lock %s: %w", p, err)
+	}
+	return f, nil
 }
 
 // Usage reports the bytes and number of artifacts currently cached.

@@ -43,6 +43,11 @@
 // size or modification time changes behind a running cache (rewritten in
 // place, even to the same size) is hashed again the same way.
 //
+// One open Cache holds its directory's lock (.lock, flock): a second, in
+// this process or another (two nodes given one storage.cache_dir), fails
+// New with an error saying so instead of deleting the first's partial
+// downloads and evicting its files in use.
+//
 // # Sources
 //
 // Artifact.URI may be http://, https:// or file:// (an absolute path, with

@@ -182,7 +182,9 @@ func TestFetchVerificationShared(t *testing.T) {
 	srv := serveBlob(t, content)
 	dir := t.TempDir()
 	a := artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}
-	fetchOK(t, newCache(t, dir, 0), a, content)
+	first := newCache(t, dir, 0) // the run before a restart
+	fetchOK(t, first, a, content)
+	first.Close()
 	c := newCache(t, dir, 0)
 	errs := make(chan error, 8)
 	for range 8 {
@@ -304,7 +306,9 @@ func TestFetchCancelledVerificationKeepsCopy(t *testing.T) {
 	srv := serveBlob(t, content)
 	dir := t.TempDir()
 	a := artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}
-	path := fetchOK(t, newCache(t, dir, 0), a, content)
+	first := newCache(t, dir, 0) // the run before a restart
+	path := fetchOK(t, first, a, content)
+	first.Close()
 	c := newCache(t, dir, 0)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Millisecond)
 	defer cancel()
