@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -65,6 +66,9 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	if err := checkName("spec.model_version", req.Spec.ModelVersion); err != nil {
 		return nil, err
 	}
+	if n := proto.Size(req.Spec); n > maxSpecBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "spec is %d bytes: at most %d (config values and loader options are for settings, not data: ship data as an artifact)", n, maxSpecBytes)
+	}
 	if err := checkGuestTimeouts(req.Spec.Guests); err != nil {
 		return nil, err
 	}
@@ -82,6 +86,13 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 // came back as INTERNAL, quoting the whole id) and appears in every status,
 // event and log line about the deployment.
 const maxIDBytes = 512
+
+// maxSpecBytes bounds a deployment's spec as encoded. Every status,
+// event and list entry carries it, and the node keeps it in memory and in
+// its store: specs of tens of megabytes (a config map used as a data
+// channel) put ListDeployments and watch snapshots past the message limit
+// for every caller.
+const maxSpecBytes = 256 << 10
 
 // checkNewID checks the id of a deployment being assigned: not empty (the
 // manager says so too), at most maxIDBytes, and without control characters

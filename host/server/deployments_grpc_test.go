@@ -365,3 +365,24 @@ func TestWatchIDsBounded(t *testing.T) {
 		}
 	}
 }
+
+// A spec is bounded as encoded: one with a config map of megabytes was
+// taken, and every status, list and watch snapshot then carried it (two
+// such deployments put ListDeployments past the message limit).
+func TestAssignSpecSizeBounded(t *testing.T) {
+	m, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	p := apiSpec(uri)
+	p.Config = map[string]string{"blob": strings.Repeat("x", maxSpecBytes)}
+	_, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "big", Spec: p})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), fmt.Sprintf("at most %d", maxSpecBytes)) {
+		t.Fatalf("a spec over the bound: %v, want InvalidArgument", err)
+	}
+	if n := len(m.List()); n != 0 {
+		t.Fatalf("%d deployments after a refused assign", n)
+	}
+	p.Config = map[string]string{"labels": strings.Repeat("x", 100<<10)}
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "fine", Spec: p}); err != nil {
+		t.Fatalf("a 100 KiB config: %v", err)
+	}
+}
