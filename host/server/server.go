@@ -48,8 +48,10 @@ type Services struct {
 	Generate    cyxwizpb.GenerateServiceServer
 	// HTTP handlers mounted next to /healthz and /readyz (e.g. "/metrics").
 	HTTP map[string]http.Handler
-	// Ready reports whether the node is ready to serve (for /readyz and the
-	// health service). nil means always ready once serving.
+	// Ready reports whether the node is ready to serve: /readyz, and the
+	// health service's status for ReadinessService (its status for "" is
+	// liveness: SERVING until the drain starts). nil means always ready
+	// once serving.
 	Ready func() bool
 	// Draining, if not nil, is called when the server starts to drain, to
 	// end calls that would otherwise last until the drain times out (watch
@@ -188,6 +190,24 @@ func (s *Server) HTTPAddr() net.Addr {
 func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	ready := s.ready()
+	s.health.SetServingStatus(ReadinessService, servingStatus(ready))
+	g.Go(func() error {
+		// The readiness status follows Ready (a Watch sees each change).
+		t := time.NewTicker(readinessPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				if now := s.ready(); now != ready {
+					ready = now
+					s.health.SetServingStatus(ReadinessService, servingStatus(ready))
+				}
+			}
+		}
+	})
 	g.Go(func() error {
 		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve grpc: %w", err)
@@ -213,6 +233,24 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// ReadinessService is the grpc.health.v1 service name whose status is the
+// node's readiness (Services.Ready, as /readyz and KServe's ServerReady):
+// NOT_SERVING while a deployment is on its way to serving. The empty name
+// is liveness, SERVING from start until the drain, as a Kubernetes
+// liveness probe wants it.
+const ReadinessService = "inference.GRPCInferenceService"
+
+// readinessPoll is how often Run looks at Services.Ready for the health
+// service.
+const readinessPoll = 100 * time.Millisecond
+
+func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
+	if ok {
+		return healthpb.HealthCheckResponse_SERVING
+	}
+	return healthpb.HealthCheckResponse_NOT_SERVING
 }
 
 // Close releases a server that will not Run (a start-up that failed after

@@ -346,3 +346,51 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// The health service answers readiness under ReadinessService, following
+// Services.Ready (as /readyz does), and liveness under "": the health
+// service said SERVING from start whatever Ready said, so a client or a
+// probe using it could not tell a node still loading its models.
+func TestHealthReadinessFollowsReady(t *testing.T) {
+	var ready atomic.Bool
+	_, conn, _ := startServer(t, testConfig(t), Services{Ready: ready.Load})
+	ctx := context.Background()
+	hc := healthpb.NewHealthClient(conn)
+	check := func(service string) healthpb.HealthCheckResponse_ServingStatus {
+		t.Helper()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+		if err != nil {
+			t.Fatalf("check %q: %v", service, err)
+		}
+		return resp.Status
+	}
+	watch, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: ReadinessService})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() healthpb.HealthCheckResponse_ServingStatus {
+		t.Helper()
+		resp, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Status
+	}
+	if got := next(); got != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("readiness while not ready: %v", got)
+	}
+	if got := check(""); got != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("liveness while not ready: %v, want SERVING", got)
+	}
+	ready.Store(true)
+	if got := next(); got != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("readiness once ready: %v", got)
+	}
+	if got := check(ReadinessService); got != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("check once ready: %v", got)
+	}
+	ready.Store(false)
+	if got := next(); got != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("readiness when no longer ready: %v", got)
+	}
+}
