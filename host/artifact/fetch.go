@@ -56,13 +56,38 @@ const (
 // hit makes just that call.
 //
 // Concurrent calls for the same digest share one download, driven by the
-// URI and limits of the call that started it. If ctx ends, Fetch returns an
+// URI and limits of the call that started it; when it fails, a caller with
+// another URI or other limits tries its own. If ctx ends, Fetch returns an
 // error wrapping ctx.Err(); the shared download goes on for the other callers,
 // or is cancelled and cleaned up before Fetch returns if no caller is left.
 //
 // Errors wrap ErrInvalid, ErrNotFound, ErrChecksum, ErrTooLarge, ErrFetch,
 // ErrClosed or a context error, with the (redacted) URI.
 func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total int64)) (string, error) {
+	return c.fetch(ctx, a, monotonic(progress))
+}
+
+// monotonic wraps progress so that done never decreases over the downloads
+// one Fetch follows: a shared one that failed, then its own, which starts
+// again from 0. Until the new download passes what was reported, done stays
+// where it was (a new total is still reported).
+func monotonic(progress func(done, total int64)) func(done, total int64) {
+	if progress == nil {
+		return nil
+	}
+	lastDone, lastTotal := int64(-1), int64(-1)
+	return func(done, total int64) {
+		done = max(done, lastDone)
+		if done == lastDone && total == lastTotal {
+			return
+		}
+		lastDone, lastTotal = done, total
+		progress(done, total)
+	}
+}
+
+// fetch is Fetch with progress made monotonic.
+func (c *Cache) fetch(ctx context.Context, a Artifact, progress func(done, total int64)) (string, error) {
 	src, err := parseSource(a)
 	if err != nil {
 		return "", err
@@ -123,11 +148,14 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 	c.mu.Unlock()
 
 	path, err := c.wait(ctx, f, a, src, progress)
-	if uri := src.uri(); err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed) && f.uri != uri && !f.retried(uri) {
-		// The shared download ran from another spec's URI and failed: this
-		// one's own URI may work (a dead mirror must not fail everyone).
-		c.log.Warn("shared download from another URI failed; fetching from this one", "uri", src.String(), "digest", d, "err", err)
-		return c.Fetch(ctx, a, progress)
+	if drv := driver(src, a); err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed) && f.failed() && f.driver != drv && !f.retried(drv) {
+		// The shared download ran from another spec's URI, or with its
+		// size limits, and failed: this one's own URI and limits may work
+		// (a dead mirror, or another spec's wrong size, must not fail
+		// everyone).
+		c.log.Warn("shared download from another URI or with other size limits failed; fetching as this spec says",
+			"uri", src.String(), "digest", d, "err", err)
+		return c.fetch(ctx, a, progress)
 	}
 	return path, err
 }
@@ -135,8 +163,8 @@ func (c *Cache) Fetch(ctx context.Context, a Artifact, progress func(done, total
 // flight is one download shared by every Fetch waiting for its digest.
 type flight struct {
 	digest string
-	uri    string // what it downloads from
-	// tried lists the URIs whose own attempt followed this flight's
+	driver string // what it downloads from, with which limits (see driver)
+	// tried lists the drivers whose own attempt followed this flight's
 	// failure (each retries once; guarded by mu).
 	tried   map[string]bool
 	cancel  context.CancelCauseFunc
@@ -153,17 +181,33 @@ type flight struct {
 	changed   chan struct{} // closed and replaced at each publish
 }
 
-// retried reports whether uri already retried after f failed, and marks it.
-func (f *flight) retried(uri string) bool {
+// driver names what drives a download of a from src: the URI (credentials
+// included) and the limits, which fail a download past them.
+func driver(src source, a Artifact) string {
+	return fmt.Sprintf("%d %d %s", a.Size, a.MaxSize, src.uri())
+}
+
+// failed reports whether f is over and failed.
+func (f *flight) failed() bool {
+	select {
+	case <-f.done:
+		return f.err != nil
+	default:
+		return false
+	}
+}
+
+// retried reports whether drv already retried after f failed, and marks it.
+func (f *flight) retried(drv string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.tried[uri] {
+	if f.tried[drv] {
 		return true
 	}
 	if f.tried == nil {
 		f.tried = map[string]bool{}
 	}
-	f.tried[uri] = true
+	f.tried[drv] = true
 	return false
 }
 
@@ -194,7 +238,7 @@ func (f *flight) progress() (ok bool, n, total int64, changed <-chan struct{}) {
 // finished after all.
 func (c *Cache) startLocked(d string, a Artifact, src source) *flight {
 	ctx, cancel := context.WithCancelCause(c.ctx)
-	f := &flight{digest: d, uri: src.uri(), cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+	f := &flight{digest: d, driver: driver(src, a), cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
 	c.flights[d] = f
 	prev := c.running[d]
 	c.running[d] = f

@@ -292,18 +292,42 @@ func Parse(text, baseDir, name string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", name, err)
 	}
 	var problems []string
-	for _, k := range md.Undecoded() {
-		problems = append(problems, fmt.Sprintf("%s: unknown key", k))
+	unknown := md.Undecoded()
+	lines := keyLines(text, md, unknown)
+	for i, k := range unknown {
+		if lines[i] > 0 {
+			problems = append(problems, fmt.Sprintf("%s (line %d): unknown key", k, lines[i]))
+		} else {
+			problems = append(problems, fmt.Sprintf("%s: unknown key", k))
+		}
 	}
 	// Which batching keys each model entry sets, whatever the layout
 	// ([[models]] tables or an inline array): decode them again as maps.
+	// The tables of strings are decoded again as they are written too: the
+	// decoder leaves a map alone when the value is not a table (labels = 5
+	// passed as no labels).
 	var raw struct {
+		Node struct {
+			Labels any `toml:"labels"`
+		} `toml:"node"`
 		Models []struct {
 			Batching map[string]any `toml:"batching"`
+			Config   any            `toml:"config"`
 		} `toml:"models"`
 	}
 	if _, err := toml.Decode(text, &raw); err == nil && len(raw.Models) == len(cfg.Models) {
+		notTable := func(key string, path toml.Key, v any) {
+			if _, ok := v.(map[string]any); ok || v == nil {
+				return
+			}
+			if line := keyLines(text, md, []toml.Key{path})[0]; line > 0 {
+				key = fmt.Sprintf("%s (line %d)", key, line)
+			}
+			problems = append(problems, fmt.Sprintf("%s: want a table of strings, got TOML type %s", key, tomlType(v)))
+		}
+		notTable("node.labels", toml.Key{"node", "labels"}, raw.Node.Labels)
 		for i, m := range raw.Models {
+			notTable(fmt.Sprintf("models[%d].config", i), toml.Key{"models", "config"}, m.Config)
 			if m.Batching == nil {
 				continue
 			}
@@ -320,6 +344,90 @@ func Parse(text, baseDir, name string) (*Config, error) {
 	cfg.resolvePaths(baseDir)
 	return &cfg, nil
 }
+
+// keyLines returns the line of each of keys in text (as syntaxError names
+// it: "node.bogus (line 12)"), or 0 where it is not known. The decoder
+// records each key's position but gives it out only in the ParseError of a
+// value that fails to decode: text is decoded again into undecoded values
+// (toml.Primitive) along a key's path, and the value at its end into
+// lineProbe, which always fails. A key that several entries of an array of
+// tables hold has one recorded position, the last entry's: it gets no line.
+func keyLines(text string, md toml.MetaData, keys []toml.Key) []int {
+	lines := make([]int, len(keys))
+	if len(keys) == 0 {
+		return lines
+	}
+	var root map[string]toml.Primitive
+	pmd, err := toml.Decode(text, &root)
+	if err != nil {
+		return lines
+	}
+	seen := map[string]int{}
+	for _, k := range md.Keys() {
+		seen[k.String()]++
+	}
+	for i, k := range keys {
+		if len(k) > 0 && seen[k.String()] == 1 {
+			lines[i] = primitiveLine(&pmd, []map[string]toml.Primitive{root}, k)
+		}
+	}
+	return lines
+}
+
+// tomlType names the TOML type of a decoded value.
+func tomlType(v any) string {
+	switch v.(type) {
+	case string:
+		return "string"
+	case int64:
+		return "integer"
+	case float64:
+		return "float"
+	case bool:
+		return "boolean"
+	case []any, []map[string]any:
+		return "array"
+	case time.Time:
+		return "date-time"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// primitiveLine looks for key in each of tables.
+func primitiveLine(md *toml.MetaData, tables []map[string]toml.Primitive, key toml.Key) int {
+	for _, t := range tables {
+		v, ok := t[key[0]]
+		if !ok {
+			continue
+		}
+		if len(key) == 1 {
+			var perr toml.ParseError
+			if errors.As(md.PrimitiveDecode(v, &lineProbe{}), &perr) {
+				return perr.Position.Line
+			}
+			return 0
+		}
+		// A table, or an array of tables ([[models]], or an inline array).
+		var sub []map[string]toml.Primitive
+		if md.PrimitiveDecode(v, &sub) != nil {
+			var one map[string]toml.Primitive
+			if md.PrimitiveDecode(v, &one) != nil {
+				return 0
+			}
+			sub = []map[string]toml.Primitive{one}
+		}
+		if line := primitiveLine(md, sub, key[1:]); line > 0 {
+			return line
+		}
+	}
+	return 0
+}
+
+// lineProbe fails to decode any value, so that the decoder says where the
+// value is.
+type lineProbe struct{}
+
+func (*lineProbe) UnmarshalTOML(any) error { return errors.New("probe") }
 
 // Error lists every problem found in a config file, each prefixed by its key.
 type Error struct {
@@ -522,8 +630,8 @@ var validNodeID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 func ValidNodeID(id string) bool { return validNodeID.MatchString(id) }
 
 // sameListenAddr reports whether two listen addresses would take the same
-// TCP port: the same non-zero port on the same host, or on a wildcard host
-// ("", "0.0.0.0", "::") and any other.
+// TCP port: the same non-zero port on hosts that overlap (see
+// hostsOverlap).
 func sameListenAddr(a, b string) bool {
 	ha, pa, err1 := net.SplitHostPort(a)
 	hb, pb, err2 := net.SplitHostPort(b)
@@ -535,8 +643,44 @@ func sameListenAddr(a, b string) bool {
 	if err1 != nil || err2 != nil || na == 0 || na != nb {
 		return false
 	}
-	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
-	return ha == hb || wild(ha) || wild(hb)
+	return hostsOverlap(ha, hb)
+}
+
+// hostsOverlap reports whether listening on hosts a and b (on one port)
+// collides, without looking names up: an unspecified host ("", "0.0.0.0",
+// "::") takes the port on every address (Go listens on it dual-stack);
+// "localhost" is the loopback addresses 127.0.0.1 and ::1; IP literals
+// compare as addresses ("::ffff:127.0.0.1" is 127.0.0.1); other names
+// compare as names.
+func hostsOverlap(a, b string) bool {
+	ipsOf := func(h string) (all bool, ips []net.IP) {
+		if h == "" {
+			return true, nil
+		}
+		if strings.EqualFold(strings.TrimSuffix(h, "."), "localhost") {
+			return false, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+		}
+		if ip := net.ParseIP(h); ip != nil {
+			return ip.IsUnspecified(), []net.IP{ip}
+		}
+		return false, nil
+	}
+	allA, ipsA := ipsOf(a)
+	allB, ipsB := ipsOf(b)
+	if allA || allB {
+		return true
+	}
+	if ipsA == nil || ipsB == nil {
+		return strings.EqualFold(a, b)
+	}
+	for _, x := range ipsA {
+		for _, y := range ipsB {
+			if x.Equal(y) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func checkProviders(key string, ps []string) []string {
