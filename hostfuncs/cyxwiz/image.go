@@ -79,10 +79,41 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 				o[3*i], o[3*i+1], o[3*i+2] = v, v, v
 			}
 		}
+	case *image.NRGBA64:
+		// 16-bit with alpha: the high byte of each stored sample, as PIL.
+		// Going through premultiplied RGBA (draw) turned a pixel of alpha
+		// 0 black and one of alpha 1 off by one.
+		for r := range b.Dy() {
+			off := m.PixOffset(b.Min.X, b.Min.Y+r)
+			row := m.Pix[off : off+8*w]
+			o := out[r*w*3:]
+			for i := range w {
+				o[3*i], o[3*i+1], o[3*i+2] = row[8*i], row[8*i+2], row[8*i+4]
+			}
+		}
+	case *image.Paletted:
+		// A palette with tRNS holds straight (NRGBA) colours: each entry's
+		// colour as stored, as PIL, not premultiplied and back.
+		var lut [256][3]byte // an index past the palette: black, as image/png
+		for i, c := range m.Palette[:min(len(m.Palette), 256)] {
+			n := color.NRGBAModel.Convert(c).(color.NRGBA)
+			if nc, ok := c.(color.NRGBA); ok {
+				n = nc
+			}
+			lut[i] = [3]byte{n.R, n.G, n.B}
+		}
+		for r := range b.Dy() {
+			off := m.PixOffset(b.Min.X, b.Min.Y+r)
+			row := m.Pix[off : off+w]
+			o := out[r*w*3:]
+			for i, v := range row {
+				c := lut[v]
+				o[3*i], o[3*i+1], o[3*i+2] = c[0], c[1], c[2]
+			}
+		}
 	default:
-		// YCbCr, CMYK, 16-bit, paletted and the rest: convert once to
-		// 8-bit NRGBA, which keeps the colour of a translucent pixel as it
-		// is (as the NRGBA case does), whatever the file's format.
+		// YCbCr, CMYK, RGBA, RGBA64, Gray16: opaque, so converting once
+		// to 8-bit NRGBA through premultiplied colour changes nothing.
 		nrgba := image.NewNRGBA(image.Rect(0, 0, w, b.Dy()))
 		draw.Draw(nrgba, nrgba.Bounds(), img, b.Min, draw.Src)
 		for r := range b.Dy() {
@@ -137,11 +168,13 @@ func pngCost(src []byte, model color.Model, pixels int64) int64 {
 		bpp, convert = 4, 0
 	case color.RGBAModel:
 		bpp = 4
-	case color.NRGBA64Model, color.RGBA64Model:
+	case color.NRGBA64Model:
+		bpp, convert = 8, 0
+	case color.RGBA64Model:
 		bpp = 8
 	default:
 		if _, ok := model.(color.Palette); ok {
-			bpp = 1
+			bpp, convert = 1, 0
 		}
 	}
 	// IHDR's interlace method is byte 28 of the file.

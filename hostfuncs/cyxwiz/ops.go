@@ -81,7 +81,9 @@ func (s *Session) affine(x *tensor.Tensor, scale, bias float32) (*tensor.Tensor,
 	}
 	out := tensor.View[float32](y)
 	for i, v := range in {
-		out[i] = v*scale + bias
+		// Rounded after the product as NumPy rounds it: arm64 fused the
+		// two into one multiply-add, off by a bit from every other node.
+		out[i] = float32(v*scale) + bias
 	}
 	return y, nil
 }
@@ -106,12 +108,10 @@ func (s *Session) normalize(x *tensor.Tensor, scale float32, mean, std []float32
 		return nil, err
 	}
 	out := tensor.View[float32](y)
-	inv := make([]float32, n)
 	for c, v := range std {
 		if v == 0 {
 			return nil, invalid("std[%d] is 0", c)
 		}
-		inv[c] = 1 / v
 	}
 	i := 0
 	for range outer {
@@ -119,9 +119,13 @@ func (s *Session) normalize(x *tensor.Tensor, scale float32, mean, std []float32
 			return nil, err
 		}
 		for c := range n {
-			m, r := mean[c], inv[c]
+			// A division, as NumPy and torchvision compute it: times a
+			// rounded 1/std differed in the last bit for a third of the
+			// pixels. The conversion rounds x·scale, never fused with
+			// the subtraction (arm64), as NumPy rounds it.
+			m, sd := mean[c], std[c]
 			for _, v := range in[i : i+inner] {
-				out[i] = (v*scale - m) * r
+				out[i] = (float32(v*scale) - m) / sd
 				i++
 			}
 		}
