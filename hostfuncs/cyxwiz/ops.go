@@ -522,10 +522,108 @@ func (s *Session) cast(x *tensor.Tensor, dt tensor.DType) (*tensor.Tensor, error
 		return nil, err
 	}
 	n := int(tensor.NumElements(x.Shape))
-	for i := range n {
-		setF64(y, i, getF64(x, i))
+	switch {
+	case integral(x.DType) && integral(dt):
+		// Integers to integers wrap (two's complement), as NumPy's astype
+		// and ONNX Cast do: through float64 they lost precision past 2^53
+		// and came out as whatever this CPU makes of an out-of-range float.
+		for i := range n {
+			setI64(y, i, getI64(x, i))
+		}
+	case integral(x.DType): // to FP32 or FP64, rounded once
+		for i := range n {
+			var v float64
+			var w float32
+			if x.DType == tensor.Uint64 {
+				b := tensor.View[uint64](x)[i]
+				v, w = float64(b), float32(b)
+			} else {
+				b := getI64(x, i)
+				v, w = float64(b), float32(b)
+			}
+			if dt == tensor.FP32 {
+				tensor.View[float32](y)[i] = w
+			} else {
+				tensor.View[float64](y)[i] = v
+			}
+		}
+	default:
+		for i := range n {
+			setF64(y, i, getF64(x, i))
+		}
 	}
 	return y, nil
+}
+
+// integral reports whether d holds integers (BOOL included).
+func integral(d tensor.DType) bool { return d != tensor.FP32 && d != tensor.FP64 }
+
+// getI64 is element i of an integer tensor; a UINT64 above MaxInt64 comes
+// back as its two's-complement bits, which setI64 turns back.
+func getI64(t *tensor.Tensor, i int) int64 {
+	switch t.DType {
+	case tensor.Bool, tensor.Uint8:
+		return int64(t.Data[i])
+	case tensor.Int8:
+		return int64(int8(t.Data[i]))
+	case tensor.Uint16:
+		return int64(tensor.View[uint16](t)[i])
+	case tensor.Int16:
+		return int64(tensor.View[int16](t)[i])
+	case tensor.Uint32:
+		return int64(tensor.View[uint32](t)[i])
+	case tensor.Int32:
+		return int64(tensor.View[int32](t)[i])
+	case tensor.Uint64:
+		return int64(tensor.View[uint64](t)[i])
+	case tensor.Int64:
+		return tensor.View[int64](t)[i]
+	}
+	return 0
+}
+
+// setI64 stores v into element i of an integer tensor, keeping its low
+// bits (Go's integer conversions wrap); BOOL is v != 0.
+func setI64(t *tensor.Tensor, i int, v int64) {
+	switch t.DType {
+	case tensor.Bool:
+		t.Data[i] = 0
+		if v != 0 {
+			t.Data[i] = 1
+		}
+	case tensor.Uint8:
+		t.Data[i] = uint8(v)
+	case tensor.Int8:
+		t.Data[i] = byte(int8(v))
+	case tensor.Uint16:
+		tensor.View[uint16](t)[i] = uint16(v)
+	case tensor.Int16:
+		tensor.View[int16](t)[i] = int16(v)
+	case tensor.Uint32:
+		tensor.View[uint32](t)[i] = uint32(v)
+	case tensor.Int32:
+		tensor.View[int32](t)[i] = int32(v)
+	case tensor.Uint64:
+		tensor.View[uint64](t)[i] = uint64(v)
+	case tensor.Int64:
+		tensor.View[int64](t)[i] = v
+	}
+}
+
+// saturate truncates v toward zero and clamps it to [lo, hi], NaN to 0:
+// Go leaves an out-of-range float-to-integer conversion to the CPU (amd64
+// and arm64 answer differently), and a node's answer must not depend on
+// its CPU.
+func saturate(v, lo, hi float64) float64 {
+	switch {
+	case v != v:
+		return 0
+	case v <= lo:
+		return lo
+	case v >= hi:
+		return hi
+	}
+	return math.Trunc(v)
 }
 
 func castable(d tensor.DType) bool {
@@ -566,21 +664,30 @@ func setF64(t *tensor.Tensor, i int, v float64) {
 			t.Data[i] = 1
 		}
 	case tensor.Uint8:
-		t.Data[i] = uint8(v)
+		t.Data[i] = uint8(saturate(v, 0, math.MaxUint8))
 	case tensor.Int8:
-		t.Data[i] = byte(int8(v))
+		t.Data[i] = byte(int8(saturate(v, math.MinInt8, math.MaxInt8)))
 	case tensor.Uint16:
-		tensor.View[uint16](t)[i] = uint16(v)
+		tensor.View[uint16](t)[i] = uint16(saturate(v, 0, math.MaxUint16))
 	case tensor.Int16:
-		tensor.View[int16](t)[i] = int16(v)
+		tensor.View[int16](t)[i] = int16(saturate(v, math.MinInt16, math.MaxInt16))
 	case tensor.Uint32:
-		tensor.View[uint32](t)[i] = uint32(v)
+		tensor.View[uint32](t)[i] = uint32(saturate(v, 0, math.MaxUint32))
 	case tensor.Int32:
-		tensor.View[int32](t)[i] = int32(v)
+		tensor.View[int32](t)[i] = int32(saturate(v, math.MinInt32, math.MaxInt32))
 	case tensor.Uint64:
-		tensor.View[uint64](t)[i] = uint64(v)
+		// 2^64 is the first float64 past the range.
+		if v >= 1<<64 {
+			tensor.View[uint64](t)[i] = math.MaxUint64
+		} else {
+			tensor.View[uint64](t)[i] = uint64(saturate(v, 0, 1<<64))
+		}
 	case tensor.Int64:
-		tensor.View[int64](t)[i] = int64(v)
+		if v >= 1<<63 {
+			tensor.View[int64](t)[i] = math.MaxInt64
+		} else {
+			tensor.View[int64](t)[i] = int64(saturate(v, math.MinInt64, 1<<63))
+		}
 	case tensor.FP32:
 		tensor.View[float32](t)[i] = float32(v)
 	case tensor.FP64:
