@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/tetratelabs/wazero"
@@ -153,7 +154,8 @@ func u32(stack []uint64, i int) uint32 { return api.DecodeU32(stack[i]) }
 func (s *Session) fail(e abi.Errno, format string, args ...any) int32 {
 	s.errMsg = fmt.Sprintf(format, args...)
 	if len(s.errMsg) > maxErrMsg {
-		s.errMsg = s.errMsg[:maxErrMsg] + "…"
+		// Cut at a character: a split one is not UTF-8.
+		s.errMsg = strings.ToValidUTF8(s.errMsg[:maxErrMsg], "") + "…"
 	}
 	return int32(e)
 }
@@ -280,7 +282,8 @@ func (s *Session) errno(err error) int32 {
 	case errors.Is(err, ErrNotAllowed):
 		e = abi.EPERM
 	}
-	return s.fail(e, "%v", err)
+	// The errno says "invalid argument" already (the SDK prints both).
+	return s.fail(e, "%s", strings.TrimPrefix(err.Error(), errInvalid.Error()+": "))
 }
 
 // writeOut copies b to the guest's out buffer if it fits and returns

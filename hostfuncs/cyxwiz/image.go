@@ -2,6 +2,7 @@ package cyxwiz
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -30,9 +31,14 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 	default:
 		return nil, invalid("image_decode of %v %v: want one BYTES element or UINT8 bytes", x.DType, x.Shape)
 	}
+	// What does not decode is the guest's input (EINVAL), not the host's
+	// trouble (EIO).
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(src))
+	if errors.Is(err, image.ErrFormat) {
+		return nil, invalid("image header: %v (PNG and JPEG are decoded)", err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("image header: %w", err)
+		return nil, invalid("image header: %v", err)
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
 		return nil, invalid("%s image of %dx%d", format, cfg.Width, cfg.Height)
@@ -53,11 +59,11 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 	defer refund()
 	img, _, err := image.Decode(bytes.NewReader(src))
 	if err != nil {
-		return nil, fmt.Errorf("decode %s: %w", format, err)
+		return nil, invalid("decode %s: %v", format, err)
 	}
 	b := img.Bounds()
 	if b.Dx() != cfg.Width || b.Dy() != cfg.Height {
-		return nil, fmt.Errorf("decode %s: %dx%d image, its header said %dx%d", format, b.Dx(), b.Dy(), cfg.Width, cfg.Height)
+		return nil, invalid("decode %s: %dx%d image, its header said %dx%d", format, b.Dx(), b.Dy(), cfg.Width, cfg.Height)
 	}
 	out, w := y.Data, b.Dx()
 	switch m := img.(type) {
