@@ -3,7 +3,8 @@
 // postprocess, batch policy and custom-format code.
 //
 // One Runtime per node compiles modules once per SHA-256 (with an on-disk
-// compilation cache) and hosts the WASI clocks and the "cyxwiz" host
+// compilation cache, its least recently used entries removed beyond
+// Config.CacheMaxBytes) and hosts the WASI clocks and the "cyxwiz" host
 // functions (hostfuncs/cyxwiz). A Pool per (deployment, guest) runs calls on
 // up to PoolConfig.Instances instances:
 //
@@ -43,6 +44,6 @@
 //
 // The package starts one goroutine per instance a call makes, which ends
 // when the instance is made (at most Config.InitTimeout), holding one of
-// the pool's tokens (Close waits for it); wazero's per-call context watcher
-// ends with the call.
+// the pool's tokens (Close waits for it, and stops it when its context
+// ends first); wazero's per-call context watcher ends with the call.
 package guest

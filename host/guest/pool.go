@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -77,6 +79,9 @@ type Pool struct {
 	// calls (start) stop then.
 	life context.Context
 	end  context.CancelFunc
+	// making counts the instances being made by start; Close waits for
+	// them after ending life. Added to under mu while the pool is open.
+	making sync.WaitGroup
 
 	mu       sync.Mutex
 	idle     []*instance
@@ -138,8 +143,8 @@ func (p *Pool) Entries() []Entry {
 
 // Close waits (until ctx ends) for calls in progress and for instances
 // being made for calls that stopped waiting, then closes every instance
-// (those still being made stop). Calls after Close fail with
-// loaders.ErrClosed.
+// (those still being made stop, and Close returns once they have). Calls
+// after Close fail with loaders.ErrClosed.
 func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
@@ -159,6 +164,7 @@ wait:
 		}
 	}
 	p.end() // instances still being made (Close gave up waiting) stop
+	p.making.Wait()
 	p.mu.Lock()
 	idle := p.idle
 	p.idle = nil
@@ -379,9 +385,18 @@ func (p *Pool) start(ctx context.Context, model []byte, gen int) (*instance, err
 	}
 	done := make(chan made)     // unbuffered: taken only by a caller still waiting
 	gone := make(chan struct{}) // closed when the caller stops waiting
+	p.mu.Lock()
+	if p.closed { // Close may be waiting for the making already
+		p.mu.Unlock()
+		<-p.sem
+		return nil, p.errorf("acquire", loaders.ErrClosed)
+	}
+	p.making.Add(1)
+	p.mu.Unlock()
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(p.life, cancel)
 	go func() {
+		defer p.making.Done()
 		defer cancel()
 		defer stop()
 		inst, err := p.newInstance(mctx, model, gen)
@@ -455,6 +470,20 @@ const inlineMax = 4096
 // maxGuestError is the most of a guest's error message that is kept.
 const maxGuestError = 4096
 
+// cutRune drops the end of b that a cut left of a character: the first
+// bytes of a multi-byte UTF-8 sequence whose rest was cut off.
+func cutRune(b []byte) []byte {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return b[:i]
+			}
+			break
+		}
+	}
+	return b
+}
+
 // call runs one entry point on inst under ctx, which carries inst's
 // session: encode in (small tensors inline, the rest as handles), copy it
 // into guest memory, call, decode and resolve the output, end the
@@ -520,10 +549,14 @@ func (p *Pool) call(ctx context.Context, inst *instance, e Entry, in []*tensor.T
 	p.flush(inst, op)
 	if res < 0 {
 		mp, mn := abi.Unpack(-res)
-		msg, ok := inst.mem.Read(mp, min(mn, maxGuestError))
+		view, ok := inst.mem.Read(mp, min(mn, maxGuestError))
 		if !ok {
 			return nil, p.errorf(op, fmt.Errorf("%w: error message at %#x outside its memory", ErrBadOutput, mp))
 		}
+		if mn > maxGuestError {
+			view = cutRune(view)
+		}
+		msg := strings.ToValidUTF8(string(view), "\uFFFD")
 		if inst.sess.Exceeded() {
 			return nil, p.errorf(op, fmt.Errorf("%w: host tensor limit: %s", ErrMemory, msg))
 		}

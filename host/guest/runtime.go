@@ -29,6 +29,11 @@ type Config struct {
 	// CacheDir keeps compiled guests across restarts (a hit takes ~40 ms
 	// instead of ~1 s). Default: "" (in memory only).
 	CacheDir string
+	// CacheMaxBytes bounds the compiled guests kept in CacheDir (one
+	// entry per guest version and memory limit, ~10 MB for a Go guest):
+	// beyond it the least recently used entries are removed when the
+	// Runtime starts and after each compile. Default: 1 GiB.
+	CacheMaxBytes int64
 	// CompileWorkers is wazero's parallelism for one compilation.
 	// Default: 1.
 	CompileWorkers int
@@ -55,6 +60,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.CacheMaxBytes <= 0 {
+		c.CacheMaxBytes = 1 << 30
+	}
 	if c.CompileWorkers <= 0 {
 		c.CompileWorkers = 1
 	}
@@ -76,11 +84,11 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate reports configuration errors.
 // MaxInstances bounds the instances of one pool: each may hold its memory
 // limit of guest memory, and calls beyond the cores only queue.
 const MaxInstances = 256
 
+// Validate reports configuration errors.
 func (c Config) Validate() error {
 	var errs []error
 	if c.MemoryLimitPages > 32768 {
@@ -103,6 +111,8 @@ type Runtime struct {
 
 	mu      sync.Mutex
 	modules map[moduleKey]*Module
+
+	pruning sync.Mutex // one pruneCache at a time
 }
 
 // moduleKey names a compiled module: its bytes, and the memory limit
@@ -127,6 +137,7 @@ func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, er
 		WithCloseOnContextDone(true).
 		WithMemoryLimitPages(cfg.MemoryLimitPages)
 	if cfg.CacheDir != "" {
+		rt.pruneCache()
 		cache, err := wazero.NewCompilationCacheWithDir(cfg.CacheDir)
 		if err != nil {
 			return nil, fmt.Errorf("guest: compilation cache %s: %w", cfg.CacheDir, err)
@@ -281,6 +292,7 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 	}
 	close(m.ready)
 	rt.log.Debug("guest compiled", "digest", m.Digest(), "took", time.Since(start))
+	rt.pruneCache() // the compile may have added an entry
 	return m, nil
 }
 
@@ -303,6 +315,19 @@ func (rt *Runtime) cacheTrouble(err error) bool {
 	}
 	var pe *fs.PathError
 	return errors.As(err, &pe) && strings.HasPrefix(filepath.Clean(pe.Path), filepath.Clean(rt.cfg.CacheDir)+string(filepath.Separator))
+}
+
+// pruneCache keeps the compilation cache within Config.CacheMaxBytes. A
+// cache it cannot prune is still used: the trouble is logged.
+func (rt *Runtime) pruneCache() {
+	if rt.cfg.CacheDir == "" {
+		return
+	}
+	rt.pruning.Lock()
+	defer rt.pruning.Unlock()
+	if err := pruneCache(rt.cfg.CacheDir, rt.cfg.CacheMaxBytes, rt.log); err != nil {
+		rt.log.Warn("prune guest compilation cache", "dir", rt.cfg.CacheDir, "err", err)
+	}
 }
 
 // resetCache deletes the compiled guests in the cache directory (the
