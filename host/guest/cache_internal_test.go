@@ -1,6 +1,8 @@
 package guest
 
 import (
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -45,5 +47,22 @@ func TestPruneCacheByLastUse(t *testing.T) {
 	}
 	if _, err := os.Stat(hot); err != nil {
 		t.Errorf("the entry read a minute ago is removed: %v", err)
+	}
+}
+
+// A compile whose new cache entry cannot be renamed into place (another
+// compile's resetCache removed its temporary file) is cache trouble, to be
+// retried, not the module's fault: it failed a valid guest with ErrABI.
+func TestCacheTroubleIncludesRename(t *testing.T) {
+	dir := t.TempDir()
+	rt := &Runtime{cfg: Config{CacheDir: dir}}
+	tmp := filepath.Join(dir, "wazero-v1", "abc.tmp")
+	rename := &os.LinkError{Op: "rename", Old: tmp, New: filepath.Join(dir, "wazero-v1", "abc"), Err: fs.ErrNotExist}
+	if !rt.cacheTrouble(fmt.Errorf("compile: %w", rename)) {
+		t.Error("a failed rename into the cache is not cache trouble")
+	}
+	elsewhere := &os.LinkError{Op: "rename", Old: "/tmp/x", New: "/tmp/y", Err: fs.ErrNotExist}
+	if rt.cacheTrouble(elsewhere) {
+		t.Error("a rename outside the cache counted as cache trouble")
 	}
 }

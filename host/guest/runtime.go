@@ -313,8 +313,17 @@ func (rt *Runtime) cacheTrouble(err error) bool {
 	if strings.HasPrefix(err.Error(), "compilationcache") {
 		return true
 	}
+	under := func(p string) bool {
+		return strings.HasPrefix(filepath.Clean(p), filepath.Clean(rt.cfg.CacheDir)+string(filepath.Separator))
+	}
 	var pe *fs.PathError
-	return errors.As(err, &pe) && strings.HasPrefix(filepath.Clean(pe.Path), filepath.Clean(rt.cfg.CacheDir)+string(filepath.Separator))
+	if errors.As(err, &pe) && under(pe.Path) {
+		return true
+	}
+	// The rename of a new entry into place, whose temporary file a
+	// resetCache of another compile removed.
+	var le *os.LinkError
+	return errors.As(err, &le) && under(le.New)
 }
 
 // pruneCache keeps the compilation cache within Config.CacheMaxBytes. A
