@@ -201,3 +201,28 @@ func TestCheckConfigWarnsModelsThatWillFail(t *testing.T) {
 		t.Errorf("warned about a model file that is there: %q", warn)
 	}
 }
+
+// A [[models]] entry past limits.max_deployments is refused by serve at
+// admission (logged once, then not even listed): check-config warns about
+// it, naming the limit; it said only "ok".
+func TestCheckConfigWarnsModelsPastMaxDeployments(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "n.toml")
+	os.WriteFile(filepath.Join(dir, "m.onnx"), []byte("x"), 0o644)
+	os.WriteFile(path, []byte("[limits]\nmax_deployments = 1\n[[models]]\nname = \"a\"\nformat = \"onnx\"\npath = \"m.onnx\"\n[[models]]\nname = \"b\"\nformat = \"onnx\"\npath = \"m.onnx\"\n"), 0o644)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-c", path}, &out, &errOut); code != 0 {
+		t.Fatalf("check-config: exit %d: %s", code, errOut.String())
+	}
+	// (Other warnings may come with these: whether ONNX Runtime loads in
+	// this test process depends on the tests before.)
+	var past []string
+	for _, l := range strings.Split(errOut.String(), "\n") {
+		if strings.Contains(l, "max_deployments") {
+			past = append(past, l)
+		}
+	}
+	if want := "warning: models[1] (b): will not be served: limits.max_deployments is 1"; len(past) != 1 || past[0] != want {
+		t.Errorf("warnings naming max_deployments: %q, want only %q", past, want)
+	}
+}

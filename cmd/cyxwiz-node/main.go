@@ -103,6 +103,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
+	// A write to a broken stderr (whatever read the log went away) must
+	// not kill the node, as Go does unless SIGPIPE is handled: its log lines
+	// are lost and it serves on. (Notify, not Ignore: an ignored signal
+	// stays ignored in the processes the node starts.)
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	log := newLogger(cfg.Log, stderr)
 	ctx, stop := signalContext(log)
 	err = serve(ctx, cfg, log)
@@ -175,6 +180,10 @@ func modelWarnings(cfg *config.Config, reg *loaders.Registry) []string {
 			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %v", i, m.Name, err))
 		} else if !fi.Mode().IsRegular() {
 			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %s is not a regular file", i, m.Name, m.Path))
+		}
+		if limit := cfg.Limits.MaxDeployments; limit > 0 && i >= limit {
+			// serve refuses it at admission: it is not even listed.
+			out = append(out, fmt.Sprintf("models[%d] (%s): will not be served: limits.max_deployments is %d", i, m.Name, limit))
 		}
 	}
 	return out

@@ -65,6 +65,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	guests, err := guest.NewRuntime(ctx, guest.Config{
 		CacheDir:         filepath.Join(cfg.Storage.CacheDir, "wasm"),
+		CacheMaxBytes:    int64(cfg.Guests.CacheMaxSize),
 		MemoryLimitPages: uint32(cfg.Guests.MemoryLimitPages),
 		CallTimeout:      cfg.Guests.CallTimeout.D(),
 		MaxOutputBytes:   uint32(cfg.Guests.MaxOutputSize), // at most config.MaxGuestOutputSize
@@ -150,19 +151,34 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	// The stop has one limit, shutdown_timeout from the moment it starts,
+	// for the calls' drain and the deployments' together (each waiting the
+	// whole timeout in turn took twice as long). gctx ends with the stop,
+	// at the latest when Wait returns.
+	stopping := make(chan time.Time, 1)
+	defer context.AfterFunc(gctx, func() { stopping <- time.Now() })()
 	g.Go(func() error { return srv.Run(gctx) })
 	if latency != nil {
 		g.Go(func() error { return latency.Run(gctx) })
 	}
 	err = g.Wait()
 
-	stopCtx, cancel := context.WithTimeout(context.Background(), cfg.Limits.ShutdownTimeout.D())
+	deadline := (<-stopping).Add(cfg.Limits.ShutdownTimeout.D())
+	if least := time.Now().Add(closeGrace); deadline.Before(least) {
+		deadline = least // the calls' drain took it all: close what is idle
+	}
+	stopCtx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if cerr := stopDeployments(stopCtx); cerr != nil {
 		log.Warn("stopping deployments", "err", cerr)
 	}
 	return err
 }
+
+// closeGrace is the least time the deployments get to close when the
+// calls' drain has used the whole shutdown_timeout: enough for those with
+// nothing running (without it, the node reported giving up on every one).
+const closeGrace = 200 * time.Millisecond
 
 // deployStatic assigns the operator's [[models]]; they load in the
 // background like any deployment. A model that fails is left Failed with its

@@ -162,6 +162,10 @@ type Guests struct {
 	// clocks (precise_clock); otherwise such a deployment is refused and
 	// guests' clocks tick in whole milliseconds. Default: false.
 	AllowPreciseClock bool `toml:"allow_precise_clock"`
+	// CacheMaxSize bounds the compiled guests kept under storage.cache_dir
+	// (one entry per guest version and memory limit, ~10 MB for a Go
+	// guest); the least recently used go first. Default: "1GiB".
+	CacheMaxSize ByteSize `toml:"cache_max_size"`
 }
 
 // Terminal configures the debugging terminal sessions.
@@ -235,7 +239,7 @@ func Default() Config {
 			Batching:       Batching{MaxBatchSize: 8, QueueCapacity: 256, Instances: 2},
 			CPULatencyHold: Duration(100 * time.Millisecond),
 		},
-		Guests:   Guests{MemoryLimitPages: 1024, CallTimeout: Duration(time.Second), Instances: 2, MaxOutputSize: 64 << 20},
+		Guests:   Guests{MemoryLimitPages: 1024, CallTimeout: Duration(time.Second), Instances: 2, MaxOutputSize: 64 << 20, CacheMaxSize: 1 << 30},
 		Terminal: Terminal{Enabled: true, Shell: "/bin/sh", Sandbox: "namespaces", MaxSessions: 4, IdleTimeout: Duration(15 * time.Minute)},
 		Metrics:  Metrics{Interval: Duration(time.Second), GPU: true},
 		Log:      Log{Level: "info", Format: "text"},
@@ -553,6 +557,9 @@ func (c *Config) validate() []string {
 	}
 	if c.Guests.Instances <= 0 || c.Guests.Instances > MaxGuestInstances {
 		bad("guests.instances", "must be between 1 and %d, got %d", MaxGuestInstances, c.Guests.Instances)
+	}
+	if c.Guests.CacheMaxSize <= 0 {
+		bad("guests.cache_max_size", "must be > 0, got %v", c.Guests.CacheMaxSize)
 	}
 	if c.Guests.MaxOutputSize <= 0 || c.Guests.MaxOutputSize > MaxGuestOutputSize {
 		bad("guests.max_output_size", "must be > 0 and <= %v (what the guest ABI's 32-bit lengths carry), got %v", ByteSize(MaxGuestOutputSize), c.Guests.MaxOutputSize)

@@ -428,3 +428,20 @@ func TestModelNameRefusesControlCharactersAndLength(t *testing.T) {
 		t.Fatalf("a plain name with spaces and letters: %v", err)
 	}
 }
+
+func TestGuestCacheMaxSize(t *testing.T) {
+	c, err := Parse("", "/base", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Guests.CacheMaxSize != 1<<30 {
+		t.Errorf("default guests.cache_max_size = %v, want 1GiB", c.Guests.CacheMaxSize)
+	}
+	c, err = Parse("[guests]\ncache_max_size = \"200MiB\"\n", "/base", "x")
+	if err != nil || c.Guests.CacheMaxSize != 200<<20 {
+		t.Fatalf("200MiB: %v, %v", c, err)
+	}
+	if _, err := Parse("[guests]\ncache_max_size = \"0B\"\n", "/base", "x"); err == nil || !strings.Contains(err.Error(), "guests.cache_max_size") {
+		t.Errorf("0B: %v, want an error naming the key", err)
+	}
+}
