@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
@@ -48,5 +49,44 @@ func TestDrainEndsWatchStreams(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// A health watch (grpc-go's client-side health checking, a load
+// balancer) ends when the drain starts: it was never ended, and an idle
+// one held every graceful stop for the whole shutdown timeout.
+func TestDrainEndsHealthWatches(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.ShutdownTimeout = cfg.Limits.ShutdownTimeout * 15 // 30 s
+	_, conn, stop := startServer(t, cfg, Services{})
+	for _, service := range []string{"", ReadinessService} {
+		w, err := healthpb.NewHealthClient(conn).Watch(context.Background(), &healthpb.HealthCheckRequest{Service: service})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := w.Recv(); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("watch %q: %v %v", service, resp, err)
+		}
+		defer func() {
+			for {
+				resp, err := w.Recv()
+				if err != nil {
+					if status.Code(err) != codes.Unavailable {
+						t.Errorf("watch %q after the drain: %v, want UNAVAILABLE", service, err)
+					}
+					return
+				}
+				if resp.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+					t.Errorf("watch %q during the drain: %v", service, resp.Status)
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("shutdown took %v with health watches open (drain timeout 30s)", took)
 	}
 }

@@ -18,11 +18,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
@@ -73,6 +75,9 @@ type Server struct {
 	httpLis  net.Listener
 	ready    func() bool
 	draining func()
+	// drain ends when the drain starts: health watches end with it.
+	drain    context.Context
+	endWatch context.CancelFunc
 	shutdown time.Duration
 }
 
@@ -85,6 +90,7 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		s.ready = func() bool { return true }
 	}
 	s.draining = svc.Draining
+	s.drain, s.endWatch = context.WithCancel(context.Background())
 	// Bind first: grpc.NewServer starts its stream workers at once, and only
 	// Stop ends them, so a failure after it would leave them running.
 	var err error
@@ -152,7 +158,7 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	s.grpc.RegisterService(checkedDecode(&cyxwizpb.TerminalService_ServiceDesc), svc.Terminal)
 	s.grpc.RegisterService(checkedDecode(&cyxwizpb.GenerateService_ServiceDesc), svc.Generate)
 	s.health = health.NewServer()
-	s.grpc.RegisterService(checkedDecode(&healthpb.Health_ServiceDesc), s.health)
+	s.grpc.RegisterService(checkedDecode(&healthpb.Health_ServiceDesc), healthService{s.health, s.drain})
 	reflection.Register(s.grpc)
 
 	if cfg.Listen.HTTP != "" {
@@ -235,6 +241,35 @@ func (s *Server) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// healthService is grpc-go's health server whose Watch streams end when the
+// drain starts (UNAVAILABLE, after NOT_SERVING where the stream takes it):
+// they last as long as their client otherwise, and an idle one held every
+// graceful stop for the whole shutdown timeout.
+type healthService struct {
+	*health.Server
+	drain context.Context
+}
+
+func (h healthService) Watch(req *healthpb.HealthCheckRequest, stream grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer context.AfterFunc(h.drain, cancel)()
+	err := h.Server.Watch(req, watchStream{stream, ctx})
+	if h.drain.Err() != nil && stream.Context().Err() == nil {
+		return status.Error(codes.Unavailable, "node is shutting down")
+	}
+	return err
+}
+
+// watchStream is a health watch's stream under a context that the drain
+// ends.
+type watchStream struct {
+	grpc.ServerStreamingServer[healthpb.HealthCheckResponse]
+	ctx context.Context
+}
+
+func (w watchStream) Context() context.Context { return w.ctx }
+
 // ReadinessService is the grpc.health.v1 service name whose status is the
 // node's readiness (Services.Ready, as /readyz and KServe's ServerReady):
 // NOT_SERVING while a deployment is on its way to serving. The empty name
@@ -257,6 +292,7 @@ func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
 // New): its listeners and gRPC's stream workers. Nothing is logged: it
 // never served.
 func (s *Server) Close() {
+	s.endWatch()
 	s.grpc.Stop()
 	s.grpcLis.Close()
 	if s.httpLis != nil {
@@ -268,6 +304,7 @@ func (s *Server) Close() {
 func (s *Server) stop() {
 	s.log.Info("stopping: draining in-flight calls", "timeout", s.shutdown)
 	s.health.Shutdown()
+	s.endWatch()
 	if s.draining != nil {
 		s.draining()
 	}
