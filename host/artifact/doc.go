@@ -32,8 +32,9 @@
 // response's validator is not kept). A server that sends the whole file
 // instead, answers with another range, or finds the range unsatisfiable,
 // starts it over. In every case the SHA-256 is checked over the whole file:
-// a partial file that was not a prefix of it fails that Fetch with
-// ErrChecksum and is deleted, so the next one starts over.
+// a resumed partial file that was not a prefix of it (a power cut leaves
+// its last pages unwritten) is deleted and the file downloaded once more
+// from the start, whose digest then decides.
 //
 // Files in sha256/ are indexed on restart by name, size and modification
 // time, which also seeds the LRU order, and hashed again at their first

@@ -443,8 +443,9 @@ func (c *Cache) leave(ctx context.Context, f *flight) {
 // download streams src into dir/tmp through a SHA-256 hasher and renames it
 // to dir/sha256/d once the digest and size are verified.
 func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, src source) (size int64, err error) {
+	again := false // the result is a second download's, wrapped already
 	defer func() {
-		if err != nil {
+		if err != nil && !again {
 			if ctx.Err() != nil {
 				err = context.Cause(ctx)
 			}
@@ -495,7 +496,9 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 			return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 		}
 		h.Reset()
-	} else if have > 0 {
+	}
+	resumed := have > 0 && from == have
+	if resumed {
 		c.log.Info("resuming a download left by an earlier run", "uri", src.String(), "bytes", have, "total", total)
 	}
 	if total < 0 && a.Size > 0 {
@@ -551,6 +554,20 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		return 0, fmt.Errorf("%w: the server sent more than the %d bytes it announced", ErrFetch, total)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != d {
+		if resumed {
+			// The partial file an earlier run left may be what is wrong
+			// (a power cut leaves its last pages unwritten: zeros), not
+			// the artifact: once more from the start, then the digest
+			// decides.
+			c.log.Warn("a resumed download does not match its digest; downloading it again from the start",
+				"uri", src.String(), "digest", d, "resumed_at", have)
+			body.Close()
+			if err := tmp.Truncate(0); err != nil {
+				return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+			}
+			again = true
+			return c.download(ctx, f, d, a, src)
+		}
 		return 0, fmt.Errorf("%w: got sha256 %s, want %s", ErrChecksum, got, d)
 	}
 	pw.flush()
