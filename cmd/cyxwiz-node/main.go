@@ -182,7 +182,7 @@ func modelWarnings(cfg *config.Config, reg *loaders.Registry) []string {
 			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %s is not a regular file", i, m.Name, m.Path))
 		}
 		if limit := cfg.Limits.MaxDeployments; limit > 0 && i >= limit {
-			// serve refuses it at admission: it is not even listed.
+			// serve refuses it at admission: it is listed Failed.
 			out = append(out, fmt.Sprintf("models[%d] (%s): will not be served: limits.max_deployments is %d", i, m.Name, limit))
 		}
 	}

@@ -175,6 +175,14 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 			<-wait
 			continue
 		}
+		if err != nil && owner == OwnerOperator && errors.Is(err, ErrNoCapacity) {
+			// A node.toml model is the operator's declaration: refused
+			// at admission it stays listed, Failed with why, as one that
+			// fails to load (it was nowhere: NOT_FOUND everywhere).
+			d := m.newDeployment(id, owner, spec, time.Now())
+			m.restoreIdle(d, Failed, err.Error())
+			return d.Status(), err
+		}
 		if err != nil || d == nil {
 			return Status{}, err
 		}

@@ -1,0 +1,44 @@
+package deploy_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+)
+
+// A node.toml model (the operator's) refused at admission stays listed,
+// Failed with the reason, and clients asking for it are told why: it was
+// nowhere (not listed, NOT_FOUND) though the operator declared it. A
+// Central Server's refused assign is still not kept: the caller has the
+// error.
+func TestOperatorModelRefusedAtAdmissionIsFailed(t *testing.T) {
+	srv := artifacttest.New(t)
+	n := newNode(t, nodeOpts{cfg: deploy.Config{MaxDeployments: 1}})
+	if _, err := n.m.Assign("a", linearSpec("a", srv.Add("/a", linear(1))), deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	st, err := n.m.Assign("b", linearSpec("b", srv.Add("/b", linear(2))), deploy.OwnerOperator)
+	wantErr(t, err, deploy.ErrNoCapacity, "max_deployments")
+	if st.State != deploy.Failed {
+		t.Errorf("refused operator model: status %v, want Failed", st.State)
+	}
+	got, err := n.m.Get("b")
+	if err != nil {
+		t.Fatalf("refused operator model not listed: %v", err)
+	}
+	if s := got.Status(); s.State != deploy.Failed || s.Message == "" {
+		t.Errorf("b: %v %q, want Failed with the reason", s.State, s.Message)
+	}
+	if _, err := n.m.Model("b", ""); !errors.Is(err, deploy.ErrFailed) {
+		t.Errorf("model b: %v, want ErrFailed", err)
+	}
+	waitSettled(t, n.m, "a", deploy.Ready)
+
+	_, err = n.m.Assign("c", linearSpec("c", srv.Add("/c", linear(3))), deploy.OwnerCentral)
+	wantErr(t, err, deploy.ErrNoCapacity)
+	if _, err := n.m.Get("c"); !errors.Is(err, deploy.ErrNotFound) {
+		t.Errorf("refused Central assign kept: %v", err)
+	}
+}
