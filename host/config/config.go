@@ -55,13 +55,14 @@ type Node struct {
 type Listen struct {
 	// GRPC serves every gRPC service. Default: "0.0.0.0:50052".
 	GRPC string `toml:"grpc"`
-	// HTTP serves /metrics, /healthz and /readyz; "" disables it. Default: "127.0.0.1:9090".
+	// HTTP serves /healthz and /readyz (/metrics once metrics are built); "" disables it. Default: "127.0.0.1:9090".
 	HTTP string `toml:"http"`
 	// MaxMessageSize bounds one gRPC message. Default: "64MiB".
 	MaxMessageSize ByteSize `toml:"max_message_size"`
 }
 
-// Central is the link to the Central Server.
+// Central is the link to the Central Server. It is not built yet: the
+// keys are validated, then ignored (a non-empty Address is logged as such).
 type Central struct {
 	// Address of the Central Server's gRPC endpoint; "" runs standalone. Default: "".
 	Address string `toml:"address"`
@@ -69,8 +70,10 @@ type Central struct {
 	HeartbeatInterval Duration `toml:"heartbeat_interval"`
 	// ReportInterval between metric reports. Default: "10s".
 	ReportInterval Duration `toml:"report_interval"`
-	// Token authenticates the node to the Central Server and the Central
-	// Server to the node's DeploymentService. Default: "" (no authentication).
+	// Token is to authenticate the node to the Central Server and the
+	// Central Server to the node's DeploymentService. Not enforced yet: the
+	// gRPC services take calls from anyone who reaches listen.grpc.
+	// Default: "".
 	Token string `toml:"token"`
 }
 
@@ -168,7 +171,9 @@ type Guests struct {
 	CacheMaxSize ByteSize `toml:"cache_max_size"`
 }
 
-// Terminal configures the debugging terminal sessions.
+// Terminal configures the debugging terminal sessions. They are not built
+// yet: the keys are validated, then ignored, and the TerminalService answers
+// UNIMPLEMENTED.
 type Terminal struct {
 	// Enabled turns the TerminalService on. Default: true.
 	Enabled bool `toml:"enabled"`
@@ -182,7 +187,8 @@ type Terminal struct {
 	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
-// Metrics configures sampling.
+// Metrics configures sampling. It is not built yet: the keys are
+// validated, then ignored.
 type Metrics struct {
 	// Interval between samples of CPU, memory, network and GPU. Default: "1s".
 	Interval Duration `toml:"interval"`
@@ -213,7 +219,8 @@ type Model struct {
 	Batching *Batching `toml:"batching"`
 	// Providers overrides inference.providers for this model.
 	Providers []string `toml:"providers"`
-	// Config values the model's guests may read.
+	// Config values the model's guests may read (a static model has no
+	// guests yet).
 	Config map[string]string `toml:"config"`
 
 	// batchingSet names the batching keys the file sets for this model,

@@ -1,9 +1,12 @@
 // Package server is the node's network face: one gRPC server carrying the
-// DeploymentService, the KServe v2 GRPCInferenceService, the TerminalService,
-// grpc.health.v1 and server reflection, plus a small HTTP server for
-// /healthz, /readyz and /metrics. It turns Go errors into gRPC status codes in
-// one place (errors.go) and owns the servers' lifecycle: Run serves until its
-// context ends, then drains in-flight calls for at most the shutdown timeout.
+// DeploymentService, the KServe v2 GRPCInferenceService, grpc.health.v1 and
+// server reflection (the TerminalService and GenerateService answer
+// UNIMPLEMENTED until they are built), plus a small HTTP server for
+// /healthz, /readyz and the handlers in Services.HTTP (the daemon mounts
+// none yet: /metrics comes with the metrics part). It turns Go errors into
+// gRPC status codes in one place (errors.go) and owns the servers'
+// lifecycle: Run serves until its context ends, then drains in-flight calls
+// for at most the shutdown timeout.
 package server
 
 import (
