@@ -590,7 +590,7 @@ func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, e
 	if len(view) >= 12 {
 		count := int64(binary.LittleEndian.Uint32(view[8:]))
 		if total += count * outputOverhead; total > int64(p.rt.cfg.MaxOutputBytes) {
-			return nil, p.errorf(op, fmt.Errorf("%w: %d tensors in %d bytes, %d with the %d bytes the host holds for each; the limit is %d (guest.max_output_size)",
+			return nil, p.errorf(op, fmt.Errorf("%w: %d tensors in %d bytes, %d with the %d bytes the host holds for each; the limit is %d (guests.max_output_size)",
 				ErrBadOutput, count, n, total, outputOverhead, p.rt.cfg.MaxOutputBytes))
 		}
 	}
@@ -610,7 +610,7 @@ func (p *Pool) output(op string, inst *instance, res int64) ([]*tensor.Tensor, e
 				return nil, p.errorf(op, fmt.Errorf("%w: output %q names unknown handle %d", ErrBadOutput, e.Name, e.Handle))
 			}
 			if total += wireSize(t); total > int64(p.rt.cfg.MaxOutputBytes) {
-				return nil, p.errorf(op, fmt.Errorf("%w: outputs of more than %d bytes, the limit is %d (guest.max_output_size)",
+				return nil, p.errorf(op, fmt.Errorf("%w: outputs of more than %d bytes, the limit is %d (guests.max_output_size)",
 					ErrBadOutput, total, p.rt.cfg.MaxOutputBytes))
 			}
 			c := *t // tensors are immutable: share the elements, rename the copy
