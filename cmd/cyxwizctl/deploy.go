@@ -63,11 +63,20 @@ given on the command line is kept, and may cut the drain short.`, stopMargin),
 // sent as file:// URIs with their SHA-256, so the node verifies what it
 // loads; http(s) URIs need the digest given with sumFlag.
 func artifactFor(ref, sum, sumFlag string) (*cyxwizpb.Artifact, error) {
-	if u, err := url.Parse(ref); err == nil && (u.Scheme == "http" || u.Scheme == "https" || u.Scheme == "file") {
-		if sum == "" && u.Scheme != "file" {
+	u, err := url.Parse(ref)
+	if err == nil && (u.Scheme == "http" || u.Scheme == "https" || u.Scheme == "file" && sum != "") {
+		if sum == "" {
 			return nil, usagef("%s is an %s URI: give its SHA-256 with --%s", ref, u.Scheme, sumFlag)
 		}
 		return &cyxwizpb.Artifact{Uri: ref, Sha256: sum}, nil
+	}
+	if err == nil && u.Scheme == "file" {
+		// A file:// URI without its digest is a local file: hashed here,
+		// as the node wants it (it loads no file the caller cannot read).
+		if u.Host != "" && u.Host != "localhost" || u.RawQuery != "" || u.Fragment != "" {
+			return nil, usagef("%s: want file:///absolute/path", ref)
+		}
+		ref = u.Path
 	}
 	abs, err := filepath.Abs(ref)
 	if err != nil {

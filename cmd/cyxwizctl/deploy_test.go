@@ -3,6 +3,8 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +189,33 @@ func TestStatusGuestRoles(t *testing.T) {
 	code, out, errOut := ctl("--addr", addr, "status", "d")
 	if code != 0 || !strings.Contains(out, "guest:    g (preprocess,batch_policy) file:///g.wasm\n") {
 		t.Errorf("status: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+// A file:// URI given without its digest is a local file: cyxwizctl hashes
+// it, as for a plain path (the node takes no file:// artifact over gRPC
+// without its SHA-256); one it cannot read fails here, naming the file.
+func TestArtifactForHashesFileURIs(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.onnx")
+	if err := os.WriteFile(p, []byte("model"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("model"))
+	a, err := artifactFor("file://"+p, "", "model-sha256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Sha256 != hex.EncodeToString(sum[:]) || a.Uri != "file://"+p || a.SizeBytes != 5 {
+		t.Errorf("artifact %v, want %s with its digest and size", a, p)
+	}
+	if _, err := artifactFor("file:///no/such/file.onnx", "", "model-sha256"); err == nil || !strings.Contains(err.Error(), "/no/such/file.onnx") {
+		t.Errorf("missing file: %v", err)
+	}
+	if _, err := artifactFor("file://host/x.onnx", "", "model-sha256"); err == nil {
+		t.Error("a file URI with a host was taken")
+	}
+	// With a digest given, the URI goes as it is (the node verifies it).
+	if a, err := artifactFor("file:///elsewhere/m.onnx", "ab", "model-sha256"); err != nil || a.Uri != "file:///elsewhere/m.onnx" || a.Sha256 != "ab" {
+		t.Errorf("file URI with a digest: %v, %v", a, err)
 	}
 }

@@ -73,6 +73,9 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 		return nil, err
 	}
 	spec := SpecFromProto(req.Spec)
+	if err := checkFileDigests(spec); err != nil {
+		return nil, err
+	}
 	spec.Batching = deploy.WithBatchingDefaults(spec.Batching, s.m.BatchingDefaults())
 	st, err := s.m.Assign(req.DeploymentId, spec, deploy.OwnerCentral)
 	if err != nil {
@@ -125,6 +128,31 @@ func checkName(field, v string) error {
 func checkID(field, id string) error {
 	if id == "" {
 		return status.Errorf(codes.InvalidArgument, "%s is empty", field)
+	}
+	return nil
+}
+
+// checkFileDigests refuses a file:// artifact without its SHA-256 in a
+// spec assigned over gRPC. The node reads local files its callers may not
+// (it runs as root on many machines), and a deployment can hand what it
+// loads back (a format guest's error message, an output): with the digest
+// required, a caller can load only a file whose contents it already knows.
+// cyxwizctl deploy computes the digest of the local files it names.
+// node.toml's [[models]], the operator's own, need none.
+func checkFileDigests(spec deploy.Spec) error {
+	check := func(field string, a artifact.Artifact) error {
+		if a.SHA256 == "" && strings.HasPrefix(strings.ToLower(a.URI), "file:") {
+			return status.Errorf(codes.InvalidArgument, "%s: a file:// artifact assigned over gRPC needs its sha256 (the node reads files its callers may not; cyxwizctl deploy computes it for local files)", field)
+		}
+		return nil
+	}
+	if err := check("spec.model", spec.Model); err != nil {
+		return err
+	}
+	for i, g := range spec.Guests {
+		if err := check(fmt.Sprintf("spec.guests[%d] (%s)", i, g.Name), g.Artifact); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
@@ -26,7 +30,7 @@ func apiNode(t *testing.T, cfg deploy.Config, slow *slowModel) (*deploy.Manager,
 	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := deploy.NewManager(cfg, loaders.NewRegistry(slowLoader{slow}), nil, nil, quietLog())
+	m := deploy.NewManager(cfg, loaders.NewRegistry(slowLoader{slow}), testCache(t), nil, quietLog())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -36,7 +40,39 @@ func apiNode(t *testing.T, cfg deploy.Config, slow *slowModel) (*deploy.Manager,
 }
 
 func apiSpec(uri string) *cyxwizpb.DeploymentSpec {
-	return &cyxwizpb.DeploymentSpec{ModelName: "m", Format: "slow", Model: &cyxwizpb.Artifact{Uri: uri}}
+	return &cyxwizpb.DeploymentSpec{ModelName: "m", Format: "slow", Model: &cyxwizpb.Artifact{Uri: uri, Sha256: fileDigest(uri)}}
+}
+
+// fileDigest is the SHA-256 of the file a file:// URI names, as a caller
+// assigning it over gRPC must give it; "" for other URIs or no such file.
+func fileDigest(uri string) string {
+	return fileDigestOr(uri, "")
+}
+
+// testCache is an artifact cache for a test's deployment manager: file://
+// artifacts assigned over gRPC come with their digest, and are fetched
+// into it.
+func testCache(t *testing.T) *artifact.Cache {
+	t.Helper()
+	c, err := artifact.New(filepath.Join(t.TempDir(), "artifacts"), 0, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func fileDigestOr(uri, none string) string {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "file" {
+		return none
+	}
+	b, err := os.ReadFile(u.Path)
+	if err != nil {
+		return none
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 func apiWait(t *testing.T, m *deploy.Manager, id string) deploy.Status {
@@ -72,7 +108,7 @@ func TestHugeSpecNumbersAreRefused(t *testing.T) {
 func TestReassignWhileReadingStatus(t *testing.T) {
 	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
 	p := apiSpec(uri)
-	p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri},
+	p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri, Sha256: fileDigest(uri)},
 		Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}}}
 	ctx := context.Background()
 	if _, err := s.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p}); err != nil {
@@ -192,7 +228,7 @@ func TestGuestCallTimeoutChecked(t *testing.T) {
 		{Nanos: 1_000_000_000},
 	} {
 		p := apiSpec(uri)
-		p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri},
+		p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri, Sha256: fileDigest(uri)},
 			Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}, CallTimeout: d}}
 		_, err := s.AssignDeployment(context.Background(), &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
 		if status.Code(ToStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "guests[0].call_timeout") {
@@ -206,7 +242,7 @@ func TestGuestCallTimeoutChecked(t *testing.T) {
 func TestGuestInstancesBounded(t *testing.T) {
 	_, s, uri := apiNode(t, deploy.Config{}, &slowModel{})
 	p := apiSpec(uri)
-	p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri},
+	p.Guests = []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: uri, Sha256: fileDigest(uri)},
 		Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}, Instances: 4_000_000_000}}
 	_, err := s.AssignDeployment(context.Background(), &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: p})
 	if status.Code(ToStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "guests[0].instances") {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/store"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -36,7 +37,7 @@ func (pathErrLoader) Load(_ context.Context, path string, _ loaders.Options) (lo
 func rpcNode(t *testing.T, st *store.Store) (*deploy.Manager, cyxwizpb.DeploymentServiceClient, string) {
 	t.Helper()
 	uri := "file://" + writeFile(t, t.TempDir(), "m.bin", []byte("x"))
-	m := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(slowLoader{&slowModel{}}, pathErrLoader{}), nil, st, quietLog())
+	m := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(slowLoader{&slowModel{}}, pathErrLoader{}), testCache(t), st, quietLog())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -65,11 +66,16 @@ func TestStatusMessageNotUTF8OverGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := watch.Header(); err != nil { // registered: it misses nothing after
+		t.Fatal(err)
+	}
 	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "good", Spec: apiSpec(uri)}); err != nil {
 		t.Fatal(err)
 	}
-	bad := &cyxwizpb.DeploymentSpec{ModelName: "bad", Format: "patherr", Model: &cyxwizpb.Artifact{Uri: "file:///models/m%FF%FE.bin"}}
-	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "bad", Spec: bad}); err != nil {
+	// Assigned in the node (a file:// artifact over gRPC needs its digest,
+	// and this one must reach the loader unfetched); read over gRPC.
+	bad := deploy.Spec{Name: "bad", Format: "patherr", Model: artifact.Artifact{URI: "file:///models/m%FF%FE.bin"}}
+	if _, err := m.Assign("bad", bad, deploy.OwnerCentral); err != nil {
 		t.Fatal(err)
 	}
 	if st := apiWait(t, m, "bad"); st.State != deploy.Failed || utf8.ValidString(st.Message) {
@@ -384,5 +390,35 @@ func TestAssignSpecSizeBounded(t *testing.T) {
 	p.Config = map[string]string{"labels": strings.Repeat("x", 100<<10)}
 	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "fine", Spec: p}); err != nil {
 		t.Fatalf("a 100 KiB config: %v", err)
+	}
+}
+
+// A file:// artifact assigned over gRPC needs its SHA-256: the node reads
+// files its callers may not, and a deployment can hand back what it loads
+// (a format guest's error message quoted /etc/passwd to any client). With
+// the digest required, a caller loads only a file whose contents it knows.
+func TestFileArtifactOverGRPCNeedsDigest(t *testing.T) {
+	m, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	for name, p := range map[string]*cyxwizpb.DeploymentSpec{
+		"model": {ModelName: "m", Format: "slow", Model: &cyxwizpb.Artifact{Uri: "file:///etc/passwd"}},
+		"guest": {ModelName: "m", Format: "slow", Model: &cyxwizpb.Artifact{Uri: uri, Sha256: fileDigest(uri)},
+			Guests: []*cyxwizpb.GuestModule{{Name: "pre", Artifact: &cyxwizpb.Artifact{Uri: "FILE:///etc/shadow"},
+				Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}}}},
+	} {
+		_, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d-" + name, Spec: p})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "needs its sha256") {
+			t.Errorf("%s without a digest: %v, want InvalidArgument", name, err)
+		}
+	}
+	if n := len(m.List()); n != 0 {
+		t.Fatalf("%d deployments after refused assigns", n)
+	}
+	// With the digest of the file as it is, it deploys.
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "ok", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := apiWait(t, m, "ok"); !st.State.Serving() {
+		t.Fatalf("a file:// artifact with its digest: %v %s", st.State, st.Message)
 	}
 }
