@@ -230,6 +230,11 @@ func (s *Deployments) StopDeployment(ctx context.Context, req *cyxwizpb.StopDepl
 			return nil, status.Errorf(codes.InvalidArgument, "drain_timeout %v: want 0 (the node's default) to %v", drain, maxDrain)
 		}
 	}
+	// node.toml's models are the operator's: a gRPC caller (the Central
+	// Server, anyone who reaches the port) does not stop them.
+	if d, err := s.m.Get(req.DeploymentId); err == nil && d.Status().Owner == deploy.OwnerOperator {
+		return nil, status.Errorf(codes.FailedPrecondition, "deployment %q is declared in the node's node.toml ([[models]]): the operator stops it there (remove the entry, restart the node)", req.DeploymentId)
+	}
 	st, err := s.m.StopDrain(ctx, req.DeploymentId, drain)
 	if err != nil {
 		return nil, err

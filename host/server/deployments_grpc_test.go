@@ -422,3 +422,32 @@ func TestFileArtifactOverGRPCNeedsDigest(t *testing.T) {
 		t.Fatalf("a file:// artifact with its digest: %v %s", st.State, st.Message)
 	}
 }
+
+// node.toml's models are the operator's: StopDeployment over gRPC (the
+// Central Server, or anyone who reaches the port) is FAILED_PRECONDITION
+// and the model keeps serving. Any client could stop them.
+func TestStopRefusesOperatorModels(t *testing.T) {
+	m, c, uri := rpcNode(t, nil)
+	ctx := rpcCtx(t)
+	if _, err := m.Assign("static", deploy.Spec{Name: "static", Format: "slow", Model: artifact.Artifact{URI: uri}}, deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	if st := apiWait(t, m, "static"); !st.State.Serving() {
+		t.Fatalf("static: %v %s", st.State, st.Message)
+	}
+	_, err := c.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "static"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "node.toml") {
+		t.Fatalf("stop of an operator model over gRPC: %v, want FailedPrecondition pointing at node.toml", err)
+	}
+	if d, _ := m.Get("static"); !d.State().Serving() {
+		t.Errorf("the operator's model stopped: %v", d.State())
+	}
+	// The Central Server's own deployments stop as before.
+	if _, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "mine", Spec: apiSpec(uri)}); err != nil {
+		t.Fatal(err)
+	}
+	apiWait(t, m, "mine")
+	if _, err := c.StopDeployment(ctx, &cyxwizpb.StopDeploymentRequest{DeploymentId: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+}
