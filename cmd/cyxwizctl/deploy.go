@@ -11,9 +11,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -317,11 +319,11 @@ func settled(s cyxwizpb.DeploymentState) bool {
 func deployErr(st *cyxwizpb.DeploymentStatus) error {
 	switch st.State {
 	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED:
-		return fmt.Errorf("deployment %s failed: %s", st.DeploymentId, st.Message)
+		return fmt.Errorf("deployment %s failed: %s", st.DeploymentId, printable(st.Message))
 	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPED:
-		return fmt.Errorf("deployment %s stopped before it was ready (%s)", st.DeploymentId, st.Message)
+		return fmt.Errorf("deployment %s stopped before it was ready (%s)", st.DeploymentId, printable(st.Message))
 	case cyxwizpb.DeploymentState_DEPLOYMENT_STATE_STOPPING:
-		return fmt.Errorf("deployment %s is stopping: it will not become ready (%s)", st.DeploymentId, st.Message)
+		return fmt.Errorf("deployment %s is stopping: it will not become ready (%s)", st.DeploymentId, printable(st.Message))
 	}
 	return nil
 }
@@ -337,7 +339,7 @@ func stateName(s cyxwizpb.DeploymentState) string {
 }
 
 func printStatusLine(w io.Writer, st *cyxwizpb.DeploymentStatus) {
-	fmt.Fprintf(w, "%s: %s (%s)\n", st.DeploymentId, stateName(st.State), st.Message)
+	fmt.Fprintf(w, "%s: %s (%s)\n", st.DeploymentId, stateName(st.State), printable(st.Message))
 }
 
 // progressBar shows a deployment's way to Ready. On a terminal it draws one
@@ -363,7 +365,7 @@ func isTerminal(w io.Writer) bool {
 }
 
 func (p *progressBar) update(st *cyxwizpb.DeploymentStatus) {
-	line := fmt.Sprintf("%-9s %s", stateName(st.State), st.Message)
+	line := fmt.Sprintf("%-9s %s", stateName(st.State), printable(st.Message))
 	phase := ""
 	if pr := st.Progress; pr != nil && pr.TotalBytes > 0 {
 		phase = pr.Phase
@@ -432,7 +434,7 @@ func runList(ctx context.Context, c *client, args []string) error {
 		if d.CreatedAt != nil {
 			age = time.Since(d.CreatedAt.AsTime()).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.DeploymentId, d.Spec.GetModelName(), d.Spec.GetFormat(), stateName(d.State), d.Owner, age, d.Message)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.DeploymentId, d.Spec.GetModelName(), d.Spec.GetFormat(), stateName(d.State), d.Owner, age, printable(d.Message))
 	}
 	return tw.Flush()
 }
@@ -464,7 +466,7 @@ func runStatus(ctx context.Context, c *client, args []string) error {
 	}
 	st := resp.Status
 	fmt.Fprintf(c.out, "id:       %s\nmodel:    %s (version %s, %s)\nstate:    %s\nmessage:  %s\nowner:    %s\nmemory:   %s\n",
-		st.DeploymentId, st.Spec.GetModelName(), st.Spec.GetModelVersion(), st.Spec.GetFormat(), stateName(st.State), st.Message, st.Owner, humanBytes(st.MemoryBytes))
+		st.DeploymentId, st.Spec.GetModelName(), st.Spec.GetModelVersion(), st.Spec.GetFormat(), stateName(st.State), printable(st.Message), st.Owner, humanBytes(st.MemoryBytes))
 	if st.CreatedAt != nil {
 		fmt.Fprintf(c.out, "created:  %s\nupdated:  %s\n", st.CreatedAt.AsTime().Format(time.RFC3339), st.UpdatedAt.AsTime().Format(time.RFC3339))
 	}
@@ -533,6 +535,32 @@ func runWatch(ctx context.Context, c *client, args []string) error {
 		}
 		// Local time, as the node logs it and the operator's clock shows it:
 		// the bare clock time has no zone to tell UTC by.
-		fmt.Fprintf(c.out, "%s %-12s %-9s %s%s\n", st.UpdatedAt.AsTime().Local().Format("15:04:05.000"), st.DeploymentId, stateName(st.State), st.Message, prog)
+		fmt.Fprintf(c.out, "%s %-12s %-9s %s%s\n", st.UpdatedAt.AsTime().Local().Format("15:04:05.000"), st.DeploymentId, stateName(st.State), printable(st.Message), prog)
 	}
+}
+
+// printable is a message from the node as one line of the terminal: its
+// control characters (newlines, escape sequences) are escaped. A message
+// quotes what a guest or a loader said, and a newline in it forged rows of
+// ls and watch, an escape sequence drove the terminal.
+func printable(s string) string { return escapeControls(s, false) }
+
+// printableLines is printable keeping the newlines (an error on stderr).
+func printableLines(s string) string { return escapeControls(s, true) }
+
+func escapeControls(s string, keepNewlines bool) string {
+	escape := func(r rune) bool { return unicode.IsControl(r) && !(keepNewlines && r == '\n') }
+	if !strings.ContainsFunc(s, escape) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if escape(r) {
+			q := strconv.QuoteRune(r) // '\n', '\x1b'
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -263,7 +263,9 @@ func exitStatus(err error, name string, stderr io.Writer) int {
 		return 2
 	}
 	if s, ok := status.FromError(err); ok {
-		fmt.Fprintf(stderr, "cyxwizctl %s: %s: %s\n", name, s.Code(), s.Message())
+		// The node's message may quote a guest or a client: its lines
+		// stay, its escape sequences do not reach the terminal.
+		fmt.Fprintf(stderr, "cyxwizctl %s: %s: %s\n", name, s.Code(), printableLines(s.Message()))
 	} else {
 		fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
 	"github.com/cyxwiz/cyxwiz-node/proto/inference"
 )
 
@@ -157,5 +158,27 @@ func TestBytesOutputUnambiguous(t *testing.T) {
 	}
 	if want := "y BYTES [5]: [\"a b\" c \"\" \"\\x1b[2J\" ok]\n"; out.String() != want {
 		t.Errorf("got %q, want %q", out.String(), want)
+	}
+}
+
+// A node's message quotes what a guest or a loader said: printed as it
+// came, its newlines forged rows of ls and watch and its escape sequences
+// drove the terminal. Messages are printed on one line, escaped; errors
+// keep their lines but not their escapes.
+func TestMessagesPrintable(t *testing.T) {
+	msg := "format_load: root:x:0:0\nnode-2  fake  onnx  READY\x1b[2J\tend"
+	if got, want := printable(msg), `format_load: root:x:0:0\nnode-2  fake  onnx  READY\x1b[2J\tend`; got != want {
+		t.Errorf("printable = %q, want %q", got, want)
+	}
+	if got, want := printableLines(msg), "format_load: root:x:0:0\nnode-2  fake  onnx  READY\\x1b[2J\\tend"; got != want {
+		t.Errorf("printableLines = %q, want %q", got, want)
+	}
+	if s := "plain über 模型"; printable(s) != s {
+		t.Errorf("a plain message changed: %q", printable(s))
+	}
+	var b strings.Builder
+	printStatusLine(&b, &cyxwizpb.DeploymentStatus{DeploymentId: "d", State: cyxwizpb.DeploymentState_DEPLOYMENT_STATE_FAILED, Message: msg})
+	if out := b.String(); strings.Count(out, "\n") != 1 || strings.Contains(out, "\x1b") {
+		t.Errorf("status line %q: want one line without escapes", out)
 	}
 }
