@@ -477,6 +477,14 @@ func (s *Scheduler) solo(r *request) {
 	deliver(r, outs, err)
 }
 
+// maxReusedBatchBuffer bounds the batch input buffer a worker keeps for
+// the next batch. A larger one (a burst of big requests) is used once and
+// left to the garbage collector: kept, it stayed allocated for as long as
+// the deployment served, however small its later batches. Copying that
+// much costs about as much as the page faults of a fresh buffer: reuse
+// gains little there.
+const maxReusedBatchBuffer = 16 << 20
+
 // worker holds one batching worker's scratch space.
 type worker struct {
 	parts []*tensor.Tensor
@@ -584,7 +592,7 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 			buf = w.bufs[i]
 		}
 		t, err := tensor.ConcatInto(in.Name, w.parts, buf)
-		if s.reuse && err == nil && cap(t.Data) > cap(buf) {
+		if s.reuse && err == nil && cap(t.Data) > cap(buf) && cap(t.Data) <= maxReusedBatchBuffer {
 			w.bufs[i] = t.Data[:0] // a larger batch than before: keep its buffer
 		}
 		if err != nil {

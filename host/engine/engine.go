@@ -52,10 +52,10 @@ type Model interface {
 
 // InputReleaser is a Model that keeps no reference to its inputs' memory
 // once Infer has returned, except as memory its outputs share. For such a
-// model each batching worker reuses its batch buffers from one batch to the
-// next (fresh memory costs a page fault per 4 KiB, more than the copy into
-// it); an output that shares a buffer takes it away from the worker. Any
-// other model gets new buffers for every batch.
+// model each batching worker reuses its batch buffers (up to 16 MiB each)
+// from one batch to the next (fresh memory costs a page fault per 4 KiB,
+// more than the copy into it); an output that shares a buffer takes it
+// away from the worker. Any other model gets new buffers for every batch.
 type InputReleaser interface {
 	Model
 	ReleasesInputs() bool
