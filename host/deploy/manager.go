@@ -729,10 +729,18 @@ func (m *Manager) Model(name, version string) (*Deployment, error) {
 	d, ok := m.byName[name]
 	if !ok {
 		// A failed deployment keeps answering for its name, so clients see
-		// why; a stopped one was taken off on purpose: NotFound.
+		// why; a stopped one was taken off on purpose: NotFound. Of several,
+		// the one that failed last answers (always the same one).
+		var last uint64
 		for _, c := range m.byID {
-			if c.spec.Name == name && c.State() == Failed {
-				d, ok = c, true
+			if c.spec.Name != name {
+				continue
+			}
+			c.mu.RLock()
+			failed, seq := c.state == Failed, c.seq
+			c.mu.RUnlock()
+			if failed && seq > last {
+				d, ok, last = c, true, seq
 			}
 		}
 	}
@@ -767,11 +775,12 @@ func (m *Manager) List() []*Deployment {
 // Restore starts every stored deployment whose desired state is running, and
 // lists the stopped ones as Stopped. Call it once, before serving.
 //
-// Admission applies as it did to Assign. A model name the operator's static
-// models (assigned before) already serve stays theirs. Two stored
-// deployments may want to serve one model name (one failed, and another id
-// took the name): the one that served last wins, then the most recently
-// updated. The others come back Failed, saying which deployment has the
+// Admission applies as it did to Assign, taking first the deployments that
+// served before the restart and last those that had failed. A model name
+// the operator's static models (assigned before) already serve stays
+// theirs. Two stored deployments may want to serve one model name (one
+// failed, and another id took the name): the one that served last wins,
+// then the most recently updated. The others come back Failed, saying which deployment has the
 // name. A record whose id a static model has is skipped.
 func (m *Manager) Restore() error {
 	if m.store == nil {
@@ -817,7 +826,16 @@ func (m *Manager) Restore() error {
 			winner[specs[i].Name] = i
 		}
 	}
-	for i, r := range recs {
+	// Admission takes them in the order they should keep their place: those
+	// that served first, those that had failed last (a broken model the
+	// Central Server has not stopped must not take a serving one's slot).
+	order := make([]int, len(recs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return restoreRank(recs[order[a]]) < restoreRank(recs[order[b]]) })
+	for _, i := range order {
+		r := recs[i]
 		if r.Spec == nil {
 			continue // skipped above
 		}
@@ -868,6 +886,19 @@ func restoreBefore(a, b store.Record) bool {
 		return as.Serving()
 	}
 	return a.Updated.After(b.Updated)
+}
+
+// restoreRank orders records for Restore's admission: 0 for one whose last
+// state was serving, 2 for one that had failed, 1 for the others (stopped,
+// or closed on its way up).
+func restoreRank(r store.Record) int {
+	switch st, _ := ParseState(r.State); {
+	case st.Serving():
+		return 0
+	case st == Failed:
+		return 2
+	}
+	return 1
 }
 
 // restoreIdle lists a restored deployment that does not run, in state
