@@ -83,6 +83,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	models := deploy.NewManager(deploy.Config{
 		MaxDeployments:       cfg.Limits.MaxDeployments,
+		KeepStopped:          cfg.Limits.KeepStopped,
 		MemoryBudget:         int64(cfg.Limits.MemoryBudget),
 		MaxArtifactSize:      int64(cfg.Limits.MaxArtifactSize),
 		MaxConcurrentFetches: cfg.Limits.MaxConcurrentFetches,

@@ -101,6 +101,10 @@ type Native struct {
 type Limits struct {
 	// MaxDeployments is the most deployments held at once. Default: 16.
 	MaxDeployments int `toml:"max_deployments"`
+	// KeepStopped is how many stopped deployments the node remembers (for
+	// status and list calls); older ones are forgotten, oldest first.
+	// Default: 256.
+	KeepStopped int `toml:"keep_stopped"`
 	// MemoryBudget is the memory all loaded models may hold together. Default: "8GiB".
 	MemoryBudget ByteSize `toml:"memory_budget"`
 	// MaxArtifactSize bounds one downloaded artifact. Default: "4GiB".
@@ -237,7 +241,7 @@ func Default() Config {
 		Storage: Storage{StateDir: "var/state", CacheDir: "var/cache", ModelDir: "var/models", CacheMaxSize: 10 << 30},
 		Native:  Native{ONNXRuntime: "lib/onnxruntime/libonnxruntime.so.1", LlamaDir: "lib/llama"},
 		Limits: Limits{
-			MaxDeployments: 16, MemoryBudget: 8 << 30, MaxArtifactSize: 4 << 30,
+			MaxDeployments: 16, KeepStopped: 256, MemoryBudget: 8 << 30, MaxArtifactSize: 4 << 30,
 			MaxConcurrentFetches: 2, MaxConcurrentLoads: 2, ShutdownTimeout: Duration(5 * time.Second),
 			FetchTimeout: Duration(30 * time.Minute),
 		},
@@ -528,6 +532,7 @@ func (c *Config) validate() []string {
 		}
 	}
 	positive("limits.max_deployments", c.Limits.MaxDeployments)
+	positive("limits.keep_stopped", c.Limits.KeepStopped)
 	positive("limits.max_concurrent_fetches", c.Limits.MaxConcurrentFetches)
 	positive("limits.max_concurrent_loads", c.Limits.MaxConcurrentLoads)
 	if c.Limits.MemoryBudget <= 0 {

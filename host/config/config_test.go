@@ -445,3 +445,13 @@ func TestGuestCacheMaxSize(t *testing.T) {
 		t.Errorf("0B: %v, want an error naming the key", err)
 	}
 }
+
+func TestKeepStopped(t *testing.T) {
+	c, err := Parse("", "/base", "x")
+	if err != nil || c.Limits.KeepStopped != 256 {
+		t.Fatalf("default limits.keep_stopped: %v, %v", c, err)
+	}
+	if _, err := Parse("[limits]\nkeep_stopped = 0\n", "/base", "x"); err == nil || !strings.Contains(err.Error(), "limits.keep_stopped") {
+		t.Errorf("keep_stopped = 0: %v, want an error naming the key", err)
+	}
+}

@@ -49,6 +49,9 @@ type Config struct {
 	// Batching is node.toml's [inference.batching]: what a spec sent over
 	// gRPC leaves at zero (see WithBatchingDefaults).
 	Batching engine.Config
+	// KeepStopped is how many stopped deployments the node remembers (see
+	// DefaultKeepStopped); 0 takes the default.
+	KeepStopped int
 }
 
 // WithBatchingDefaults fills the fields of b left at zero from def, the
@@ -630,7 +633,9 @@ func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration)
 		return d.Status(), nil
 	}
 	m.stop(ctx, d, drain)
-	return d.Status(), nil
+	st := d.Status()
+	m.forgetOldStopped()
+	return st, nil
 }
 
 // stop cancels d's goroutine, drains and unloads it within drain (the
@@ -874,7 +879,66 @@ func (m *Manager) Restore() error {
 		m.mu.Unlock()
 		m.log.Info("restored deployment", "deployment", r.ID, "model", spec.Name)
 	}
+	m.forgetOldStopped()
 	return nil
+}
+
+// DefaultKeepStopped is how many stopped deployments the node remembers by
+// default (in memory and in its store, for status and list calls and for
+// a new spec under their id); older ones are forgotten, oldest first. A
+// Central Server that assigns a new id per deployment made both grow
+// without end, and every listing, snapshot and readiness check with them.
+const DefaultKeepStopped = 256
+
+// forgetOldStopped forgets the stopped deployments beyond KeepStopped,
+// least recently updated first. One whose id an operation holds is left
+// for a later call.
+func (m *Manager) forgetOldStopped() {
+	m.mu.Lock()
+	var stopped []*Deployment
+	for _, d := range m.byID {
+		if d.State() == Stopped {
+			stopped = append(stopped, d)
+		}
+	}
+	m.mu.Unlock()
+	keep := m.cfg.KeepStopped
+	if keep <= 0 {
+		keep = DefaultKeepStopped
+	}
+	if len(stopped) <= keep {
+		return
+	}
+	updated := make(map[*Deployment]time.Time, len(stopped))
+	for _, d := range stopped {
+		updated[d] = d.Status().Updated
+	}
+	slices.SortFunc(stopped, func(a, b *Deployment) int { return updated[a].Compare(updated[b]) })
+	forgot := 0
+	for _, d := range stopped[:len(stopped)-keep] {
+		unlock, ok := m.ops.tryLock(d.id)
+		if !ok {
+			continue
+		}
+		m.mu.Lock()
+		gone := m.byID[d.id] == d && d.State() == Stopped
+		if gone {
+			delete(m.byID, d.id)
+		}
+		m.mu.Unlock()
+		if gone && m.store != nil && d.owner != OwnerOperator {
+			if err := m.store.Delete(d.id); err != nil && !errors.Is(err, store.ErrNotFound) {
+				m.log.Warn("forget stopped deployment", "deployment", d.id, "err", err)
+			}
+		}
+		unlock()
+		if gone {
+			forgot++
+		}
+	}
+	if forgot > 0 {
+		m.log.Info("forgot the oldest stopped deployments", "forgotten", forgot, "kept", keep)
+	}
 }
 
 // restoreBefore reports whether a should serve a model name rather than b:
@@ -964,6 +1028,22 @@ type idLock struct {
 	refs int // holders and waiters
 }
 
+// tryLock locks id's mutex if no one holds it or waits for it.
+func (l *idLocks) tryLock(id string) (unlock func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.locks[id] != nil {
+		return nil, false
+	}
+	if l.locks == nil {
+		l.locks = map[string]*idLock{}
+	}
+	k := &idLock{refs: 1}
+	k.Lock() // new: uncontended
+	l.locks[id] = k
+	return l.unlocker(id, k), true
+}
+
 // lock locks id's mutex and returns its unlock.
 func (l *idLocks) lock(id string) (unlock func()) {
 	l.mu.Lock()
@@ -978,6 +1058,11 @@ func (l *idLocks) lock(id string) (unlock func()) {
 	k.refs++
 	l.mu.Unlock()
 	k.Lock()
+	return l.unlocker(id, k)
+}
+
+// unlocker is the unlock of id's held mutex k.
+func (l *idLocks) unlocker(id string, k *idLock) func() {
 	return func() {
 		k.Unlock()
 		l.mu.Lock()

@@ -54,10 +54,11 @@ func TestBudgetHeldWhileStopDrains(t *testing.T) {
 
 // Watch with snapshot delivers every deployment: past the watcher's buffer
 // (1024) the snapshot was silently cut short, and a long-lived node passes
-// 1024 (stopped and failed deployments are kept).
+// 1024 (failed deployments are kept, and as many stopped ones as the node
+// is told to keep).
 func TestWatchSnapshotComplete(t *testing.T) {
 	const count = 1100
-	n := newNode(t, nodeOpts{withStore: true, quiet: true})
+	n := newNode(t, nodeOpts{withStore: true, quiet: true, cfg: deploy.Config{KeepStopped: 2 * count}})
 	raw, err := json.Marshal(linearSpec("x", artifact.Artifact{URI: "file:///nonexistent.onnx"}))
 	if err != nil {
 		t.Fatal(err)
