@@ -1,8 +1,6 @@
 package deploy_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,10 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -28,42 +22,6 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
-
-// procSample is what the process holds.
-type procSample struct{ rssKiB, threads, goroutines, fds int64 }
-
-// sampleProc collects the garbage, hands free memory back to the OS and
-// reads /proc/self.
-func sampleProc(t *testing.T) procSample {
-	t.Helper()
-	debug.FreeOSMemory()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	var s procSample
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ":")
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			continue
-		}
-		switch k {
-		case "VmRSS":
-			s.rssKiB, _ = strconv.ParseInt(f[0], 10, 64)
-		case "Threads":
-			s.threads, _ = strconv.ParseInt(f[0], 10, 64)
-		}
-	}
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.fds = int64(len(fds))
-	s.goroutines = int64(runtime.NumGoroutine())
-	return s
-}
 
 // digestFile writes b under dir and returns it as a file:// artifact with
 // its digest, so that it goes through the cache and is pinned.
@@ -181,26 +139,26 @@ func TestAssignStopCyclesHoldSteady(t *testing.T) {
 	for range 2 {
 		cycle() // allocator, ORT and guest compile cache warm-up
 	}
-	s0 := sampleProc(t)
+	s0 := loadertest.SampleProc(t)
 	for range n {
 		cycle()
 	}
-	s1 := sampleProc(t)
+	s1 := loadertest.SampleProc(t)
 	for range n {
 		cycle()
 	}
-	s2 := sampleProc(t)
+	s2 := loadertest.SampleProc(t)
 	t.Logf("after warm-up, %d and %d cycles: %+v, %+v, %+v", n, 2*n, s0, s1, s2)
 	// A PP-OCR session with its arena and pool is megabytes: one left
 	// behind per cycle is well over 16 MiB in n cycles.
-	if grew := s2.rssKiB - s1.rssKiB; grew > 16<<10 {
-		t.Errorf("RSS grew by %d KiB over cycles %d to %d (%d KiB over the first %d): memory is left behind", grew, n, 2*n, s1.rssKiB-s0.rssKiB, n)
+	if grew := s2.RSSKiB - s1.RSSKiB; grew > 16<<10 {
+		t.Errorf("RSS grew by %d KiB over cycles %d to %d (%d KiB over the first %d): memory is left behind", grew, n, 2*n, s1.RSSKiB-s0.RSSKiB, n)
 	}
-	if s2.threads > s1.threads+2 {
-		t.Errorf("threads went from %d to %d over cycles %d to %d", s1.threads, s2.threads, n, 2*n)
+	if s2.Threads > s1.Threads+2 {
+		t.Errorf("threads went from %d to %d over cycles %d to %d", s1.Threads, s2.Threads, n, 2*n)
 	}
-	if s2.goroutines > s0.goroutines || s2.fds > s0.fds {
+	if s2.Goroutines > s0.Goroutines || s2.FDs > s0.FDs {
 		t.Errorf("goroutines %d → %d → %d, open files %d → %d → %d: a stopped deployment left them behind",
-			s0.goroutines, s1.goroutines, s2.goroutines, s0.fds, s1.fds, s2.fds)
+			s0.Goroutines, s1.Goroutines, s2.Goroutines, s0.FDs, s1.FDs, s2.FDs)
 	}
 }

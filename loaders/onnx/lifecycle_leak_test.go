@@ -1,14 +1,9 @@
 package onnx_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"os"
-	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -16,37 +11,6 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
-
-// procSample is what the process holds: resident memory and OS threads.
-type procSample struct{ rssKiB, threads int64 }
-
-// sampleProc collects the garbage, hands free memory back to the OS and
-// reads /proc/self/status. ONNX Runtime joins a session's threads when the
-// session is released, so Threads is exact once Close has returned.
-func sampleProc(t *testing.T) procSample {
-	t.Helper()
-	debug.FreeOSMemory()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	var s procSample
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ":")
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			continue
-		}
-		switch k {
-		case "VmRSS":
-			s.rssKiB, _ = strconv.ParseInt(f[0], 10, 64)
-		case "Threads":
-			s.threads, _ = strconv.ParseInt(f[0], 10, 64)
-		}
-	}
-	return s
-}
 
 // A node loads and unloads models for weeks: every load, every kind of
 // Infer (served, refused by this package, refused by ORT, cancelled, after
@@ -151,25 +115,25 @@ func TestLoadInferCloseCyclesHoldSteady(t *testing.T) {
 	for range 5 {
 		cycle() // allocator and ORT warm-up
 	}
-	s0 := sampleProc(t)
+	s0 := loadertest.SampleProc(t)
 	for range n {
 		cycle()
 	}
-	s1 := sampleProc(t)
+	s1 := loadertest.SampleProc(t)
 	for range n {
 		cycle()
 	}
-	s2 := sampleProc(t)
+	s2 := loadertest.SampleProc(t)
 	t.Logf("after warm-up, %d and %d cycles: RSS %d, %d, %d KiB; threads %d, %d, %d", n, 2*n,
-		s0.rssKiB, s1.rssKiB, s2.rssKiB, s0.threads, s1.threads, s2.threads)
+		s0.RSSKiB, s1.RSSKiB, s2.RSSKiB, s0.Threads, s1.Threads, s2.Threads)
 	// A cycle moves over 4 MiB through ORT; one value, session or arena
 	// left behind per cycle is well over 16 MiB in n cycles. Allocator
 	// fragmentation stays under it.
-	if grew := s2.rssKiB - s1.rssKiB; grew > 16<<10 {
-		t.Errorf("RSS grew by %d KiB over cycles %d to %d (%d KiB over the first %d): native memory is left behind", grew, n, 2*n, s1.rssKiB-s0.rssKiB, n)
+	if grew := s2.RSSKiB - s1.RSSKiB; grew > 16<<10 {
+		t.Errorf("RSS grew by %d KiB over cycles %d to %d (%d KiB over the first %d): native memory is left behind", grew, n, 2*n, s1.RSSKiB-s0.RSSKiB, n)
 	}
 	// Two pool threads per PP-OCR session: a pool left behind is 2n threads.
-	if s2.threads > s1.threads+2 {
-		t.Errorf("threads went from %d to %d over cycles %d to %d: ONNX Runtime thread pools outlive their sessions", s1.threads, s2.threads, n, 2*n)
+	if s2.Threads > s1.Threads+2 {
+		t.Errorf("threads went from %d to %d over cycles %d to %d: ONNX Runtime thread pools outlive their sessions", s1.Threads, s2.Threads, n, 2*n)
 	}
 }
