@@ -91,6 +91,11 @@ func fromContents(t *tensor.Tensor, c *inference.InferTensorContents, n int64) e
 	if c == nil {
 		c = &inference.InferTensorContents{}
 	}
+	if t.DType == tensor.FP16 || t.DType == tensor.BF16 {
+		// Said first, whatever field holds data: "takes
+		// contents.raw_input_contents" named a field that does not exist.
+		return invalid("input %q: %v has no typed contents field: send it in raw_input_contents", t.Name, t.DType)
+	}
 	// Each datatype reads exactly one field; data in another field is a
 	// client mistake worth naming.
 	fields, got := contentsFields(c)
@@ -102,8 +107,6 @@ func fromContents(t *tensor.Tensor, c *inference.InferTensorContents, n int64) e
 		return invalid("input %q: datatype %v takes contents.%s, got data in contents.%s", t.Name, t.DType, want, fields[0])
 	}
 	switch t.DType {
-	case tensor.FP16, tensor.BF16:
-		return invalid("input %q: %v has no typed contents field: send it in raw_input_contents", t.Name, t.DType)
 	case tensor.Bool:
 		if err := count(len(c.BoolContents)); err != nil {
 			return err
