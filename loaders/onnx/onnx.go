@@ -31,8 +31,8 @@
 // model's declared dimensions (a model whose FP16/BF16 output has a dynamic
 // dimension not named after an input dimension does not load); BYTES
 // elements are passed as C strings, so they must not contain a NUL byte;
-// rank-0 BYTES, FP16 and BF16 inputs, and empty FP16/BF16 tensors, are
-// refused.
+// a model with a rank-0 BYTES, FP16 or BF16 input does not load, and empty
+// FP16/BF16 tensors are refused.
 package onnx
 
 import (
@@ -339,6 +339,10 @@ func (m *Model) describe(path string, ins, outs []ort.InputOutputInfo) error {
 		s, err := spec("input", info)
 		if err != nil {
 			return err
+		}
+		if s.Shape != nil && len(s.Shape) == 0 && (s.DType == tensor.Bytes || s.DType == tensor.FP16 || s.DType == tensor.BF16) {
+			// Every request would be refused: say so at load.
+			return fmt.Errorf("input %q: rank-0 %v inputs are not supported by onnxruntime_go v1.27.0", s.Name, s.DType)
 		}
 		m.inputs = append(m.inputs, inputSpec{TensorSpec: s, ortType: info.DataType})
 		m.inByName[s.Name] = i

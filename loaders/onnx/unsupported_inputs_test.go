@@ -22,7 +22,6 @@ func TestUnsupportedInputsAreInvalidInput(t *testing.T) {
 	}{
 		{"empty FP16 input", onnxtest.Identity(onnxtest.Float16, []int64{-1, 4}), tensor.New("x", tensor.FP16, 0, 4)},
 		{"empty BF16 input", onnxtest.Identity(onnxtest.Bfloat16, []int64{-1, 4}), tensor.New("x", tensor.BF16, 0, 4)},
-		{"rank-0 BYTES input", onnxtest.Identity(onnxtest.String, []int64{}), &tensor.Tensor{Name: "x", DType: tensor.Bytes, Shape: []int64{}, Strings: [][]byte{[]byte("a")}}},
 		{"rank-0 FP16 input, no declared shape", rvModel(
 			[][]byte{rvNode("Cast", []string{"x"}, []string{"y"}, rvAttrInt("to", elemFloat))}, nil,
 			[][]byte{rvValueInfo("x", elemFloat16, nil)},
