@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -41,6 +42,9 @@ var (
 	// ErrCorrupt reports a stored record that cannot be decoded, for example
 	// one written by a newer version of the node.
 	ErrCorrupt = errors.New("corrupt deployment record")
+	// ErrDamaged reports a store file whose pages bbolt cannot read (disk
+	// damage, or a file changed behind bbolt's back).
+	ErrDamaged = errors.New("store file is damaged")
 )
 
 // Desired states for Record.Desired.
@@ -85,14 +89,31 @@ type Store struct {
 // Open opens the store file at path, creating it if needed. The directory
 // must exist.
 func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
+	var f *os.File // bbolt's, closed here if bbolt panics on a damaged file
+	opts := &bolt.Options{Timeout: openTimeout, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		var err error
+		f, err = os.OpenFile(name, flag, perm)
+		return f, err
+	}}
+	var db *bolt.DB
+	err := guard(path, nil, func() (err error) {
+		db, err = bolt.Open(path, 0o600, opts)
+		return err
+	})
+	if errors.Is(err, ErrDamaged) {
+		if f != nil {
+			f.Close() // releases the lock (bbolt's mapping of the file stays)
+		}
+		return nil, fmt.Errorf("open store: %w", err)
+	}
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store %s: %w (waited %s; is another cyxwiz-node running?)", path, ErrLocked, openTimeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	s := &Store{db: db, path: path}
+	err = s.update(nil, func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucket)
 		return err
 	})
@@ -100,7 +121,34 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: create bucket: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	return s, nil
+}
+
+// view and update run fn in a bbolt transaction. bbolt panics on a page
+// that is not what it expects (a damaged file): that becomes an error
+// wrapping ErrDamaged, not a crash of the node; bbolt has already rolled
+// the transaction back. A panic while *inFn is true is the caller's own
+// code's: it goes on as it was.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	return guard(s.path, nil, func() error { return s.db.View(fn) })
+}
+
+func (s *Store) update(inFn *bool, fn func(*bolt.Tx) error) error {
+	return guard(s.path, inFn, func() error { return s.db.Update(fn) })
+}
+
+// guard calls f, turning a panic into an error wrapping ErrDamaged and
+// naming path, unless inFn is set and true.
+func guard(path string, inFn *bool, f func() error) (err error) {
+	defer func() {
+		if inFn != nil && *inFn {
+			return // no recover: the caller's panic keeps its stack
+		}
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s: %v", ErrDamaged, path, r)
+		}
+	}()
+	return f()
 }
 
 // Close releases the file. Using the Store afterwards returns errors.
@@ -121,7 +169,7 @@ func (s *Store) Put(rec Record) error {
 	if err != nil {
 		return fmt.Errorf("put %s: %w", rec.ID, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(nil, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).Put([]byte(rec.ID), v)
 	})
 	if err != nil {
@@ -133,7 +181,7 @@ func (s *Store) Put(rec Record) error {
 // Get returns the record with id, or an error wrapping ErrNotFound.
 func (s *Store) Get(id string) (Record, error) {
 	var rec Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucket).Get([]byte(id))
 		if v == nil {
 			return ErrNotFound
@@ -156,7 +204,7 @@ func (s *Store) Get(id string) (Record, error) {
 func (s *Store) List() ([]Record, error) {
 	var recs []Record
 	var bad []error
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 			rec, err := decode(k, v)
 			if err != nil {
@@ -179,7 +227,7 @@ func (s *Store) List() ([]Record, error) {
 // Delete removes the record with id; it returns an error wrapping
 // ErrNotFound if there is none.
 func (s *Store) Delete(id string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(nil, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if b.Get([]byte(id)) == nil {
 			return ErrNotFound
@@ -199,7 +247,8 @@ func (s *Store) Delete(id string) error {
 // transaction holds the store's write lock, must be quick and must not call
 // the Store.
 func (s *Store) Update(id string, fn func(*Record) error) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	var inFn bool // while fn runs: its panics are the caller's
+	err := s.update(&inFn, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		v := b.Get([]byte(id))
 		if v == nil {
@@ -209,7 +258,10 @@ func (s *Store) Update(id string, fn func(*Record) error) error {
 		if err != nil {
 			return err
 		}
-		if err := fn(&rec); err != nil {
+		inFn = true
+		err = fn(&rec)
+		inFn = false
+		if err != nil {
 			return err
 		}
 		if rec.ID != id {
