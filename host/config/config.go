@@ -557,8 +557,9 @@ func (c *Config) validate() []string {
 	if l := c.Inference.CPULatency; l != nil && (*l < 0 || *l > Duration(time.Second)) {
 		bad("inference.cpu_latency", "must be between 0 and 1s, got %v", l.D())
 	}
-	if h := c.Inference.CPULatencyHold; h <= 0 || h > Duration(time.Hour) {
-		bad("inference.cpu_latency_hold", "must be > 0 and <= 1h, got %v", h.D())
+	// The governor looks every quarter hold: under 1 ms it nears a busy loop.
+	if h := c.Inference.CPULatencyHold; h < Duration(time.Millisecond) || h > Duration(time.Hour) {
+		bad("inference.cpu_latency_hold", "must be between 1ms and 1h, got %v", h.D())
 	}
 	positive("guests.memory_limit_pages", c.Guests.MemoryLimitPages)
 	if c.Guests.MemoryLimitPages > MaxGuestMemoryPages {

@@ -94,6 +94,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"preferred > max", "[inference.batching]\nmax_batch_size = 4\npreferred_batch_sizes = [8]\n", []string{"inference.batching.preferred_batch_sizes[0]"}},
 		{"cpu latency", "[inference]\ncpu_latency = \"-1us\"\n", []string{"inference.cpu_latency", "between 0 and 1s"}},
 		{"cpu latency hold", "[inference]\ncpu_latency_hold = \"0s\"\n", []string{"inference.cpu_latency_hold"}},
+		// Looked at every quarter hold: a nanosecond hold is a busy loop.
+		{"cpu latency hold tiny", "[inference]\ncpu_latency_hold = \"1ns\"\n", []string{"inference.cpu_latency_hold"}},
 		{"guest pages", "[guests]\nmemory_limit_pages = 70000\n", []string{"guests.memory_limit_pages"}},
 		{"model name", "[[models]]\nformat=\"onnx\"\npath=\"m\"\n", []string{"models[0].name"}},
 		{"model dup", "[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n[[models]]\nname=\"a\"\nformat=\"onnx\"\npath=\"m\"\n", []string{"models[1].name", "duplicate"}},
