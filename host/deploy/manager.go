@@ -516,7 +516,7 @@ func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, 
 		if err := pipe.format.FormatLoad(ctx, data); err != nil {
 			return nil, fmt.Errorf("format guest: load %s: %w", path, err)
 		}
-		return guestModel{pipe.format}, nil
+		return guestModel{pool: pipe.format, id: d.id}, nil
 	}
 	opts := m.cfg.Load
 	opts.Extra = d.spec.LoaderOptions

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -160,29 +161,62 @@ func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, p
 func (m *Manager) guestInfer(d *Deployment, spec Spec) cyxwiz.InferFunc {
 	return func(ctx context.Context, model string, in []*tensor.Tensor) ([]*tensor.Tensor, error) {
 		if model == "" || model == spec.Name {
+			// A FORMAT guest is d's model: it would call itself, each
+			// level holding an engine and a guest instance, until none
+			// was left for the next (then wait for the deadline). A batch
+			// policy runs in d's batcher, which its request would wait for.
+			if id, _ := ctx.Value(engineCallKey{}).(string); id == d.id {
+				return nil, fmt.Errorf("%w: deployment %s: a format or batch-policy guest runs inside model %q: it cannot run it", cyxwiz.ErrNotAllowed, d.id, spec.Name)
+			}
 			return d.inferNative(ctx, in, nil)
 		}
 		if !slices.Contains(spec.AllowedDeployments, model) {
 			return nil, fmt.Errorf("%w: deployment %s may not call model %q (allowed: %v)", cyxwiz.ErrNotAllowed, d.id, model, spec.AllowedDeployments)
 		}
 		other, err := m.Model(model, "")
+		if errors.Is(err, ErrNotFound) {
+			// d serves: its client must not read NotFound for it.
+			return nil, fmt.Errorf("%w: model %q, which deployment %s calls, is not deployed", ErrNotReady, model, d.id)
+		}
 		if err != nil {
 			return nil, err
 		}
-		return other.Infer(ctx, in, nil)
+		// A deployment already on the call chain would run its guests
+		// again: a → b → a → b ... took an instance of each a level, then
+		// waited, holding them all, for the caller's deadline.
+		chain, _ := ctx.Value(callChainKey{}).([]string)
+		if !slices.Contains(chain, d.id) {
+			chain = append(slices.Clip(chain), d.id)
+		}
+		if slices.Contains(chain, other.id) {
+			return nil, fmt.Errorf("%w: deployment %s may not call model %q: a call cycle (%s → %s)",
+				cyxwiz.ErrNotAllowed, d.id, model, strings.Join(chain, " → "), other.id)
+		}
+		return other.Infer(context.WithValue(ctx, callChainKey{}, chain), in, nil)
 	}
 }
 
+// callChainKey keys the ids of the deployments whose guests are running a
+// request, in call order, in the context of the models they call.
+type callChainKey struct{}
+
 // guestModel is a model implemented by a FORMAT guest: format_load ran on
-// the model file, format_infer answers requests.
-type guestModel struct{ pool *guest.Pool }
+// the model file, format_infer answers requests. id is the deployment's.
+type guestModel struct {
+	pool *guest.Pool
+	id   string
+}
+
+// engineCallKey keys, in the context of a format_infer or batch_policy
+// call, the id of the deployment whose engine runs the guest.
+type engineCallKey struct{}
 
 func (g guestModel) Info() loaders.Info {
 	return loaders.Info{Format: FormatGuest, Platform: "cyxwiz_guest"}
 }
 
 func (g guestModel) Infer(ctx context.Context, in []*tensor.Tensor, names []string) ([]*tensor.Tensor, error) {
-	outs, err := g.pool.FormatInfer(ctx, in)
+	outs, err := g.pool.FormatInfer(context.WithValue(ctx, engineCallKey{}, g.id), in)
 	if err != nil {
 		return nil, err
 	}
@@ -226,6 +260,7 @@ func (d *Deployment) batchPolicy(ctx context.Context, q engine.QueueState) (engi
 	if p.policy == nil {
 		return engine.Decision{Run: q.Queued}, nil
 	}
+	ctx = context.WithValue(ctx, engineCallKey{}, d.id)
 	dec, err := p.policy.BatchPolicy(ctx, guest.QueueState{Queued: q.Queued, OldestWait: q.OldestWait, Rows: q.Rows, MaxBatch: q.MaxBatch})
 	return engine.Decision{Run: dec.Run, Wait: dec.Wait}, err
 }
