@@ -38,6 +38,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
@@ -277,7 +278,9 @@ func (s *Session) errno(err error) int32 {
 	switch {
 	case errors.Is(err, ErrLimit):
 		e = abi.ENOMEM
-	case errors.Is(err, errInvalid):
+	case errors.Is(err, errInvalid), errors.Is(err, loaders.ErrInvalidInput):
+		// The model an infer called refused the guest's inputs: they are
+		// the guest's mistake, as a host operation's bad argument is.
 		e = abi.EINVAL
 	case errors.Is(err, ErrNotAllowed):
 		e = abi.EPERM

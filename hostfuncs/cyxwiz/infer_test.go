@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
@@ -156,4 +158,22 @@ func allocated() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.TotalAlloc
+}
+
+// A model that refuses the guest's inputs (loaders.ErrInvalidInput) is the
+// guest's mistake: infer returns EINVAL, as for a bad argument; it was EIO,
+// which reads as the host's own trouble.
+func TestInferRefusedInputsAreEINVAL(t *testing.T) {
+	s := NewSession(Env{Infer: func(context.Context, string, []*tensor.Tensor) ([]*tensor.Tensor, error) {
+		return nil, fmt.Errorf("model m: %w: input \"x\" wants FP32", loaders.ErrInvalidInput)
+	}})
+	mem := guestMemory(t, 1)
+	in := s.Put(tensor.New("in", tensor.FP32, 2))
+	mem.Write(0, binary.LittleEndian.AppendUint32(nil, in))
+	if e := hostInfer(context.Background(), s, mem, stack(0, 0, 0, 1, 1024, 4)); e != int32(abi.EINVAL) {
+		t.Fatalf("infer of refused inputs: %d (%s), want EINVAL", e, s.errMsg)
+	}
+	if !strings.Contains(s.errMsg, "wants FP32") {
+		t.Errorf("last_error %q does not say why", s.errMsg)
+	}
 }
