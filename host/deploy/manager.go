@@ -471,6 +471,10 @@ func (m *Manager) load(ctx context.Context, d *Deployment, paths map[string]stri
 	if pipe.policy != nil {
 		cfg.Policy = d.batchPolicy
 	}
+	if pipe.policy != nil || pipe.format != nil {
+		// Their guests may call other deployments from a batch.
+		cfg.BatchValues = batchValues
+	}
 	// One request's values (a token id past the table) fail its batch:
 	// the batch's requests then run alone, and only that one fails.
 	cfg.Isolate = func(err error) bool { return errors.Is(err, loaders.ErrInvalidInput) }

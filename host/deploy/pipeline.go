@@ -196,6 +196,25 @@ func (m *Manager) guestInfer(d *Deployment, spec Spec) cyxwiz.InferFunc {
 	}
 }
 
+// batchValues gives a batch of requests, and a batch policy deciding
+// about them, the call chains of them all (see engine.Config.BatchValues):
+// a deployment on any one's chain must not be called again from it.
+func batchValues(ctxs []context.Context) context.Context {
+	var chain []string
+	for _, ctx := range ctxs {
+		c, _ := ctx.Value(callChainKey{}).([]string)
+		for _, id := range c {
+			if !slices.Contains(chain, id) {
+				chain = append(chain, id)
+			}
+		}
+	}
+	if chain == nil {
+		return context.Background()
+	}
+	return context.WithValue(context.Background(), callChainKey{}, chain)
+}
+
 // callChainKey keys the ids of the deployments whose guests are running a
 // request, in call order, in the context of the models they call.
 type callChainKey struct{}

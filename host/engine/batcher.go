@@ -303,7 +303,7 @@ func (s *Scheduler) takeByPolicy(b *batch, now time.Time, draining bool) int {
 	for i, r := range b.reqs {
 		q.Rows[i] = int64(r.rows)
 	}
-	dec, err := s.askPolicy(q, bound)
+	dec, err := s.askPolicy(q, bound, b.reqs)
 	switch {
 	case err != nil:
 		s.stats.policyErrors.Add(1)
@@ -322,9 +322,10 @@ func (s *Scheduler) takeByPolicy(b *batch, now time.Time, draining bool) int {
 
 // askPolicy calls the Policy, turning a panic into an error: the batch runs
 // instead of the node crashing, as for a model that panics.
-func (s *Scheduler) askPolicy(q QueueState, bound time.Duration) (dec Decision, err error) {
+func (s *Scheduler) askPolicy(q QueueState, bound time.Duration, reqs []*request) (dec Decision, err error) {
 	ctx, cancel := context.WithTimeout(s.runCtx, bound)
 	defer cancel()
+	ctx = s.batchContext(ctx, reqs)
 	defer func() {
 		if p := recover(); p != nil {
 			dec, err = Decision{}, fmt.Errorf("batch policy panicked: %v", p)
@@ -607,7 +608,7 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 
 	// The batch belongs to no single caller: it runs under the scheduler's
 	// context, which only a Close that gives up cancels.
-	outs, err := s.infer(s.runCtx, inputs, first.outputs)
+	outs, err := s.infer(s.batchContext(s.runCtx, reqs), inputs, first.outputs)
 	if err != nil && s.runCtx.Err() == nil && s.cfg.Isolate != nil && s.cfg.Isolate(err) {
 		s.stats.record(rows, time.Since(start))
 		s.log.Debug("batch failed on a request's values; running its requests alone", "requests", len(reqs), "rows", rows, "err", err)
@@ -656,6 +657,38 @@ func (s *Scheduler) runBatch(w *worker, reqs []*request, start time.Time) {
 	for i, r := range reqs {
 		deliver(r, per[i*n:(i+1)*n:(i+1)*n], nil)
 	}
+}
+
+// batchContext is ctx (the scheduler's) carrying the values that
+// Config.BatchValues gives reqs; ctx itself without it.
+func (s *Scheduler) batchContext(ctx context.Context, reqs []*request) context.Context {
+	if s.cfg.BatchValues == nil {
+		return ctx
+	}
+	ctxs := make([]context.Context, len(reqs))
+	for i, r := range reqs {
+		ctxs[i] = r.ctx
+	}
+	return valuesContext{Context: ctx, values: s.cfg.BatchValues(ctxs)}
+}
+
+// valuesContext is its Context's cancellation and deadline with the values
+// of values besides its own.
+type valuesContext struct {
+	context.Context
+	values context.Context
+}
+
+// Value looks in the scheduler's context first: the context package finds
+// its cancellation there, and it holds no values of the callers'.
+func (c valuesContext) Value(key any) any {
+	if v := c.Context.Value(key); v != nil {
+		return v
+	}
+	if c.values == nil {
+		return nil
+	}
+	return c.values.Value(key)
 }
 
 // infer calls the model, turning a panic into an error for the callers

@@ -45,6 +45,14 @@ type Config struct {
 	// one by one, so that only the requests at fault fail. nil: a batch's
 	// error fails every request in it. Not serialised.
 	Isolate func(error) bool `json:"-"`
+	// BatchValues, when set, gives the model call of a batch of several
+	// requests, and a Policy call about them, the values of its requests'
+	// contexts (given in order): the call sees the values of the context
+	// it returns. That call belongs to no single caller: it still runs
+	// under the scheduler's own cancellation (only a Close that gives up
+	// ends it), whatever the returned context's deadline or Done. nil: it
+	// sees none of its callers' values. Not serialised.
+	BatchValues func(ctxs []context.Context) context.Context `json:"-"`
 }
 
 // DefaultPolicyBound caps a request's wait under a Policy when
