@@ -98,8 +98,10 @@ func TestDTypeMatrixOverGRPC(t *testing.T) {
 	var specs []deploy.Spec
 	for dt, et := range matrixTypes {
 		for r, shape := range ranks {
-			if r == "r0" && (dt == tensor.FP16 || dt == tensor.BF16) {
-				continue // onnxruntime_go refuses to load these models
+			if r == "r0" && (dt == tensor.FP16 || dt == tensor.BF16 || dt == tensor.Bytes) {
+				// The ONNX loader refuses these models (onnxruntime_go
+				// cannot make such tensors): loaders/onnx tests it.
+				continue
 			}
 			file := filepath.Join(dir, fmt.Sprintf("id_%s_%s.onnx", et, r))
 			if err := os.WriteFile(file, onnxtest.Identity(et, shape), 0o644); err != nil {
@@ -116,7 +118,7 @@ func TestDTypeMatrixOverGRPC(t *testing.T) {
 	}{{"r2", []int64{0, 3}}, {"r2", []int64{2, 3}}, {"r2", []int64{3, 0}}, {"r1", []int64{1}}, {"r1", []int64{0}}, {"r0", []int64{}}}
 	for dt := range matrixTypes {
 		for _, sh := range shapes {
-			if sh.model == "r0" && (dt == tensor.FP16 || dt == tensor.BF16) {
+			if sh.model == "r0" && (dt == tensor.FP16 || dt == tensor.BF16 || dt == tensor.Bytes) {
 				continue
 			}
 			for _, typed := range []bool{false, true} {
