@@ -216,8 +216,9 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 		}
 		// Stopped or Failed: the id takes the new spec (or the same one
 		// again) once its last run has returned, unless it is another
-		// owner's (a node.toml model's id stays the operator's).
-		if d.owner != owner && !d.Status().Spec.Equal(spec) {
+		// owner's: a node.toml model's id stays the operator's, even for
+		// its own spec (taken over, it was the Central Server's to stop).
+		if d.owner != owner && (d.owner == OwnerOperator || !d.Status().Spec.Equal(spec)) {
 			return nil, nil, fmt.Errorf("%w: deployment %q belongs to the %s (stopped or failed): use another id", ErrExists, id, d.owner)
 		}
 		select {

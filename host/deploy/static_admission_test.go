@@ -42,3 +42,26 @@ func TestOperatorModelRefusedAtAdmissionIsFailed(t *testing.T) {
 		t.Errorf("refused Central assign kept: %v", err)
 	}
 }
+
+// A node.toml model's id stays the operator's when it has failed, even for
+// an assign of the very same spec over gRPC: taken over, it became the
+// Central Server's, stored, and stoppable over gRPC.
+func TestFailedOperatorModelNotTakenOver(t *testing.T) {
+	srv := artifacttest.New(t)
+	n := newNode(t, nodeOpts{withStore: true, cfg: deploy.Config{MaxDeployments: 1}})
+	if _, err := n.m.Assign("a", linearSpec("a", srv.Add("/a", linear(1))), deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	spec := linearSpec("b", srv.Add("/b", linear(2)))
+	if _, err := n.m.Assign("b", spec, deploy.OwnerOperator); !errors.Is(err, deploy.ErrNoCapacity) {
+		t.Fatalf("b: %v, want ErrNoCapacity", err)
+	}
+	_, err := n.m.Assign("b", spec, deploy.OwnerCentral)
+	wantErr(t, err, deploy.ErrExists, "belongs to the operator")
+	if d, err := n.m.Get("b"); err != nil || d.Status().Owner != deploy.OwnerOperator {
+		t.Errorf("b after a Central assign: %v, %v; want the operator's", d, err)
+	}
+	if _, err := n.store.Get("b"); err == nil {
+		t.Error("the operator's model was stored as the Central Server's")
+	}
+}
