@@ -111,7 +111,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	svc := server.Services{
 		Deployments: server.NewDeployments(models),
-		Inference:   server.NewInference(models),
+		Inference:   server.NewInference(models).LimitInflight(int64(cfg.Limits.MaxInflightBytes)),
 		Ready:       func() bool { return server.Ready(models) },
 		Draining:    models.StopWatches,
 	}

@@ -105,6 +105,11 @@ type Limits struct {
 	// status and list calls); older ones are forgotten, oldest first.
 	// Default: 256.
 	KeepStopped int `toml:"keep_stopped"`
+	// MaxInflightBytes bounds the bytes (as encoded) that the inference
+	// requests being served hold together, queued or running; past it a
+	// request is RESOURCE_EXHAUSTED. At least listen.max_message_size.
+	// Default: "2GiB".
+	MaxInflightBytes ByteSize `toml:"max_inflight_bytes"`
 	// MemoryBudget is the memory all loaded models may hold together. Default: "8GiB".
 	MemoryBudget ByteSize `toml:"memory_budget"`
 	// MaxArtifactSize bounds one downloaded artifact. Default: "4GiB".
@@ -241,7 +246,7 @@ func Default() Config {
 		Storage: Storage{StateDir: "var/state", CacheDir: "var/cache", ModelDir: "var/models", CacheMaxSize: 10 << 30},
 		Native:  Native{ONNXRuntime: "lib/onnxruntime/libonnxruntime.so.1", LlamaDir: "lib/llama"},
 		Limits: Limits{
-			MaxDeployments: 16, KeepStopped: 256, MemoryBudget: 8 << 30, MaxArtifactSize: 4 << 30,
+			MaxDeployments: 16, KeepStopped: 256, MaxInflightBytes: 2 << 30, MemoryBudget: 8 << 30, MaxArtifactSize: 4 << 30,
 			MaxConcurrentFetches: 2, MaxConcurrentLoads: 2, ShutdownTimeout: Duration(5 * time.Second),
 			FetchTimeout: Duration(30 * time.Minute),
 		},
@@ -533,6 +538,9 @@ func (c *Config) validate() []string {
 	}
 	positive("limits.max_deployments", c.Limits.MaxDeployments)
 	positive("limits.keep_stopped", c.Limits.KeepStopped)
+	if c.Limits.MaxInflightBytes < c.Listen.MaxMessageSize {
+		bad("limits.max_inflight_bytes", "must be at least listen.max_message_size (%v), got %v", c.Listen.MaxMessageSize, c.Limits.MaxInflightBytes)
+	}
 	positive("limits.max_concurrent_fetches", c.Limits.MaxConcurrentFetches)
 	positive("limits.max_concurrent_loads", c.Limits.MaxConcurrentLoads)
 	if c.Limits.MemoryBudget <= 0 {

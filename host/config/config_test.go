@@ -457,3 +457,15 @@ func TestKeepStopped(t *testing.T) {
 		t.Errorf("keep_stopped = 0: %v, want an error naming the key", err)
 	}
 }
+
+func TestMaxInflightBytes(t *testing.T) {
+	c, err := Parse("", "/base", "x")
+	if err != nil || c.Limits.MaxInflightBytes != 2<<30 {
+		t.Fatalf("default limits.max_inflight_bytes: %v, %v", c, err)
+	}
+	// Below the largest message, a request of that size could never pass.
+	_, err = Parse("[listen]\nmax_message_size = \"64MiB\"\n[limits]\nmax_inflight_bytes = \"32MiB\"\n", "/base", "x")
+	if err == nil || !strings.Contains(err.Error(), "limits.max_inflight_bytes") {
+		t.Errorf("max_inflight_bytes below max_message_size: %v, want an error naming the key", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -33,11 +34,45 @@ type Inference struct {
 	inference.UnimplementedGRPCInferenceServiceServer
 	models *deploy.Manager
 	name   string
+	// inflight is what the ModelInfer requests being served hold, in
+	// bytes of their encoded messages; maxInflight bounds it (0: no bound).
+	inflight    atomic.Int64
+	maxInflight int64
 }
 
 // NewInference returns the GRPCInferenceService over models.
 func NewInference(models *deploy.Manager) *Inference {
 	return &Inference{models: models, name: "cyxwiz-node"}
+}
+
+// LimitInflight bounds the bytes that the ModelInfer requests being served
+// may hold together (limits.max_inflight_bytes): past it a request is
+// RESOURCE_EXHAUSTED at once. Requests wait in deployments' queues holding
+// their tensors, and a queue's bound counts requests, not bytes: 256
+// queued requests of 55 MB each were 14 GB. 0 removes the bound. Call it
+// before serving.
+func (s *Inference) LimitInflight(bytes int64) *Inference {
+	s.maxInflight = bytes
+	return s
+}
+
+// admit counts n bytes of a request in flight, or reports that the bound
+// is reached; a request admitted must call leave(n).
+func (s *Inference) admit(n int64) error {
+	if s.maxInflight <= 0 {
+		return nil
+	}
+	if held := s.inflight.Add(n); held > s.maxInflight && held != n {
+		s.inflight.Add(-n)
+		return status.Errorf(codes.ResourceExhausted, "the node holds %d bytes of inference requests in flight: a request of %d bytes would pass its bound of %d (limits.max_inflight_bytes); retry later", held-n, n, s.maxInflight)
+	}
+	return nil
+}
+
+func (s *Inference) leave(n int64) {
+	if s.maxInflight > 0 {
+		s.inflight.Add(-n)
+	}
 }
 
 // ServerLive is true while the process serves.

@@ -55,6 +55,8 @@ var entryFields = map[protowire.Number]string{5: "inputs", 6: "outputs", rawInpu
 type inferRequest struct {
 	req inference.ModelInferRequest
 	buf *[]byte
+	// size is the encoded message's, what it holds in flight.
+	size int64
 	// bad is why the message did not decode: the handler answers it as
 	// InvalidArgument (a codec error is always Internal in grpc-go).
 	bad error
@@ -96,6 +98,7 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.proto.Unmarshal(data, v)
 	}
+	r.size = int64(data.Len())
 	buf := c.pool.Get(data.Len())
 	data.CopyTo(*buf)
 	if err := decodeInferRequest(*buf, &r.req); err != nil {
@@ -320,6 +323,11 @@ func modelInferHandler(srv any, ctx context.Context, dec func(any) error, interc
 	}
 	handler := func(ctx context.Context, req any) (any, error) {
 		r := req.(*inferRequest)
+		if err := s.admit(r.size); err != nil {
+			r.release(buffers, nil)
+			return nil, err
+		}
+		defer s.leave(r.size)
 		resp, err := s.ModelInfer(ctx, &r.req)
 		if err != nil {
 			r.release(buffers, err)
