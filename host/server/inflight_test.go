@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,5 +62,41 @@ func TestInflightBytesBounded(t *testing.T) {
 	go func() { slow.gate <- struct{}{} }()
 	if _, err := client.ModelInfer(ctx, big()); err != nil {
 		t.Fatalf("after the others finished: %v", err)
+	}
+}
+
+// One connection runs at most maxStreams calls at once (HTTP/2's
+// SETTINGS_MAX_CONCURRENT_STREAMS); its other calls wait in the client.
+// Unbounded, one connection could make the node buffer a flow-control
+// window for any number of streams.
+func TestStreamsPerConnectionBounded(t *testing.T) {
+	slow := &slowModel{gate: make(chan struct{})}
+	n := newTestNode(t, slow, slowSpec("slow", 4*maxStreams))
+	var started atomic.Int64
+	_, conn, _ := startServer(t, testConfig(t), Services{Inference: NewInference(n.models), Busy: func() { started.Add(1) }})
+	client := inference.NewGRPCInferenceServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const calls = maxStreams + 20
+	done := make(chan error, calls)
+	for range calls {
+		go func() { _, err := client.ModelInfer(ctx, slowReq("slow")); done <- err }()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for started.Load() < maxStreams {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls started, want %d", started.Load(), maxStreams)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // room for any call past the bound to start
+	if got := started.Load(); got != maxStreams {
+		t.Fatalf("%d calls running on one connection, want at most %d", got, maxStreams)
+	}
+	close(slow.gate)
+	for range calls {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

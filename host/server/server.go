@@ -36,7 +36,10 @@ import (
 
 // HTTP/2 flow-control windows and socket buffers sized for tensor traffic.
 const (
-	windowSize     = 4 << 20
+	windowSize = 4 << 20
+	// maxStreams bounds the concurrent calls of one connection (HTTP/2
+	// SETTINGS_MAX_CONCURRENT_STREAMS; Go's own HTTP/2 server takes 250).
+	maxStreams     = 256
 	connWindowSize = 32 << 20
 	bufferSize     = 256 << 10
 )
@@ -116,6 +119,10 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		grpc.ReadBufferSize(bufferSize),
 		grpc.WriteBufferSize(bufferSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Streams buffer up to a window each before their handler reads
+		// them: unbounded, one connection could make the node hold
+		// windowSize times any number of streams. Clients queue the rest.
+		grpc.MaxConcurrentStreams(maxStreams),
 		// Reused handler goroutines keep their grown stacks: a new
 		// goroutine per call regrows (copies) its stack on every request.
 		// Enough for many concurrent calls per core (calls block in models).
