@@ -72,6 +72,9 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	if err := checkGuestTimeouts(req.Spec.Guests); err != nil {
 		return nil, err
 	}
+	if err := checkResourceBytes(req.Spec.Resources); err != nil {
+		return nil, err
+	}
 	spec := SpecFromProto(req.Spec)
 	if err := checkFileDigests(spec); err != nil {
 		return nil, err
@@ -171,6 +174,27 @@ func checkGuestTimeouts(guests []*cyxwizpb.GuestModule) error {
 		}
 		if d := g.CallTimeout.AsDuration(); d < 0 {
 			return status.Errorf(codes.InvalidArgument, "guests[%d].call_timeout %v is negative: leave it unset for the node's default", i, d)
+		}
+		// A valid Duration reaches 10,000 years; a time.Duration, 292: one
+		// past it was saturated, and reported back as another timeout.
+		if d := g.CallTimeout; d.Seconds > int64(math.MaxInt64/time.Second) ||
+			d.Seconds == int64(math.MaxInt64/time.Second) && int64(d.Nanos) > int64(math.MaxInt64%time.Second) {
+			return status.Errorf(codes.InvalidArgument, "guests[%d].call_timeout of %d s is out of range: at most %v (292 years)", i, d.Seconds, time.Duration(math.MaxInt64))
+		}
+	}
+	return nil
+}
+
+// checkResourceBytes refuses a byte count of resources that does not fit
+// the node's int64: it was clamped to MaxInt64, and the deployment's status
+// reported another request than the one assigned.
+func checkResourceBytes(r *cyxwizpb.ResourceRequest) error {
+	for _, f := range []struct {
+		name string
+		v    uint64
+	}{{"memory_bytes", r.GetMemoryBytes()}, {"gpu_memory_bytes", r.GetGpuMemoryBytes()}} {
+		if f.v > math.MaxInt64 {
+			return status.Errorf(codes.InvalidArgument, "resources.%s %d is out of range: at most %d", f.name, f.v, int64(math.MaxInt64))
 		}
 	}
 	return nil
