@@ -15,9 +15,11 @@ func init() {
 		synopsis: "MODEL --input name=file.npy|file.json ... | --image file.png ... [--output name] [--json]",
 		summary:  "run a model and print its outputs",
 		about: `Inputs are .npy files (C order, little-endian) or JSON: a nested array
-(its datatype is the model's), or {"datatype": "FP32", "shape": [..], "data": [..]}.
+(its datatype is the model's; for an input the model does not list,
+BYTES if it holds strings, else FP32), or {"datatype": "FP32", "shape": [..], "data": [..]}.
 In JSON, float values may be NaN, Infinity and -Infinity, bare or as strings;
-FP16 and BF16 values are numbers, rounded to the nearest.
+FP16 and BF16 values are numbers, rounded to the nearest. A BYTES value is
+a string, or {"b64": "<base64 of its bytes>"}.
 
 FP16 and BF16 outputs are printed as numbers. With --json, each output is
 {"name", "datatype", "shape", "data"}; in data, NaN and infinities are the
@@ -79,11 +81,10 @@ func runInfer(ctx context.Context, c *client, args []string) error {
 		if !ok {
 			return usagef("--input %q: want name=file", spec)
 		}
-		dt, known := want[name]
-		if !known {
-			dt = tensor.FP32
-		}
-		t, err := readTensorFile(path, dt)
+		// An input the metadata does not list (a pipeline's guest input,
+		// when the node describes only its model) is Invalid here: its JSON
+		// values choose BYTES or FP32.
+		t, err := readTensorFile(path, want[name])
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -118,7 +119,8 @@ func readNPY(path string) (*tensor.Tensor, error) {
 }
 
 // readJSON reads a tensor from JSON: a nested array (shape from nesting,
-// datatype from the model), or {"datatype": "FP32", "shape": [..], "data": [..]}.
+// datatype want, the model's; Invalid for an input the model does not list:
+// guessDType), or {"datatype": "FP32", "shape": [..], "data": [..]}.
 func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -156,6 +158,9 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	}
 	if shape == nil {
 		shape = dims
+	}
+	if want == tensor.Invalid {
+		want = guessDType(flat)
 	}
 	return fromValues(path, want, shape, flat)
 }
@@ -207,6 +212,9 @@ func decodeJSON(raw []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(raw))
 	d.UseNumber()
 	if err := d.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("no JSON value (the file is empty or blank)")
+		}
 		return err
 	}
 	end := d.InputOffset()
@@ -259,17 +267,21 @@ func flatten(v any, dims []int64, depth int, out *[]any) error {
 }
 
 func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor.Tensor, error) {
-	if n := tensor.NumElements(shape); n != int64(len(vals)) {
+	n := tensor.NumElements(shape)
+	if n < 0 {
+		return nil, fmt.Errorf("%s: shape %v: want dimensions of 0 or more (no -1: the data's size is the shape) whose product fits an int64", src, shape)
+	}
+	if n != int64(len(vals)) {
 		return nil, fmt.Errorf("%s: shape %v needs %d values, got %d", src, shape, n, len(vals))
 	}
 	t := tensor.New("", dt, shape...)
 	for i, v := range vals {
 		if dt == tensor.Bytes {
-			s, ok := v.(string)
-			if !ok {
-				return nil, fmt.Errorf("%s: element %d: want a string for BYTES", src, i)
+			b, err := bytesValue(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: element %d: %w", src, i, err)
 			}
-			t.Strings[i] = []byte(s)
+			t.Strings[i] = b
 			continue
 		}
 		var num string
@@ -334,6 +346,41 @@ func fromValues(src string, dt tensor.DType, shape []int64, vals []any) (*tensor
 		}
 	}
 	return t, nil
+}
+
+// guessDType is the datatype of JSON values whose input the model does not
+// describe: BYTES when the first is a string other than a non-finite float
+// ("NaN"...) or a {"b64": ..} object, FP32 otherwise.
+func guessDType(vals []any) tensor.DType {
+	if len(vals) > 0 {
+		switch x := vals[0].(type) {
+		case map[string]any:
+			return tensor.Bytes
+		case string:
+			if f, err := strconv.ParseFloat(x, 64); err != nil || !math.IsNaN(f) && !math.IsInf(f, 0) {
+				return tensor.Bytes
+			}
+		}
+	}
+	return tensor.FP32
+}
+
+// bytesValue reads a BYTES element: a string (its UTF-8 bytes), or
+// {"b64": "<base64>"} as --json prints bytes that are not UTF-8.
+func bytesValue(v any) ([]byte, error) {
+	switch x := v.(type) {
+	case string:
+		return []byte(x), nil
+	case map[string]any:
+		if s, ok := x["b64"].(string); ok && len(x) == 1 {
+			b, err := base64.StdEncoding.DecodeString(s)
+			if err != nil {
+				return nil, fmt.Errorf("b64: %w", err)
+			}
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf(`want a string or {"b64": "<base64>"} for BYTES, got %s`, jsonKind(v))
 }
 
 func isFloat(dt tensor.DType) bool {
