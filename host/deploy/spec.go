@@ -134,7 +134,9 @@ func (s Spec) validate(known func(string) bool, limits Config) error {
 		for _, r := range g.Roles {
 			if !slices.Contains(GuestRoles, r) {
 				bad("%s: unknown role %q", key, r)
-			} else if other, dup := roles[r]; dup {
+			} else if other, dup := roles[r]; dup && other == g.Name {
+				bad("%s: role %q is listed twice", key, r)
+			} else if dup {
 				bad("%s: role %q is already taken by guest %q", key, r, other)
 			}
 			roles[r] = g.Name

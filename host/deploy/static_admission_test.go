@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/artifact/artifacttest"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 )
@@ -64,4 +65,14 @@ func TestFailedOperatorModelNotTakenOver(t *testing.T) {
 	if _, err := n.store.Get("b"); err == nil {
 		t.Error("the operator's model was stored as the Central Server's")
 	}
+}
+
+// A guest that lists one role twice is told so, not that the role is
+// "already taken by" itself.
+func TestGuestRoleListedTwice(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	spec := deploy.Spec{Name: "m", Format: "onnx", Model: artifact.Artifact{URI: "file:///m.onnx"},
+		Guests: []deploy.Guest{{Name: "g", Artifact: artifact.Artifact{URI: "file:///g.wasm"}, Roles: []string{"preprocess", "preprocess"}}}}
+	_, err := n.m.Assign("d", spec, deploy.OwnerCentral)
+	wantErr(t, err, deploy.ErrInvalidSpec, `role "preprocess" is listed twice`)
 }
