@@ -530,21 +530,14 @@ func (s *Session) cast(x *tensor.Tensor, dt tensor.DType) (*tensor.Tensor, error
 		for i := range n {
 			setI64(y, i, getI64(x, i))
 		}
-	case integral(x.DType): // to FP32 or FP64, rounded once
+	case integral(x.DType) && dt == tensor.FP32:
+		// Rounded once, not twice through float64.
+		out := tensor.View[float32](y)
 		for i := range n {
-			var v float64
-			var w float32
 			if x.DType == tensor.Uint64 {
-				b := tensor.View[uint64](x)[i]
-				v, w = float64(b), float32(b)
+				out[i] = float32(tensor.View[uint64](x)[i])
 			} else {
-				b := getI64(x, i)
-				v, w = float64(b), float32(b)
-			}
-			if dt == tensor.FP32 {
-				tensor.View[float32](y)[i] = w
-			} else {
-				tensor.View[float64](y)[i] = v
+				out[i] = float32(getI64(x, i))
 			}
 		}
 	default:
@@ -632,28 +625,14 @@ func castable(d tensor.DType) bool {
 
 func getF64(t *tensor.Tensor, i int) float64 {
 	switch t.DType {
-	case tensor.Bool, tensor.Uint8:
-		return float64(t.Data[i])
-	case tensor.Int8:
-		return float64(int8(t.Data[i]))
-	case tensor.Uint16:
-		return float64(tensor.View[uint16](t)[i])
-	case tensor.Int16:
-		return float64(tensor.View[int16](t)[i])
-	case tensor.Uint32:
-		return float64(tensor.View[uint32](t)[i])
-	case tensor.Int32:
-		return float64(tensor.View[int32](t)[i])
-	case tensor.Uint64:
-		return float64(tensor.View[uint64](t)[i])
-	case tensor.Int64:
-		return float64(tensor.View[int64](t)[i])
 	case tensor.FP32:
 		return float64(tensor.View[float32](t)[i])
 	case tensor.FP64:
 		return tensor.View[float64](t)[i]
+	case tensor.Uint64:
+		return float64(tensor.View[uint64](t)[i])
 	}
-	return 0
+	return float64(getI64(t, i))
 }
 
 func setF64(t *tensor.Tensor, i int, v float64) {
