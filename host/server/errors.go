@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"slices"
 	"unicode/utf8"
 
@@ -106,11 +105,6 @@ func checkedDecode(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
 	d.Methods = slices.Clone(desc.Methods)
 	for i := range d.Methods {
 		h := d.Methods[i].Handler
-		if reflect.ValueOf(h).Pointer() == reflect.ValueOf(modelInferHandler).Pointer() {
-			// It answers its own decode errors (inferRequest.bad): the
-			// wrapper would cost every inference two allocations.
-			continue
-		}
 		d.Methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 			return h(srv, ctx, func(v any) error {
 				u := &undecoded{msg: v}

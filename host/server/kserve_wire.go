@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -298,16 +297,19 @@ func (r *inferRequest) release(pool mem.BufferPool, err error) {
 }
 
 // inferenceDesc is the generated GRPCInferenceService description with the
-// ModelInfer handler replaced by modelInferHandler.
+// other methods checking their decoding (checkedDecode) and the ModelInfer
+// handler replaced by modelInferHandler.
 func inferenceDesc() *grpc.ServiceDesc {
-	desc := inference.GRPCInferenceService_ServiceDesc
-	desc.Methods = slices.Clone(desc.Methods)
+	desc := checkedDecode(&inference.GRPCInferenceService_ServiceDesc)
 	for i := range desc.Methods {
 		if desc.Methods[i].MethodName == "ModelInfer" {
+			// It answers its own decode errors (inferRequest.bad):
+			// checkedDecode's wrapper would cost every inference two
+			// allocations.
 			desc.Methods[i].Handler = modelInferHandler
 		}
 	}
-	return &desc
+	return desc
 }
 
 // modelInferHandler is the generated handler's shape, decoding into an

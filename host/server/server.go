@@ -161,7 +161,7 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	// stream interceptor).
 	s.grpc.RegisterService(checkedDecode(&cyxwizpb.DeploymentService_ServiceDesc), svc.Deployments)
 	if inf, ok := svc.Inference.(*Inference); ok {
-		s.grpc.RegisterService(checkedDecode(inferenceDesc()), inf) // the zero-copy ModelInfer
+		s.grpc.RegisterService(inferenceDesc(), inf) // the zero-copy ModelInfer
 	} else {
 		s.grpc.RegisterService(checkedDecode(&inference.GRPCInferenceService_ServiceDesc), svc.Inference)
 	}
