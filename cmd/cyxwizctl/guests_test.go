@@ -72,6 +72,16 @@ func TestDeployGuestsAndInferImage(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "ocr: ready") {
 		t.Fatalf("deploy: %d %q %q", code, out, errOut)
 	}
+	// Clients are told what the guests take and give, not the model's
+	// FP32 tensors behind them.
+	code, out, errOut = ctl("--addr", addr, "metadata", "ocr")
+	if code != 0 || !strings.Contains(out, "input:    image BYTES [-1]\n") || !strings.Contains(out, "output:   label BYTES [-1 -1]\noutput:   score FP32 [-1 -1]\n") ||
+		!strings.Contains(out, "onnxruntime_onnx") {
+		t.Fatalf("metadata: %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut = ctl("--addr", addr, "metadata", "nope"); code != 1 || !strings.Contains(errOut, "nope") {
+		t.Fatalf("metadata of an unknown model: %d %q", code, errOut)
+	}
 	code, out, errOut = ctl("--addr", addr, "infer", "ocr", "--image", pic)
 	if code != 0 || !(strings.Contains(out, "label BYTES [1 1]: [0]") || strings.Contains(out, "label BYTES [1 1]: [180]")) || !strings.Contains(out, "score FP32 [1 1]") {
 		t.Fatalf("infer --image: %d %q %q", code, out, errOut)

@@ -62,10 +62,27 @@ const (
 	BatchPolicy
 	FormatLoad
 	FormatInfer
+	// Signature takes an empty list and returns the tensors the guest
+	// takes and gives as one BYTES[1] tensor named SignatureTensor holding
+	// a JSON object (see SignatureTensor). Optional; the node calls it once
+	// per deployment, after FormatLoad for a FORMAT guest.
+	Signature
 	NumEntries
 )
 
-var entryNames = [NumEntries]string{"preprocess", "postprocess", "batch_policy", "format_load", "format_infer"}
+// SignatureTensor names the one tensor the Signature entry point returns.
+// Its element is a UTF-8 JSON object in the form of KServe v2's model
+// metadata:
+//
+//	{"inputs":  [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+//	 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1, 1]}]}
+//
+// A key left out means "not declared"; -1 is a dimension of any size.
+// A preprocess guest's inputs and a postprocess guest's outputs are what
+// clients of the deployment see; a FORMAT guest declares both.
+const SignatureTensor = "signature"
+
+var entryNames = [NumEntries]string{"preprocess", "postprocess", "batch_policy", "format_load", "format_infer", "signature"}
 
 // String is the export name of e.
 func (e Entry) String() string {

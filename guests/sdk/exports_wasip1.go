@@ -28,6 +28,9 @@ func exportFormatLoad(_ uint32, n int32) int64 { return dispatch(abi.FormatLoad,
 //go:wasmexport format_infer
 func exportFormatInfer(_ uint32, n int32) int64 { return dispatch(abi.FormatInfer, n) }
 
+//go:wasmexport signature
+func exportSignature(_ uint32, n int32) int64 { return dispatch(abi.Signature, n) }
+
 //go:wasmimport cyxwiz log
 func hostLog(level int32, p, n uint32) int32
 

@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -681,6 +682,27 @@ type Handlers struct {
 	// FormatLoad receives a custom format's model file once per instance.
 	FormatLoad  func(model []byte) error
 	FormatInfer func(in []*Tensor) ([]*Tensor, error)
+	// Signature declares the tensors the guest takes and gives, which the
+	// node shows clients (KServe ModelMetadata) and checks requests
+	// against. A preprocess guest declares Inputs (what clients send), a
+	// postprocess guest Outputs (what they get back), a FORMAT guest both
+	// (it is called after FormatLoad, so it may read them from the model).
+	Signature func() (Signature, error)
+}
+
+// TensorMeta describes one tensor of a Signature. -1 in Shape is a
+// dimension of any size; a nil Shape is any rank, an empty one a scalar.
+type TensorMeta struct {
+	Name  string
+	DType DType
+	Shape []int64
+}
+
+// Signature lists the tensors a guest takes and gives. A nil list is not
+// declared (clients are told nothing about that side); an empty one
+// declares none.
+type Signature struct {
+	Inputs, Outputs []TensorMeta
 }
 
 var handlers Handlers
@@ -696,6 +718,7 @@ func entrySet() int32 {
 		abi.BatchPolicy: handlers.BatchPolicy != nil,
 		abi.FormatLoad:  handlers.FormatLoad != nil,
 		abi.FormatInfer: handlers.FormatInfer != nil,
+		abi.Signature:   handlers.Signature != nil,
 	} {
 		if ok {
 			set |= e.Bit()
@@ -758,11 +781,99 @@ func call(e abi.Entry, buf []byte) ([]abi.Tensor, error) {
 		out, err = batchCall(in)
 	case abi.FormatLoad:
 		err = loadCall(in)
+	case abi.Signature:
+		out, err = signatureCall()
 	}
 	if err != nil {
 		return nil, err
 	}
 	return encodeList(out)
+}
+
+// signatureCall encodes the guest's Signature as abi.SignatureTensor.
+func signatureCall() ([]*Tensor, error) {
+	if handlers.Signature == nil {
+		return nil, errors.New("entry point not implemented")
+	}
+	sig, err := handlers.Signature()
+	if err != nil {
+		return nil, err
+	}
+	js, err := sig.appendJSON(nil)
+	if err != nil {
+		return nil, err
+	}
+	return []*Tensor{Strings(abi.SignatureTensor, []int64{1}, [][]byte{js})}, nil
+}
+
+// appendJSON appends s in the form abi.SignatureTensor documents (by hand:
+// encoding/json would make every guest larger and slower to start).
+func (s Signature) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, '{')
+	sep := false
+	for _, side := range []struct {
+		key  string
+		list []TensorMeta
+	}{{"inputs", s.Inputs}, {"outputs", s.Outputs}} {
+		if side.list == nil {
+			continue
+		}
+		if sep {
+			b = append(b, ',')
+		}
+		sep = true
+		b = append(b, '"')
+		b = append(b, side.key...)
+		b = append(b, `":[`...)
+		for i, t := range side.list {
+			if !utf8.ValidString(t.Name) {
+				return nil, fmt.Errorf("signature: %s %d: name %.64q is not UTF-8", side.key, i, t.Name)
+			}
+			if t.DType < Bool || t.DType > Bytes {
+				return nil, fmt.Errorf("signature: %s %q: datatype %v", side.key, t.Name, t.DType)
+			}
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"name":`...)
+			b = appendJSONString(b, t.Name)
+			b = append(b, `,"datatype":"`...)
+			b = append(b, t.DType.String()...)
+			b = append(b, `","shape":`...)
+			if t.Shape == nil {
+				b = append(b, "null}"...)
+				continue
+			}
+			b = append(b, '[')
+			for j, d := range t.Shape {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = strconv.AppendInt(b, d, 10)
+			}
+			b = append(b, "]}"...)
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}'), nil
+}
+
+// appendJSONString appends s (valid UTF-8) as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 func tensorsCall(fn func([]*Tensor) ([]*Tensor, error), in []*Tensor) ([]*Tensor, error) {

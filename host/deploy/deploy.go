@@ -168,11 +168,28 @@ func (d *Deployment) Name() string { return d.spec.Name }
 // Version is the model version.
 func (d *Deployment) Version() string { return d.spec.Version }
 
-// Info describes the loaded model; zero before loading.
+// Info describes the model as clients see it; zero before loading. Its
+// inputs are the preprocess (or FORMAT) guest's and its outputs the
+// postprocess (or FORMAT) guest's where the deployment has them: what they
+// declare (guest.Signature), none when they declare nothing.
 func (d *Deployment) Info() loaders.Info {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return d.info
+	return d.servedInfo()
+}
+
+// servedInfo is Info; d.mu must be held.
+func (d *Deployment) servedInfo() loaders.Info {
+	info := d.info
+	if p := d.pipe.Load(); p != nil {
+		if p.pre != nil || p.format != nil {
+			info.Inputs = p.inputs
+		}
+		if p.post != nil || p.format != nil {
+			info.Outputs = p.outputs
+		}
+	}
+	return info
 }
 
 // charged is the memory d is charged against the budget.
@@ -194,7 +211,7 @@ func (d *Deployment) Status() Status {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	st := Status{ID: d.id, Owner: d.owner, Spec: d.spec, State: d.state, Message: d.message, Progress: d.progress,
-		Created: d.created, Updated: d.updated, Info: d.info, MemoryBytes: d.charge, Seq: d.seq}
+		Created: d.created, Updated: d.updated, Info: d.servedInfo(), MemoryBytes: d.charge, Seq: d.seq}
 	if d.sched != nil {
 		st.Stats = d.sched.Stats()
 	}
@@ -219,6 +236,18 @@ func (d *Deployment) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs
 		return nil, fmt.Errorf("%w: %s is %v", ErrNotReady, d.spec.Name, d.State())
 	}
 	defer p.leave()
+	// What the guests declared is checked here, before they run; the
+	// native model's own inputs are checked in inferNative.
+	if p.inputs != nil {
+		if err := loaders.CheckInputs(p.inputs, inputs); err != nil {
+			return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
+		}
+	}
+	if p.outputs != nil {
+		if err := loaders.CheckOutputs(p.outputs, outputs); err != nil {
+			return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
+		}
+	}
 	var err error
 	if p.pre != nil {
 		if inputs, err = p.pre.Preprocess(ctx, inputs); err != nil {

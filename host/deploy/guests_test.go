@@ -164,10 +164,15 @@ func TestGuestPipelineAndLiveSwap(t *testing.T) {
 		t.Fatalf("label %q score %v", label, score)
 	}
 
-	// The deployment's entry point is the guest's contract: a raw model
-	// tensor is the guest's to refuse.
+	// The deployment's entry point is the guests' contract, which they
+	// declare: clients see image bytes in, labels and scores out (not the
+	// model's FP32 tensors), and a raw model tensor is refused before the
+	// guest runs.
+	if info := d.Info(); fmt.Sprint(info.Inputs, info.Outputs) != "[{image BYTES [-1]}] [{label BYTES [-1 -1]} {score FP32 [-1 -1]}]" {
+		t.Fatalf("pipeline described as %v -> %v", info.Inputs, info.Outputs)
+	}
 	raw := tensor.New("x", tensor.FP32, 1, 3, 48, 192)
-	if _, err := d.Infer(context.Background(), []*tensor.Tensor{raw}, nil); !errors.Is(err, guest.ErrGuest) {
+	if _, err := d.Infer(context.Background(), []*tensor.Tensor{raw}, nil); !errors.Is(err, loaders.ErrInvalidInput) || !strings.Contains(err.Error(), "image BYTES") {
 		t.Fatalf("raw FP32 tensor past the preprocess guest: %v", err)
 	}
 
@@ -269,6 +274,15 @@ func TestFormatGuestDeployment(t *testing.T) {
 		t.Fatalf("deploy: %v %s", st.State, st.Message)
 	}
 	d, _ := n.m.Get("mlp")
+	// The guest declares the loaded model's tensors, and requests are
+	// checked against them before the guest runs.
+	if info := d.Info(); fmt.Sprint(info.Inputs, info.Outputs) != "[{x FP32 [-1 4]}] [{y FP32 [-1 3]}]" {
+		t.Fatalf("format guest described as %v -> %v", info.Inputs, info.Outputs)
+	}
+	wide := tensor.FromSlice("x", tensor.FP32, []int64{1, in + 1}, make([]float32, in+1))
+	if _, err := d.Infer(context.Background(), []*tensor.Tensor{wide}, nil); !errors.Is(err, loaders.ErrInvalidInput) || !strings.Contains(err.Error(), "[-1 4]") {
+		t.Fatalf("x of width %d: %v", in+1, err)
+	}
 	x := []float32{0.5, -1, 2, 0.25, 1, 1, 1, 1}
 	outs, err := d.Infer(context.Background(), []*tensor.Tensor{tensor.FromSlice("x", tensor.FP32, []int64{2, in}, x)}, nil)
 	if err != nil {

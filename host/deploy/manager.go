@@ -521,6 +521,9 @@ func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, 
 		if err := pipe.format.FormatLoad(ctx, data); err != nil {
 			return nil, fmt.Errorf("format guest: load %s: %w", path, err)
 		}
+		if err := pipe.declareFormat(ctx); err != nil {
+			return nil, err
+		}
 		return guestModel{pool: pipe.format, id: d.id}, nil
 	}
 	opts := m.cfg.Load

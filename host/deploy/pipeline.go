@@ -33,6 +33,12 @@ type pipeline struct {
 	pre, post, policy, format *guest.Pool
 	pools                     []*guest.Pool
 	modules                   []*guest.Module
+
+	// inputs and outputs are what the guests facing clients declare
+	// (guest.Signature): the preprocess (else FORMAT) guest's inputs, the
+	// postprocess (else FORMAT) guest's outputs. nil: not declared, or no
+	// such guest. Set before the pipeline serves, read-only after.
+	inputs, outputs []loaders.TensorSpec
 }
 
 // enter takes a read hold on p; false if p was retired meanwhile.
@@ -153,7 +159,37 @@ func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, p
 			}
 		}
 	}
+	if p.pre != nil {
+		sig, _, err := p.pre.Signature(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("preprocess guest: %w", err)
+		}
+		p.inputs = sig.Inputs
+	}
+	if p.post != nil {
+		sig, _, err := p.post.Signature(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("postprocess guest: %w", err)
+		}
+		p.outputs = sig.Outputs
+	}
 	return p, nil
+}
+
+// declareFormat takes what the FORMAT guest declares (after it loaded the
+// model) for the sides no preprocess or postprocess guest covers.
+func (p *pipeline) declareFormat(ctx context.Context) error {
+	sig, _, err := p.format.Signature(ctx)
+	if err != nil {
+		return fmt.Errorf("format guest: %w", err)
+	}
+	if p.pre == nil {
+		p.inputs = sig.Inputs
+	}
+	if p.post == nil {
+		p.outputs = sig.Outputs
+	}
+	return nil
 }
 
 // guestInfer lets d's guests run d's own model ("") or a deployment the

@@ -205,7 +205,7 @@ func TestABIErrors(t *testing.T) {
 		if _, err := p.Preprocess(ctx, nil); !errors.Is(err, guest.ErrABI) {
 			t.Fatalf("err = %v, want ErrABI", err)
 		}
-		if got := fmt.Sprint(p.Entries()); got != "[postprocess]" {
+		if got := fmt.Sprint(p.Entries()); got != "[postprocess signature]" {
 			t.Fatalf("Entries = %s", got)
 		}
 	})

@@ -17,7 +17,15 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
 )
 
-func init() { sdk.Register(sdk.Handlers{Postprocess: postprocess}) }
+func init() { sdk.Register(sdk.Handlers{Postprocess: postprocess, Signature: signature}) }
+
+// signature declares what clients get back: k labels and scores per row.
+func signature() (sdk.Signature, error) {
+	return sdk.Signature{Outputs: []sdk.TensorMeta{
+		{Name: "label", DType: sdk.Bytes, Shape: []int64{-1, -1}},
+		{Name: "score", DType: sdk.FP32, Shape: []int64{-1, -1}},
+	}}, nil
+}
 
 func main() {}
 

@@ -14,7 +14,12 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
 )
 
-func init() { sdk.Register(sdk.Handlers{Preprocess: preprocess}) }
+func init() { sdk.Register(sdk.Handlers{Preprocess: preprocess, Signature: signature}) }
+
+// signature declares what clients send: the encoded images.
+func signature() (sdk.Signature, error) {
+	return sdk.Signature{Inputs: []sdk.TensorMeta{{Name: "image", DType: sdk.Bytes, Shape: []int64{-1}}}}, nil
+}
 
 func main() {}
 

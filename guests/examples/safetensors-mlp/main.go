@@ -4,7 +4,8 @@
 // parses the file in the guest (loaders/safetensors) and keeps the weights
 // as pinned host tensors; FormatInfer computes
 // y = relu(x·W1ᵀ + b1)·W2ᵀ + b2 for x FP32 [N, I] with host matmul, add and
-// relu, and returns FP32 "y" [N, O].
+// relu, and returns FP32 "y" [N, O]. Signature declares x and y with the
+// loaded model's I and O.
 package main
 
 import (
@@ -16,11 +17,26 @@ import (
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
-func init() { sdk.Register(sdk.Handlers{FormatLoad: load, FormatInfer: infer}) }
+func init() { sdk.Register(sdk.Handlers{FormatLoad: load, FormatInfer: infer, Signature: signature}) }
 
 func main() {}
 
 var w1t, b1, w2t, b2 *sdk.Tensor
+
+// inputs and outputs are the loaded model's widths I and O.
+var inputs, outputs int64
+
+// signature declares the tensors clients send and get: x FP32 [N, I] and
+// y FP32 [N, O]. The node asks after load.
+func signature() (sdk.Signature, error) {
+	if w1t == nil {
+		return sdk.Signature{}, errors.New("no model loaded")
+	}
+	return sdk.Signature{
+		Inputs:  []sdk.TensorMeta{{Name: "x", DType: sdk.FP32, Shape: []int64{-1, inputs}}},
+		Outputs: []sdk.TensorMeta{{Name: "y", DType: sdk.FP32, Shape: []int64{-1, outputs}}},
+	}, nil
+}
 
 func weight(f *safetensors.File, name string, rank int) (*tensor.Tensor, error) {
 	t, err := f.Tensor(name)
@@ -69,6 +85,7 @@ func load(model []byte) error {
 			return err
 		}
 	}
+	inputs, outputs = w1.Shape[1], out
 	sdk.Logf(sdk.LevelInfo, "mlp loaded: %v -> %v -> %v", w1.Shape[1], hidden, out)
 	return nil
 }

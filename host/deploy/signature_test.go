@@ -1,0 +1,95 @@
+package deploy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// What clients are told of a deployment with guests is what its guests
+// declare, not the native model behind them (ModelMetadata listed the
+// model's FP32 tensor for a pipeline that takes image bytes), and requests
+// are checked against it before any guest runs.
+func TestGuestSignatures(t *testing.T) {
+	n := newGuestNode(t)
+	lin := n.file(t, "lin.onnx", onnxtest.Linear([][]float32{{1, 2}, {3, 4}, {5, 6}}, []float32{0.5, -1}))
+	sigcfg := n.wasm(t, "host/deploy/testdata/sigcfg")
+	spec := func(name, role, mode string) deploy.Spec {
+		return deploy.Spec{Name: name, Format: "onnx", Model: lin, Config: map[string]string{"sig": mode},
+			Guests: []deploy.Guest{{Name: "g", Artifact: sigcfg, Roles: []string{role}}}}
+	}
+	x := tensor.FromSlice("X", tensor.FP32, []int64{1, 3}, []float32{1, 1, 1})
+	describe := func(specs []loaders.TensorSpec) string {
+		if specs == nil {
+			return "nil"
+		}
+		return fmt.Sprint(specs)
+	}
+
+	for _, c := range []struct {
+		name, role, mode string
+		inputs, outputs  string
+	}{
+		{"pre", "preprocess", "x", "[{X FP32 [-1 3]}]", "[{Y FP32 [-1 2]}]"},   // outputs: the model's
+		{"pre-none", "preprocess", "none", "nil", "[{Y FP32 [-1 2]}]"},         // inputs: unknown, not the model's
+		{"post", "postprocess", "x", "[{X FP32 [-1 3]}]", "[{Y FP32 [-1 2]}]"}, // inputs: the model's
+		{"post-none", "postprocess", "none", "[{X FP32 [-1 3]}]", "nil"},       // outputs: unknown
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := n.deploy(t, c.name, spec(c.name, c.role, c.mode))
+			if !st.State.Serving() {
+				t.Fatalf("deploy: %v %s", st.State, st.Message)
+			}
+			d, _ := n.m.Get(c.name)
+			info := d.Info()
+			if got := describe(info.Inputs) + " " + describe(info.Outputs); got != c.inputs+" "+c.outputs {
+				t.Fatalf("info %s, want %s %s", got, c.inputs, c.outputs)
+			}
+			if st := d.Status(); fmt.Sprint(st.Info) != fmt.Sprint(info) {
+				t.Fatalf("status info %+v, Info %+v", st.Info, info)
+			}
+			outs, err := d.Infer(context.Background(), []*tensor.Tensor{x}, nil)
+			if err != nil || fmt.Sprint(tensor.View[float32](outs[0])) != "[9.5 11]" {
+				t.Fatalf("infer: %v %v", outs, err)
+			}
+		})
+	}
+
+	// A declared input is a contract: another name, datatype or width is
+	// the client's mistake, told before the guest runs.
+	d, _ := n.m.Get("pre")
+	for _, bad := range []*tensor.Tensor{
+		tensor.FromSlice("Z", tensor.FP32, []int64{1, 3}, []float32{1, 1, 1}),
+		tensor.FromSlice("X", tensor.Int64, []int64{1, 3}, []int64{1, 1, 1}),
+		tensor.FromSlice("X", tensor.FP32, []int64{1, 4}, []float32{1, 1, 1, 1}),
+	} {
+		_, err := d.Infer(context.Background(), []*tensor.Tensor{bad}, nil)
+		if !errors.Is(err, loaders.ErrInvalidInput) || !strings.Contains(err.Error(), "X") {
+			t.Errorf("%s %v%v: %v, want ErrInvalidInput naming X", bad.Name, bad.DType, bad.Shape, err)
+		}
+	}
+	// So is a declared output: asking for another is refused at once.
+	d, _ = n.m.Get("post")
+	if _, err := d.Infer(context.Background(), []*tensor.Tensor{x}, []string{"Z"}); !errors.Is(err, loaders.ErrInvalidInput) || !strings.Contains(err.Error(), "Y") {
+		t.Errorf("unknown output: %v", err)
+	}
+	if outs, err := d.Infer(context.Background(), []*tensor.Tensor{x}, []string{"Y"}); err != nil || len(outs) != 1 {
+		t.Errorf("declared output: %v %v", outs, err)
+	}
+
+	// A signature the guest fails to give, or gives malformed, fails the
+	// deployment with the reason.
+	for mode, want := range map[string]string{"error": "no signature today", "twice": `"X" listed twice`} {
+		st := n.deploy(t, "bad-"+mode, spec("bad-"+mode, "preprocess", mode))
+		if st.State != deploy.Failed || !strings.Contains(st.Message, want) {
+			t.Errorf("%s: %v %q, want Failed with %q", mode, st.State, st.Message, want)
+		}
+	}
+}

@@ -1,0 +1,141 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
+	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
+)
+
+// EntrySignature is the optional entry point that declares a guest's
+// tensors (abi.SignatureTensor).
+const EntrySignature = abi.Signature
+
+// Signature is what a guest declares of the tensors it takes and gives. A
+// nil list was not declared.
+type Signature struct {
+	Inputs, Outputs []loaders.TensorSpec
+}
+
+// Bounds on a declared signature: its JSON, the tensors of each list, and
+// a tensor's name.
+const (
+	maxSignatureBytes   = 64 << 10
+	maxSignatureTensors = 1024
+	maxSignatureName    = 1024
+)
+
+// Signature calls the guest's signature entry point; ok is false (and sig
+// empty) when the guest provides none. A signature the guest returns in
+// another form than abi.SignatureTensor documents is an ErrBadOutput.
+func (p *Pool) Signature(ctx context.Context) (sig Signature, ok bool, err error) {
+	if p.provided&EntrySignature.Bit() == 0 {
+		return Signature{}, false, nil
+	}
+	out, err := p.run(ctx, EntrySignature, nil)
+	if err != nil {
+		return Signature{}, true, err
+	}
+	if sig, err = parseSignature(out); err != nil {
+		return Signature{}, true, p.errorf(EntrySignature.String(), fmt.Errorf("%w: %w", ErrBadOutput, err))
+	}
+	return sig, true, nil
+}
+
+// parseSignature reads the signature entry point's output.
+func parseSignature(out []*tensor.Tensor) (Signature, error) {
+	if len(out) != 1 || out[0].Name != abi.SignatureTensor || out[0].DType != tensor.Bytes || len(out[0].Strings) != 1 {
+		return Signature{}, fmt.Errorf("want one BYTES tensor %q of one element, got %s", abi.SignatureTensor, describe(out))
+	}
+	js := out[0].Strings[0]
+	if len(js) > maxSignatureBytes {
+		return Signature{}, fmt.Errorf("%d bytes of JSON, at most %d", len(js), maxSignatureBytes)
+	}
+	type meta struct {
+		Name     string  `json:"name"`
+		Datatype string  `json:"datatype"`
+		Shape    []int64 `json:"shape"`
+	}
+	var raw struct {
+		Inputs  *[]meta `json:"inputs"`
+		Outputs *[]meta `json:"outputs"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return Signature{}, fmt.Errorf("signature JSON: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Signature{}, errors.New("signature JSON: data after the object")
+	}
+	convert := func(side string, list *[]meta) ([]loaders.TensorSpec, error) {
+		if list == nil {
+			return nil, nil
+		}
+		if len(*list) > maxSignatureTensors {
+			return nil, fmt.Errorf("%d %s, at most %d", len(*list), side, maxSignatureTensors)
+		}
+		specs := make([]loaders.TensorSpec, 0, len(*list))
+		seen := make(map[string]bool, len(*list))
+		for i, m := range *list {
+			switch {
+			case m.Name == "":
+				return nil, fmt.Errorf("%s %d: empty name", side, i)
+			case len(m.Name) > maxSignatureName:
+				return nil, fmt.Errorf("%s %d: a name of %d bytes, at most %d", side, i, len(m.Name), maxSignatureName)
+			case strings.ContainsFunc(m.Name, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\uFFFD' }):
+				return nil, fmt.Errorf("%s %d: name %q has a control character or is not UTF-8", side, i, m.Name)
+			case seen[m.Name]:
+				return nil, fmt.Errorf("%s: %q listed twice", side, m.Name)
+			case len(m.Shape) > abi.MaxRank:
+				return nil, fmt.Errorf("%s %q: rank %d, at most %d", side, m.Name, len(m.Shape), abi.MaxRank)
+			}
+			seen[m.Name] = true
+			dt, err := tensor.ParseDType(m.Datatype)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: %w", side, m.Name, err)
+			}
+			for _, d := range m.Shape {
+				if d < -1 {
+					return nil, fmt.Errorf("%s %q: shape %v (a dimension is >= 0, or -1 for any size)", side, m.Name, m.Shape)
+				}
+			}
+			// A shape left out (or null) is any rank, [] a scalar, as
+			// loaders.CheckTensor reads them.
+			specs = append(specs, loaders.TensorSpec{Name: m.Name, DType: dt, Shape: m.Shape})
+		}
+		return specs, nil
+	}
+	var sig Signature
+	var err error
+	if sig.Inputs, err = convert("inputs", raw.Inputs); err != nil {
+		return Signature{}, err
+	}
+	if sig.Outputs, err = convert("outputs", raw.Outputs); err != nil {
+		return Signature{}, err
+	}
+	return sig, nil
+}
+
+// describe names the tensors of a list for an error message.
+func describe(ts []*tensor.Tensor) string {
+	if len(ts) == 0 {
+		return "none"
+	}
+	parts := make([]string, 0, min(len(ts), 4))
+	for i, t := range ts {
+		if i == 4 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(ts)-4))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%.64q %v%v", t.Name, t.DType, t.Shape))
+	}
+	return strings.Join(parts, ", ")
+}
