@@ -38,6 +38,12 @@ type Options struct {
 	// Providers is the ordered list of execution providers to try
 	// ("cuda", "cpu"); a provider that cannot load is skipped with a warning.
 	Providers []string
+	// ExternalData lets a model read data from other files next to it
+	// (ONNX external data). Off, such a model does not load: in the
+	// artifact cache, the files next to a model are other deployments'
+	// artifacts, which it could hand back as its outputs. Only for models
+	// whose directory the node's operator chose.
+	ExternalData bool
 	// Extra holds format-specific options from the deployment spec.
 	Extra map[string]string
 	// Logger receives the loader's diagnostics; nil means slog.Default().

@@ -527,6 +527,10 @@ func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, 
 		return guestModel{pool: pipe.format, id: d.id}, nil
 	}
 	opts := m.cfg.Load
+	// Only the operator's own models may read files next to them (ONNX
+	// external data): the files next to an assigned model are the other
+	// deployments' artifacts in the cache.
+	opts.ExternalData = d.owner == OwnerOperator
 	opts.Extra = d.spec.LoaderOptions
 	opts.Logger = d.log
 	if p := d.spec.Resources.Providers; len(p) > 0 {

@@ -89,3 +89,62 @@ func TestIndexOutOfRange(t *testing.T) {
 		})
 	}
 }
+
+// A request whose dynamic dimensions do not fit the model's weights is the
+// request's fault too: the kernels' shape checks said so, and the client
+// got an internal error.
+func TestKernelShapeMismatchIsInvalidInput(t *testing.T) {
+	f32 := func(n int) []byte { return make([]byte, 4*n) }
+	dyn := func(rank int) []rvDim {
+		d := make([]rvDim, rank)
+		for i := range d {
+			d[i] = rvDim{value: -1, param: string(rune('a' + i))}
+		}
+		return d
+	}
+	out := func(rank int) [][]byte {
+		d := dyn(rank)
+		for i := range d {
+			d[i].param = "o" + d[i].param
+		}
+		return [][]byte{rvValueInfo("y", elemFloat, d)}
+	}
+	cases := []struct {
+		name      string
+		model     []byte
+		bad, good []int64
+	}{
+		{"MatMul", rvModel([][]byte{rvNode("MatMul", []string{"x", "w"}, []string{"y"})},
+			[][]byte{rvTensor("w", elemFloat, []int64{3, 2}, f32(6))},
+			[][]byte{rvValueInfo("x", elemFloat, dyn(2))}, out(2)), []int64{1, 4}, []int64{1, 3}},
+		{"Concat", rvModel([][]byte{rvNode("Concat", []string{"x", "c"}, []string{"y"}, rvAttrInt("axis", 0))},
+			[][]byte{rvTensor("c", elemFloat, []int64{1, 3}, f32(3))},
+			[][]byte{rvValueInfo("x", elemFloat, dyn(2))}, out(2)), []int64{1, 4}, []int64{1, 3}},
+		{"Conv", rvModel([][]byte{rvNode("Conv", []string{"x", "w"}, []string{"y"})},
+			[][]byte{rvTensor("w", elemFloat, []int64{1, 2, 1, 1}, f32(2))},
+			[][]byte{rvValueInfo("x", elemFloat, dyn(4))}, out(4)), []int64{1, 3, 2, 2}, []int64{1, 2, 2, 2}},
+		{"Expand", rvModel([][]byte{rvNode("Expand", []string{"x", "s"}, []string{"y"})},
+			[][]byte{rvTensor("s", elemInt64, []int64{2}, []byte{2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0})},
+			[][]byte{rvValueInfo("x", elemFloat, dyn(2))}, out(2)), []int64{1, 4}, []int64{1, 3}},
+		{"TopK", rvModel([][]byte{rvNode("TopK", []string{"x", "k"}, []string{"y", "i"})},
+			[][]byte{rvTensor("k", elemInt64, []int64{1}, []byte{2, 0, 0, 0, 0, 0, 0, 0})},
+			[][]byte{rvValueInfo("x", elemFloat, dyn(2))},
+			append(out(2), rvValueInfo("i", elemInt64, []rvDim{{value: -1, param: "oa"}, {value: -1, param: "ob"}}))),
+			[]int64{1, 1}, []int64{1, 3}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := rvLoad(t, c.model)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			_, err = m.Infer(context.Background(), []*tensor.Tensor{tensor.New("x", tensor.FP32, c.bad...)}, nil)
+			if !errors.Is(err, loaders.ErrInvalidInput) {
+				t.Fatalf("x %v: error %v, want ErrInvalidInput", c.bad, err)
+			}
+			if _, err := m.Infer(context.Background(), []*tensor.Tensor{tensor.New("x", tensor.FP32, c.good...)}, nil); err != nil {
+				t.Fatalf("x %v: %v", c.good, err)
+			}
+		})
+	}
+}

@@ -238,6 +238,11 @@ func (s *pbStream) skip(typ protowire.Type) error {
 	default:
 		return fmt.Errorf("unsupported wire type %d", typ)
 	}
+	return s.skipN(n)
+}
+
+// skipN reads past the next n bytes.
+func (s *pbStream) skipN(n int64) error {
 	if sk, ok := s.src.(io.Seeker); ok && n > int64(s.r.Buffered()) {
 		// Past what r holds: seek over the rest (weights, mostly). A seek
 		// past the end is not an error; the next read finds the end.
@@ -262,4 +267,182 @@ func noEOF(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// Field numbers of the onnx.proto messages that can hold a TensorProto,
+// walked by externalData.
+const (
+	modelTrainingInfo  = 20  // ModelProto.training_info
+	modelFunctions     = 25  // ModelProto.functions
+	trainingInit       = 1   // TrainingInfoProto.initialization
+	trainingAlgorithm  = 2   // TrainingInfoProto.algorithm
+	graphNode          = 1   // GraphProto.node
+	graphInitializer   = 5   // GraphProto.initializer
+	graphSparseInit    = 15  // GraphProto.sparse_initializer
+	functionNode       = 7   // FunctionProto.node
+	functionAttr       = 11  // FunctionProto.attribute_proto
+	nodeAttribute      = 5   // NodeProto.attribute
+	attrTensor         = 5   // AttributeProto.t
+	attrGraph          = 6   // AttributeProto.g
+	attrTensors        = 10  // AttributeProto.tensors
+	attrGraphs         = 11  // AttributeProto.graphs
+	attrSparseTensor   = 22  // AttributeProto.sparse_tensor
+	attrSparseTensors  = 23  // AttributeProto.sparse_tensors
+	sparseValues       = 1   // SparseTensorProto.values
+	sparseIndices      = 2   // SparseTensorProto.indices
+	tensorName         = 8   // TensorProto.name
+	tensorExternalData = 13  // TensorProto.external_data
+	tensorDataLocation = 14  // TensorProto.data_location
+	entryKey           = 1   // StringStringEntryProto.key
+	entryValue         = 2   // StringStringEntryProto.value
+	maxNesting         = 100 // messages within messages: protobuf's own parse limit
+)
+
+// msgKind is a message type that externalData descends into.
+type msgKind int
+
+const (
+	kindModel msgKind = iota
+	kindTraining
+	kindGraph
+	kindFunction
+	kindNode
+	kindAttr
+	kindSparse
+	kindTensor
+)
+
+// children maps, per message type, the fields that hold messages which can
+// (eventually) hold a TensorProto to their type.
+var children = map[msgKind]map[protowire.Number]msgKind{
+	kindModel:    {modelGraph: kindGraph, modelTrainingInfo: kindTraining, modelFunctions: kindFunction},
+	kindTraining: {trainingInit: kindGraph, trainingAlgorithm: kindGraph},
+	kindGraph:    {graphNode: kindNode, graphInitializer: kindTensor, graphSparseInit: kindSparse},
+	kindFunction: {functionNode: kindNode, functionAttr: kindAttr},
+	kindNode:     {nodeAttribute: kindAttr},
+	kindAttr: {attrTensor: kindTensor, attrGraph: kindGraph, attrTensors: kindTensor, attrGraphs: kindGraph,
+		attrSparseTensor: kindSparse, attrSparseTensors: kindSparse},
+	kindSparse: {sparseValues: kindTensor, sparseIndices: kindTensor},
+}
+
+// externalData reads the ONNX ModelProto in r and describes the first
+// tensor (an initializer, a Constant's or another attribute's value, in any
+// graph or function) whose data lives in another file ("initializer \"w\"
+// in \"w.bin\""); "" when every tensor holds its data in r. Like
+// readGraphValues it seeks past the weights.
+func externalData(r io.Reader) (string, error) {
+	s := &pbStream{r: bufio.NewReaderSize(r, 64<<10), src: r}
+	return s.walk(kindModel, -1, 0)
+}
+
+// walk reads the fields of one message of type kind up to offset end (-1:
+// the end of input), descending into those that can hold tensors.
+func (s *pbStream) walk(kind msgKind, end int64, depth int) (string, error) {
+	if depth > maxNesting {
+		return "", fmt.Errorf("messages nested deeper than %d", maxNesting)
+	}
+	if kind == kindTensor {
+		return s.tensor(end)
+	}
+	for end < 0 || s.off < end {
+		num, typ, err := s.tag()
+		if err == io.EOF && end < 0 {
+			return "", nil
+		}
+		if err != nil {
+			return "", noEOF(err)
+		}
+		sub, ok := children[kind][num]
+		if !ok || typ != protowire.BytesType {
+			if err := s.skip(typ); err != nil {
+				return "", err
+			}
+			continue
+		}
+		n, err := s.length()
+		if err != nil {
+			return "", err
+		}
+		if end >= 0 && n > end-s.off {
+			return "", errors.New("field overruns its message")
+		}
+		if found, err := s.walk(sub, s.off+n, depth+1); found != "" || err != nil {
+			return found, err
+		}
+	}
+	if s.off != end {
+		return "", errors.New("field overruns its message")
+	}
+	return "", nil
+}
+
+// tensor reads a TensorProto up to offset end and describes it if its
+// data is external: data_location EXTERNAL, or any external_data entry.
+func (s *pbStream) tensor(end int64) (string, error) {
+	var name, location string
+	external := false
+	for s.off < end {
+		num, typ, err := s.tag()
+		if err != nil {
+			return "", noEOF(err)
+		}
+		switch {
+		case num == tensorDataLocation && typ == protowire.VarintType:
+			v, err := binary.ReadUvarint(s)
+			if err != nil {
+				return "", noEOF(err)
+			}
+			external = external || v == 1 // TensorProto.EXTERNAL
+		case (num == tensorName || num == tensorExternalData) && typ == protowire.BytesType:
+			n, err := s.length()
+			if err != nil {
+				return "", err
+			}
+			if n > end-s.off {
+				return "", errors.New("field overruns its message")
+			}
+			if n > maxValueInfoBytes {
+				if err := s.skipN(n); err != nil {
+					return "", err
+				}
+				external = external || num == tensorExternalData
+				continue
+			}
+			b := make([]byte, n)
+			if _, err := io.ReadFull(s, b); err != nil {
+				return "", noEOF(err)
+			}
+			if num == tensorName {
+				name = string(b)
+				continue
+			}
+			external = true
+			var key, value string
+			if err := eachBytesField(b, func(num protowire.Number, b []byte) error {
+				switch num {
+				case entryKey:
+					key = string(b)
+				case entryValue:
+					value = string(b)
+				}
+				return nil
+			}); err != nil {
+				return "", err
+			}
+			if key == "location" {
+				location = value
+			}
+		default:
+			if err := s.skip(typ); err != nil {
+				return "", err
+			}
+		}
+	}
+	if s.off != end {
+		return "", errors.New("field overruns its message")
+	}
+	if !external {
+		return "", nil
+	}
+	return fmt.Sprintf("tensor %q in %q", name, location), nil
 }

@@ -241,6 +241,12 @@ var ortInputErrors = []string{
 	"Incompatible dimensions",
 	"Attempting to broadcast an axis by a dimension other than 1",
 	"cannot be reshaped to the requested shape",
+	// Dynamic dimensions that do not fit the model's weights.
+	"MatMul dimension mismatch",
+	"Non concat axis dimensions must match",
+	"Input channels C is not equal to kernel channels",
+	"invalid expand shape",
+	"should not be greater than specified axis dim value",
 	// Index values out of range: a token id past an embedding table
 	// (Gather), and the other gather and scatter kernels.
 	"indices element out of data bounds",

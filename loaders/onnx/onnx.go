@@ -21,6 +21,10 @@
 // once for the session; it also reads the graph's input and output
 // declarations from the file itself, seeking past the weights.
 //
+// A model that keeps tensor data in other files (ONNX external data) loads
+// only with loaders.Options.ExternalData: ONNX Runtime reads whatever file
+// in the model's directory a tensor names.
+//
 // In Info, a dynamic dimension is -1, and a tensor whose file declares no
 // shape at all has a nil Shape (a rank-0 tensor has an empty, non-nil one).
 //
@@ -168,6 +172,13 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 	if err != nil {
 		return nil, invalidModel(path, err)
 	}
+	// After ORT's parse, so that a malformed file gets ORT's word for it;
+	// before the session that serves, so that no run reads another file.
+	if !opts.ExternalData {
+		if err := noExternalData(path); err != nil {
+			return nil, invalidModel(path, err)
+		}
+	}
 	if err := usableIO(ins, outs); err != nil {
 		return nil, invalidModel(path, err)
 	}
@@ -234,6 +245,25 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 	}
 	opts.Log().Debug("onnx: model loaded", "path", path, "inputs", len(m.inputs), "outputs", len(m.outputs), "providers", providers)
 	return m, nil
+}
+
+// noExternalData refuses a model with a tensor whose data lives in
+// another file: ONNX Runtime reads any file in the model's directory that a
+// tensor names (see loaders.Options.ExternalData).
+func noExternalData(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	found, err := externalData(f)
+	if err != nil {
+		return fmt.Errorf("looking for external data: %w", err)
+	}
+	if found != "" {
+		return fmt.Errorf("%s: tensor data in other files (ONNX external data) is not allowed for this model", found)
+	}
+	return nil
 }
 
 // usableIO refuses a model without inputs or outputs: onnxruntime_go

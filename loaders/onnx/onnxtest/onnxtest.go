@@ -176,6 +176,30 @@ func InputAsOutput(dtype ElemType, shape []int64) []byte {
 	)
 }
 
+// ExternalData returns a model whose output "y" UINT8 [n] is an
+// initializer kept in another file (ONNX external data): the first n bytes
+// of location, a path relative to the model's directory. Its input "x"
+// FP32 [1] is not used.
+func ExternalData(location string, n int64) []byte {
+	var w []byte
+	w = appendVarint(w, 1, uint64(n))     // TensorProto.dims
+	w = appendVarint(w, 2, uint64(Uint8)) // TensorProto.data_type
+	w = appendString(w, 8, "w")           // TensorProto.name
+	for _, kv := range [][2]string{{"location", location}, {"offset", "0"}, {"length", fmt.Sprint(n)}} {
+		var e []byte
+		e = appendString(e, 1, kv[0]) // StringStringEntryProto.key
+		e = appendString(e, 2, kv[1]) // StringStringEntryProto.value
+		w = appendMessage(w, 13, e)   // TensorProto.external_data
+	}
+	w = appendVarint(w, 14, 1) // TensorProto.data_location = EXTERNAL
+	return model("external_data",
+		[][]byte{node("Identity", []string{"w"}, "y")},
+		[][]byte{w},
+		[][]byte{valueInfo("x", Float, []int64{1})},
+		[][]byte{valueInfo("y", Uint8, []int64{n})},
+	)
+}
+
 // linearW and linearB are the parameters of linear.onnx written by WriteAll.
 var (
 	linearW = [][]float32{{1, 2}, {3, 4}, {5, 6}}
