@@ -12,7 +12,7 @@ import (
 )
 
 // Working memory is given back when its operation returns (the FP32 copy
-// of a UINT8 tensor in affine, normalize and resize; image_decode's decoder
+// of a UINT8 tensor in affine and normalize; image_decode's decoder
 // buffers), and a failed operation holds nothing: a guest that frees
 // everything it made does not run out of memory.
 func TestScratchChargesRefunded(t *testing.T) {

@@ -301,6 +301,11 @@ func (s *Session) writeOut(mem api.Memory, ptr, capacity uint32, b []byte) int32
 	return int32(len(b))
 }
 
+// logRecordBytes is what a guest's log message costs the node's log
+// besides its text (the record's time, level and attributes), counted
+// against Limits.MaxCallLogBytes.
+const logRecordBytes = 64
+
 // The host functions.
 
 func hostLog(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -314,12 +319,15 @@ func hostLog(ctx context.Context, s *Session, mem api.Memory, st []uint64) int32
 	b = b[:min(len(b), s.lim.MaxLogBytes)]
 	// A call logs at most MaxCallLogBytes, as its stdout: a guest logging
 	// in a loop wrote 4 KiB a message to the node's log until its deadline.
-	if len(b) > s.lim.MaxCallLogBytes-s.logged {
+	// A message counts logRecordBytes besides its text: empty ones,
+	// counting nothing, were logged without end.
+	cost := len(b) + logRecordBytes
+	if cost > s.lim.MaxCallLogBytes-s.logged {
 		s.dropped++
 		s.droppedBytes += len(b)
 		return 0
 	}
-	s.logged += len(b)
+	s.logged += cost
 	s.env.Log.Log(ctx, slog.Level(api.DecodeI32(st[0])), string(b))
 	return 0
 }
@@ -375,15 +383,15 @@ func hostTensorNew(_ context.Context, s *Session, mem api.Memory, st []uint64) i
 	}
 	t := &tensor.Tensor{Name: string(name), DType: dt, Shape: shape}
 	if dt == tensor.Bytes {
-		strs, err := abi.DecodeStrings(data, tensor.NumElements(shape))
+		// One copy of the guest's data, which the elements share, is what
+		// was charged: a copy per element (rounded up to an allocation
+		// size) and a second list of them took twice that for small ones.
+		strs, err := abi.DecodeStrings(append([]byte(nil), data...), tensor.NumElements(shape))
 		if err != nil {
 			s.used -= bytes
 			return s.fail(abi.EINVAL, "tensor %s: %v", quote(name), err)
 		}
-		t.Strings = make([][]byte, len(strs))
-		for i, v := range strs {
-			t.Strings[i] = append([]byte(nil), v...)
-		}
+		t.Strings = strs
 	} else {
 		t.Data = append([]byte(nil), data...)
 	}
@@ -433,7 +441,15 @@ func hostTensorRead(_ context.Context, s *Session, mem api.Memory, st []uint64) 
 		}
 		return int32(n)
 	}
-	return s.writeOut(mem, u32(st, 1), u32(st, 2), abi.AppendStrings(make([]byte, 0, n), t.Strings))
+	// Encoded straight into the guest's buffer: a copy made on the host
+	// first was memory no limit counted, taken again at every call, even
+	// for a buffer outside guest memory.
+	out, ok := mem.Read(u32(st, 1), uint32(n))
+	if !ok {
+		return s.fail(abi.EFAULT, "out buffer of %d bytes at %#x outside guest memory", u32(st, 2), u32(st, 1))
+	}
+	abi.AppendStrings(out[:0], t.Strings) // n bytes: within out
+	return int32(n)
 }
 
 func hostTensorName(_ context.Context, s *Session, mem api.Memory, st []uint64) int32 {
@@ -493,15 +509,29 @@ func hostTensorPin(_ context.Context, s *Session, _ api.Memory, st []uint64) int
 		c.Shape = slices.Clone(c.Shape)
 		c.Data = bytes.Clone(c.Data)
 		if c.Strings != nil {
-			c.Strings = make([][]byte, len(sl.t.Strings))
-			for i, e := range sl.t.Strings {
-				c.Strings[i] = bytes.Clone(e)
-			}
+			c.Strings = cloneStrings(c.Strings)
 		}
 		sl.t = &c
 	}
 	sl.pinned = true
 	return 0
+}
+
+// cloneStrings copies BYTES elements into one buffer, which the copies
+// share: what size charges for them. A copy each, rounded up to an
+// allocation size, took a third more for one-byte elements.
+func cloneStrings(s [][]byte) [][]byte {
+	n := 0
+	for _, e := range s {
+		n += len(e)
+	}
+	buf := make([]byte, 0, n)
+	out := make([][]byte, len(s))
+	for i, e := range s {
+		buf = append(buf, e...)
+		out[i] = buf[len(buf)-len(e) : len(buf) : len(buf)]
+	}
+	return out
 }
 
 func hostAffine(_ context.Context, s *Session, _ api.Memory, st []uint64) int32 {

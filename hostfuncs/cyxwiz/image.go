@@ -18,9 +18,8 @@ import (
 // decoder's memory is estimated from the header and charged (as working
 // memory, given back after) before decoding, so a small file that claims a
 // huge image fails with ErrLimit instead of taking the memory. The decoders
-// cannot be stopped, so their work is bounded up front instead: a
-// progressive JPEG whose scans would make the decoder visit too many pixels
-// is refused.
+// cannot be stopped, so their work is bounded up front instead: a JPEG
+// whose scans would make the decoder visit too many pixels is refused.
 func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 	var src []byte
 	switch {
@@ -133,17 +132,18 @@ func (s *Session) decodeImage(x *tensor.Tensor) (*tensor.Tensor, error) {
 	return y, nil
 }
 
-// maxScanWork bounds scans × padded pixels of a progressive JPEG: Go's
-// decoder visits every block of every component it covers for every scan
-// (up to ~1 ns a pixel for a refinement scan here), and cannot be stopped at
-// the call's deadline: at most ~0.3 s. That is 16 scans of 16 MP; encoders
-// write about 10 scans.
+// maxScanWork bounds scans × padded pixels of a JPEG: Go's decoder
+// visits every block of every component it covers for every scan (up to
+// ~1 ns a pixel for a progressive refinement scan here, ~4 ns for a
+// baseline one) and cannot be stopped at the call's deadline: at most
+// ~0.3 s (~1 s baseline). That is 16 scans of 16 MP; encoders write about
+// 10 scans, 1 to 3 when baseline.
 const maxScanWork = 16 * 16 << 20
 
 // decodeCost is the most memory Go's decoder takes for src beyond the
 // result (which the caller charges): the decoded image and its conversion to
 // 8-bit NRGBA, and for a progressive JPEG every coefficient. It refuses a
-// progressive JPEG that would take too long (maxScanWork). It reads the file
+// JPEG that would take too long (maxScanWork). It reads the file
 // conservatively: whatever it cannot be sure of counts as the worst case.
 func decodeCost(src []byte, format string, cfg image.Config) (int64, error) {
 	w, h := int64(cfg.Width), int64(cfg.Height)
@@ -151,11 +151,13 @@ func decodeCost(src []byte, format string, cfg image.Config) (int64, error) {
 		return pngCost(src, cfg.ColorModel, w*h), nil
 	}
 	j := scanJPEG(src, w, h)
-	if j.progressive {
-		if work := int64(j.scans) * j.samples; work > maxScanWork {
-			return 0, fmt.Errorf("%w: progressive JPEG of %dx%d with %d scans: more decoding work than %d scans of 16 MP",
-				errInvalid, cfg.Width, cfg.Height, j.scans, maxScanWork/(16<<20))
-		}
+	// Baseline scans count too: image/jpeg decodes every scan it is
+	// given, a component again and again, each time doing an inverse DCT
+	// of every block (~4 ns a pixel): an 800 KB baseline JPEG of 200 scans
+	// of 1 MP, two bits a block, held the host a second.
+	if work := int64(j.scans) * j.samples; work > maxScanWork {
+		return 0, fmt.Errorf("%w: JPEG of %dx%d with %d scans: more decoding work than %d scans of 16 MP",
+			errInvalid, cfg.Width, cfg.Height, j.scans, maxScanWork/(16<<20))
 	}
 	return j.cost, nil
 }

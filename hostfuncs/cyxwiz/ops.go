@@ -149,10 +149,12 @@ func (s *Session) softmax(x *tensor.Tensor, axis int) (*tensor.Tensor, error) {
 	}
 	out := tensor.View[float32](y)
 	for o := range outer {
-		if err := s.stopped(); err != nil {
-			return nil, err
-		}
 		for k := range inner {
+			// The deadline within a row too: one row of 64M elements
+			// took a second.
+			if err := s.tick(1); err != nil {
+				return nil, err
+			}
 			base := o*n*inner + k
 			m := float32(math.Inf(-1))
 			for j := range n {
@@ -160,6 +162,9 @@ func (s *Session) softmax(x *tensor.Tensor, axis int) (*tensor.Tensor, error) {
 			}
 			var sum float64
 			for j := range n {
+				if err := s.tick(1); err != nil {
+					return nil, err
+				}
 				e := math.Exp(float64(in[base+j*inner] - m))
 				out[base+j*inner] = float32(e)
 				sum += e
@@ -313,11 +318,12 @@ func (s *Session) resize(x *tensor.Tensor, oh, ow int, layout int) (*tensor.Tens
 	if oh < 1 || ow < 1 || h < 1 || w < 1 {
 		return nil, invalid("resize %dx%d to %dx%d", h, w, oh, ow)
 	}
-	in, refundIn, err := s.floats(x)
-	if err != nil {
-		return nil, err
+	// Pixels are read as they are, never copied to FP32 first: the copy,
+	// 4 bytes a pixel, was charged, and a decoded 24 MP photo (72 MiB)
+	// could not be resized under the 256 MiB limit.
+	if x.DType != tensor.FP32 && x.DType != tensor.Uint8 {
+		return nil, invalid("tensor %s is %v, want FP32 or UINT8", quote(x.Name), x.DType)
 	}
-	defer refundIn()
 	shape := slices.Clone(x.Shape)
 	if layout == 0 {
 		shape[2], shape[3] = int64(oh), int64(ow)
@@ -337,28 +343,56 @@ func (s *Session) resize(x *tensor.Tensor, oh, ow int, layout int) (*tensor.Tens
 		return nil, err
 	}
 	defer refund()
-	x0, x1, wx := axisWeights(w, ow)
-	y0, y1, wy := axisWeights(h, oh)
+	g := grid{planes: planes, h: h, w: w, ch: ch, oh: oh, ow: ow}
+	g.x0, g.x1, g.wx = axisWeights(w, ow)
+	g.y0, g.y1, g.wy = axisWeights(h, oh)
+	if x.DType == tensor.Uint8 {
+		err = bilinear(s, out, x.Data, &g)
+	} else {
+		err = bilinear(s, out, tensor.View[float32](x), &g)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return y, nil
+}
+
+// grid is a resize's geometry: planes of h×w pixels of ch interleaved
+// channels to oh×ow, and the axisWeights of both axes.
+type grid struct {
+	planes, h, w, ch, oh, ow int
+	x0, x1, y0, y1           []int
+	wx, wy                   []float32
+}
+
+// bilinear fills out with the bilinear resize of in by g, each element read
+// as float32 (exact for UINT8).
+func bilinear[E uint8 | float32](s *Session, out []float32, in []E, g *grid) error {
+	h, w, ch := g.h, g.w, g.ch
 	o := 0
-	for p := range planes {
+	for p := range g.planes {
 		src := in[p*h*w*ch : (p+1)*h*w*ch]
-		for oy := range oh {
+		for oy := range g.oh {
 			if err := s.stopped(); err != nil {
-				return nil, err
+				return err
 			}
-			r0, r1, fy := src[y0[oy]*w*ch:], src[y1[oy]*w*ch:], wy[oy]
-			for ox := range ow {
-				a, b, fx := x0[ox]*ch, x1[ox]*ch, wx[ox]
+			r0, r1, fy := src[g.y0[oy]*w*ch:], src[g.y1[oy]*w*ch:], g.wy[oy]
+			for ox := range g.ow {
+				a, b, fx := g.x0[ox]*ch, g.x1[ox]*ch, g.wx[ox]
 				for c := range ch {
-					top := r0[a+c] + (r0[b+c]-r0[a+c])*fx
-					bot := r1[a+c] + (r1[b+c]-r1[a+c])*fx
-					out[o] = top + (bot-top)*fy
+					// Each product rounded, never fused with its sum
+					// (arm64, amd64 v3): every node computes the same bits.
+					ta, tb := float32(r0[a+c]), float32(r0[b+c])
+					ba, bb := float32(r1[a+c]), float32(r1[b+c])
+					top := ta + float32((tb-ta)*fx)
+					bot := ba + float32((bb-ba)*fx)
+					out[o] = top + float32((bot-top)*fy)
 					o++
 				}
 			}
 		}
 	}
-	return y, nil
+	return nil
 }
 
 // axisWeights maps each of n output positions to two input positions and
@@ -367,7 +401,7 @@ func axisWeights(in, n int) (lo, hi []int, wt []float32) {
 	lo, hi, wt = make([]int, n), make([]int, n), make([]float32, n)
 	scale := float64(in) / float64(n)
 	for i := range n {
-		f := (float64(i)+0.5)*scale - 0.5
+		f := float64((float64(i)+0.5)*scale) - 0.5 // rounded, not fused
 		if f < 0 {
 			f = 0
 		}
@@ -413,7 +447,7 @@ func (s *Session) matmul(a, b *tensor.Tensor) (*tensor.Tensor, error) {
 		orow := out[r*n : (r+1)*n]
 		for j, v := range av[r*k : (r+1)*k] {
 			for c, w := range bv[j*n : (j+1)*n] {
-				orow[c] += v * w
+				orow[c] += float32(v * w) // rounded, not fused (arm64)
 			}
 		}
 	}
@@ -497,15 +531,20 @@ func (s *Session) transpose(x *tensor.Tensor, perm []int) (*tensor.Tensor, error
 		copy(y.Data, x.Data)
 		return y, nil
 	}
+	// Strided reads miss the cache: 256 MiB took 1.6 s, past any
+	// deadline, without the checks permute makes as it goes (tick).
 	switch x.DType.Size() {
 	case 1:
-		permute(tensor.View[uint8](y), tensor.View[uint8](x), shape, ostride)
+		err = permute(tensor.View[uint8](y), tensor.View[uint8](x), shape, ostride, s.tick)
 	case 2:
-		permute(tensor.View[uint16](y), tensor.View[uint16](x), shape, ostride)
+		err = permute(tensor.View[uint16](y), tensor.View[uint16](x), shape, ostride, s.tick)
 	case 4:
-		permute(tensor.View[uint32](y), tensor.View[uint32](x), shape, ostride)
+		err = permute(tensor.View[uint32](y), tensor.View[uint32](x), shape, ostride, s.tick)
 	default:
-		permute(tensor.View[uint64](y), tensor.View[uint64](x), shape, ostride)
+		err = permute(tensor.View[uint64](y), tensor.View[uint64](x), shape, ostride, s.tick)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return y, nil
 }
@@ -521,6 +560,8 @@ func (s *Session) cast(x *tensor.Tensor, dt tensor.DType) (*tensor.Tensor, error
 	if err != nil {
 		return nil, err
 	}
+	// Every loop checks the deadline as it goes (tick): a cast of a large
+	// input took most of a second.
 	n := int(tensor.NumElements(x.Shape))
 	switch {
 	case integral(x.DType) && integral(dt):
@@ -528,12 +569,18 @@ func (s *Session) cast(x *tensor.Tensor, dt tensor.DType) (*tensor.Tensor, error
 		// and ONNX Cast do: through float64 they lost precision past 2^53
 		// and came out as whatever this CPU makes of an out-of-range float.
 		for i := range n {
+			if err := s.tick(1); err != nil {
+				return nil, err
+			}
 			setI64(y, i, getI64(x, i))
 		}
 	case integral(x.DType) && dt == tensor.FP32:
 		// Rounded once, not twice through float64.
 		out := tensor.View[float32](y)
 		for i := range n {
+			if err := s.tick(1); err != nil {
+				return nil, err
+			}
 			if x.DType == tensor.Uint64 {
 				out[i] = float32(tensor.View[uint64](x)[i])
 			} else {
@@ -542,6 +589,9 @@ func (s *Session) cast(x *tensor.Tensor, dt tensor.DType) (*tensor.Tensor, error
 		}
 	default:
 		for i := range n {
+			if err := s.tick(1); err != nil {
+				return nil, err
+			}
 			setF64(y, i, getF64(x, i))
 		}
 	}
@@ -730,17 +780,25 @@ func (s *Session) concat(parts []*tensor.Tensor) (*tensor.Tensor, error) {
 }
 
 // permute fills out (of shape) from in, where output index i has input
-// offset sum(i[k]*ostride[k]); the last dimension is the inner loop.
-func permute[E uint8 | uint16 | uint32 | uint64](out, in []E, shape []int64, ostride []int) {
+// offset sum(i[k]*ostride[k]); the last dimension is the inner loop. It
+// reports its work to tick every 2^16 elements at most and stops at tick's
+// error.
+func permute[E uint8 | uint16 | uint32 | uint64](out, in []E, shape []int64, ostride []int, tick func(int) error) error {
 	rank := len(shape)
 	inner, step := int(shape[rank-1]), ostride[rank-1]
 	idx := make([]int, rank-1)
 	base := 0
 	for o := 0; o < len(out); o += inner {
 		src := base
-		for j := range out[o : o+inner] {
-			out[o+j] = in[src]
-			src += step
+		for lo := 0; lo < inner; lo += 1 << 16 {
+			hi := min(inner, lo+1<<16)
+			if err := tick(hi - lo); err != nil {
+				return err
+			}
+			for j := range out[o+lo : o+hi] {
+				out[o+lo+j] = in[src]
+				src += step
+			}
 		}
 		for k := rank - 2; k >= 0; k-- {
 			idx[k]++
@@ -752,4 +810,5 @@ func permute[E uint8 | uint16 | uint32 | uint64](out, in []E, shape []int64, ost
 			idx[k] = 0
 		}
 	}
+	return nil
 }

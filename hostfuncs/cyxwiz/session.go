@@ -99,6 +99,8 @@ type Session struct {
 	// logged is what the call logged; dropped, the messages (and their
 	// bytes) past Limits.MaxCallLogBytes.
 	logged, dropped, droppedBytes int
+	// work counts elements between two deadline checks (tick).
+	work int
 }
 
 type slot struct {
@@ -311,6 +313,19 @@ func (s *Session) stopped() error {
 		return fmt.Errorf("host operation stopped: %w", err)
 	}
 	return nil
+}
+
+// tick counts n elements of an operation's work and, every 2^16 of them,
+// checks the deadline (stopped): element loops call it as they go, so that
+// an operation stops at the deadline whatever its shape (one long row or
+// many short ones) while the checks cost nothing.
+func (s *Session) tick(n int) error {
+	s.work += n
+	if s.work < 1<<16 {
+		return nil
+	}
+	s.work = 0
+	return s.stopped()
 }
 
 // checkShape refuses a shape whose rows and columns could outnumber
