@@ -295,10 +295,14 @@ func (d *Deployment) inferNative(ctx context.Context, inputs []*tensor.Tensor, o
 	if !state.Serving() || sched == nil {
 		return nil, fmt.Errorf("%w: %s is %v", ErrNotReady, d.spec.Name, state)
 	}
-	if info.Format != FormatGuest {
+	// A FORMAT guest's model is checked against what the guest declared,
+	// if it did.
+	if info.Format != FormatGuest || info.Inputs != nil {
 		if err := loaders.CheckInputs(info.Inputs, inputs); err != nil {
 			return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
 		}
+	}
+	if info.Format != FormatGuest || info.Outputs != nil {
 		if err := loaders.CheckOutputs(info.Outputs, outputs); err != nil {
 			return nil, fmt.Errorf("model %s: %w", d.spec.Name, err)
 		}

@@ -524,7 +524,7 @@ func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, 
 		if err := pipe.declareFormat(ctx); err != nil {
 			return nil, err
 		}
-		return guestModel{pool: pipe.format, id: d.id}, nil
+		return guestModel{pool: pipe.format, id: d.id, sig: pipe.formatSig}, nil
 	}
 	opts := m.cfg.Load
 	// Only the operator's own models may read files next to them (ONNX

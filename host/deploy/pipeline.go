@@ -39,6 +39,9 @@ type pipeline struct {
 	// postprocess (else FORMAT) guest's outputs. nil: not declared, or no
 	// such guest. Set before the pipeline serves, read-only after.
 	inputs, outputs []loaders.TensorSpec
+	// formatSig is what the FORMAT guest declares of its own tensors (the
+	// model's, behind any preprocess or postprocess guest).
+	formatSig guest.Signature
 }
 
 // enter takes a read hold on p; false if p was retired meanwhile.
@@ -183,6 +186,7 @@ func (p *pipeline) declareFormat(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("format guest: %w", err)
 	}
+	p.formatSig = sig
 	if p.pre == nil {
 		p.inputs = sig.Inputs
 	}
@@ -260,6 +264,7 @@ type callChainKey struct{}
 type guestModel struct {
 	pool *guest.Pool
 	id   string
+	sig  guest.Signature // what the guest declares; batching relies on it
 }
 
 // engineCallKey keys, in the context of a format_infer or batch_policy
@@ -267,7 +272,7 @@ type guestModel struct {
 type engineCallKey struct{}
 
 func (g guestModel) Info() loaders.Info {
-	return loaders.Info{Format: FormatGuest, Platform: "cyxwiz_guest"}
+	return loaders.Info{Format: FormatGuest, Platform: "cyxwiz_guest", Inputs: g.sig.Inputs, Outputs: g.sig.Outputs}
 }
 
 func (g guestModel) Infer(ctx context.Context, in []*tensor.Tensor, names []string) ([]*tensor.Tensor, error) {

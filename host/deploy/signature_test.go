@@ -1,15 +1,20 @@
 package deploy_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
+	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
+	"github.com/cyxwiz/cyxwiz-node/loaders/safetensors"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
@@ -91,5 +96,72 @@ func TestGuestSignatures(t *testing.T) {
 		if st.State != deploy.Failed || !strings.Contains(st.Message, want) {
 			t.Errorf("%s: %v %q, want Failed with %q", mode, st.State, st.Message, want)
 		}
+	}
+}
+
+// A FORMAT guest that declares a dynamic first dimension on every tensor
+// is batched like a native model (it ran one request at a time): requests
+// share executions, and each caller gets its own rows.
+func TestFormatGuestBatches(t *testing.T) {
+	n := newGuestNode(t)
+	const in, hidden, out = 4, 8, 3
+	weights := []*tensor.Tensor{
+		tensor.New("fc1.weight", tensor.FP32, hidden, in), tensor.New("fc1.bias", tensor.FP32, hidden),
+		tensor.New("fc2.weight", tensor.FP32, out, hidden), tensor.New("fc2.bias", tensor.FP32, out),
+	}
+	for k, w := range weights {
+		v := tensor.View[float32](w)
+		for i := range v {
+			v[i] = float32((i*7+k*3)%11)/10 - 0.5
+		}
+	}
+	var file bytes.Buffer
+	if err := safetensors.Write(&file, weights, nil); err != nil {
+		t.Fatal(err)
+	}
+	model := n.file(t, "mlp.safetensors", file.Bytes())
+	fmtGuest := []deploy.Guest{{Name: "fmt", Artifact: n.wasm(t, "guests/examples/safetensors-mlp"), Roles: []string{"format"}}}
+	one := n.deploy(t, "one", deploy.Spec{Name: "one", Format: deploy.FormatGuest, Model: model, Guests: fmtGuest})
+	batched := n.deploy(t, "batched", deploy.Spec{Name: "batched", Format: deploy.FormatGuest, Model: model, Guests: fmtGuest,
+		Batching: engine.Config{MaxBatchSize: 8, Instances: 1, MaxQueueDelay: 20 * time.Millisecond}})
+	if !one.State.Serving() || !batched.State.Serving() {
+		t.Fatalf("deploy: %v %s / %v %s", one.State, one.Message, batched.State, batched.Message)
+	}
+	d1, _ := n.m.Get("one")
+	db, _ := n.m.Get("batched")
+	const callers = 16
+	xs := make([]*tensor.Tensor, callers)
+	want := make([]string, callers)
+	for i := range xs {
+		xs[i] = tensor.FromSlice("x", tensor.FP32, []int64{1, in}, []float32{float32(i), 1, -float32(i) / 2, 0.25})
+		outs, err := d1.Infer(context.Background(), []*tensor.Tensor{xs[i]}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = fmt.Sprint(tensor.View[float32](outs[0]))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs, err := db.Infer(context.Background(), []*tensor.Tensor{xs[i]}, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if got := fmt.Sprint(tensor.View[float32](outs[0])); got != want[i] || fmt.Sprint(outs[0].Shape) != "[1 3]" {
+				errs <- fmt.Errorf("caller %d: %v %s, want [1 3] %s", i, outs[0].Shape, got, want[i])
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st := db.Status().Stats; st.Executions >= callers {
+		t.Fatalf("%d requests in %d executions (batch sizes %v): not batched", st.Requests, st.Executions, st.BatchSizes)
 	}
 }
