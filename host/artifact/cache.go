@@ -310,8 +310,9 @@ func (c *Cache) Acquire(digest string) error {
 
 // Release drops one pin taken by Acquire. When the last pin goes and the
 // cache is over budget, unpinned artifacts are evicted at once, an artifact
-// larger than the whole budget first. Releasing a digest that is not pinned
-// returns ErrNotFound and changes nothing.
+// larger than the whole budget first; not after Close (the node stopping
+// unpins what its deployments used, which the next run restores). Releasing
+// a digest that is not pinned returns ErrNotFound and changes nothing.
 func (c *Cache) Release(digest string) error {
 	if err := validDigest(digest); err != nil {
 		return fmt.Errorf("release %q: %w", digest, err)
@@ -329,7 +330,9 @@ func (c *Cache) Release(digest string) error {
 	}
 	delete(c.refs, d)
 	c.touchLocked(d)
-	c.evictLocked("")
+	if !c.closed {
+		c.evictLocked("")
+	}
 	return nil
 }
 

@@ -78,7 +78,8 @@
 // after a fetch or a Release, unpinned artifacts are removed: first any that
 // alone exceed the whole budget, then the least recently used (by Fetch,
 // Acquire or Release). An artifact larger than the budget is still fetched,
-// with a warning.
+// with a warning. After Close, Release evicts nothing: the pins a stopping
+// node drops are those of the deployments its next run restores.
 //
 // # Example
 //

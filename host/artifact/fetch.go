@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Artifact describes one file to fetch.
@@ -666,7 +668,7 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 			// Not the range asked for: what is on disk cannot be
 			// continued with it. Start over, as when the range is ignored.
 			c.log.Warn("range request answered with another range; downloading the whole file",
-				"uri", src.String(), "content_range", resp.Header.Get("Content-Range"), "offset", offset)
+				"uri", src.String(), "content_range", serverText(resp.Header.Get("Content-Range")), "offset", offset)
 			resp.Body.Close()
 			return c.open(ctx, src, 0)
 		}
@@ -679,10 +681,10 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 		return c.open(ctx, src, 0)
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
 		resp.Body.Close()
-		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrNotFound, resp.Status)
+		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrNotFound, serverText(resp.Status))
 	default:
 		resp.Body.Close()
-		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
+		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrFetch, serverText(resp.Status))
 	}
 }
 
@@ -774,13 +776,13 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 		case http.StatusRequestedRangeNotSatisfiable:
 			// The file is not as long as the first response said (it
 			// shrank, or that length was false): asking again cannot help.
-			return nil, fmt.Errorf("%w: HTTP %s", errRangeRefused, resp.Status)
+			return nil, fmt.Errorf("%w: HTTP %s", errRangeRefused, serverText(resp.Status))
 		}
-		return nil, fmt.Errorf("%w: HTTP %s", ErrFetch, resp.Status)
+		return nil, fmt.Errorf("%w: HTTP %s", ErrFetch, serverText(resp.Status))
 	}
 	if size, ok := restFrom(resp, offset); !ok || size != total {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: Content-Range %q, want bytes %d-%d/%d", errRangeRefused, resp.Header.Get("Content-Range"), offset, total-1, total)
+		return nil, fmt.Errorf("%w: Content-Range %q, want bytes %d-%d/%d", errRangeRefused, serverText(resp.Header.Get("Content-Range")), offset, total-1, total)
 	}
 	return resp.Body, nil
 }
@@ -817,10 +819,43 @@ func (c *Cache) do(req *http.Request) (*http.Response, error) {
 		if ue := (*url.Error)(nil); errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return nil, fmt.Errorf("%w: %w", ErrFetch, err)
+		return nil, fmt.Errorf("%w: %w", ErrFetch, serverError{err})
 	}
 	return resp, nil
 }
+
+// maxServerText bounds the text an HTTP server chose (its reason phrase, a
+// header, a line a transport error quotes) in an error: Go reads up to 10
+// MB of it, and the error becomes the deployment's message, stored, logged
+// and sent with every status.
+const maxServerText = 256
+
+// serverText is s, text an HTTP server chose, fit for an error message:
+// valid UTF-8 without control characters (terminal escapes), cut to
+// maxServerText bytes.
+func serverText(s string) string {
+	s = strings.Map(func(r rune) rune { // invalid UTF-8 becomes U+FFFD
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) <= maxServerText {
+		return s
+	}
+	cut := maxServerText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d more bytes)", s[:cut], len(s)-cut)
+}
+
+// serverError is a transport error, whose text may quote what the server
+// sent (a malformed header line), shown as serverText.
+type serverError struct{ err error }
+
+func (e serverError) Error() string { return serverText(e.err.Error()) }
+func (e serverError) Unwrap() error { return e.err }
 
 // writeErr remembers the error its writer returned, so that a failed copy
 // can tell a failed write from a broken body.

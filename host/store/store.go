@@ -22,7 +22,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,7 +47,7 @@ var (
 	// one written by a newer version of the node.
 	ErrCorrupt = errors.New("corrupt deployment record")
 	// ErrDamaged reports a store file whose pages bbolt cannot read (disk
-	// damage, or a file changed behind bbolt's back).
+	// damage, a file cut short, or a file changed behind bbolt's back).
 	ErrDamaged = errors.New("store file is damaged")
 )
 
@@ -84,11 +88,18 @@ var bucket = []byte("deployments")
 type Store struct {
 	db   *bolt.DB
 	path string
+	file *os.File // bbolt's; Close closes it alone when a write is wedged
+	// wedged is set when a damaged page faulted a write transaction's
+	// rollback too: bbolt never released its write lock, so any later
+	// write, and bbolt's Close, would wait for it forever.
+	wedged atomic.Bool
 }
 
 // Open opens the store file at path, creating it if needed. The directory
 // must exist.
 func Open(path string) (*Store, error) {
+	_, statErr := os.Stat(path)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	var f *os.File // bbolt's, closed here if bbolt panics on a damaged file
 	opts := &bolt.Options{Timeout: openTimeout, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 		var err error
@@ -112,13 +123,21 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path}
+	if created {
+		// The new file's directory entry survives a power cut with the
+		// directory's own fsync (bbolt syncs the file, not its folder).
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store %s: sync its directory: %w", path, err)
+		}
+	}
+	s := &Store{db: db, path: path, file: f}
 	err = s.update(nil, func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucket)
 		return err
 	})
 	if err != nil {
-		db.Close()
+		s.Close() // not db.Close: it waits forever for a wedged write
 		return nil, fmt.Errorf("open store %s: create bucket: %w", path, err)
 	}
 	return s, nil
@@ -134,25 +153,59 @@ func (s *Store) view(fn func(*bolt.Tx) error) error {
 }
 
 func (s *Store) update(inFn *bool, fn func(*bolt.Tx) error) error {
-	return guard(s.path, inFn, func() error { return s.db.Update(fn) })
+	if s.wedged.Load() {
+		return fmt.Errorf("%w: %s: an earlier write stopped on a damaged page", ErrDamaged, s.path)
+	}
+	var tx *bolt.Tx
+	err := guard(s.path, inFn, func() error {
+		return s.db.Update(func(t *bolt.Tx) error { tx = t; return fn(t) })
+	})
+	if errors.Is(err, ErrDamaged) && tx != nil && tx.DB() != nil {
+		s.wedged.Store(true) // never closed: its rollback panicked as well
+	}
+	return err
 }
 
 // guard calls f, turning a panic into an error wrapping ErrDamaged and
-// naming path, unless inFn is set and true.
+// naming path, unless inFn is set and true. A read of bbolt's mapping past
+// the end of a file cut short (meta pages naming pages it no longer has)
+// faults: that is a panic here too, not a crash of the node.
 func guard(path string, inFn *bool, f func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if inFn != nil && *inFn {
 			return // no recover: the caller's panic keeps its stack
 		}
 		if r := recover(); r != nil {
+			if fault, ok := r.(interface{ Addr() uintptr }); ok {
+				r = fmt.Sprintf("read of its mapping faulted at %#x (the file is shorter than its pages say, or the disk failed)", fault.Addr())
+			}
 			err = fmt.Errorf("%w: %s: %v", ErrDamaged, path, r)
 		}
 	}()
 	return f()
 }
 
+// syncDir fsyncs the directory dir.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // Close releases the file. Using the Store afterwards returns errors.
 func (s *Store) Close() error {
+	if s.wedged.Load() {
+		// bbolt's Close would wait for the write lock forever: release
+		// the file and its lock (bbolt's mapping stays).
+		if err := s.file.Close(); err != nil {
+			return fmt.Errorf("close store %s: %w", s.path, err)
+		}
+		return nil
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.path, err)
 	}
