@@ -105,7 +105,8 @@ type Limits struct {
 	// status and list calls); older ones are forgotten, oldest first.
 	// Default: 256.
 	KeepStopped int `toml:"keep_stopped"`
-	// MaxInflightBytes bounds the bytes (as encoded) that the inference
+	// MaxInflightBytes bounds the bytes (as encoded, plus what typed
+	// contents and BYTES elements take decoded) that the inference
 	// requests being served hold together, queued or running; past it a
 	// request is RESOURCE_EXHAUSTED. At least listen.max_message_size.
 	// Default: "2GiB".

@@ -35,7 +35,9 @@ type Inference struct {
 	models *deploy.Manager
 	name   string
 	// inflight is what the ModelInfer requests being served hold, in
-	// bytes of their encoded messages; maxInflight bounds it (0: no bound).
+	// bytes (inferRequest.size: the encoded message, plus what its typed
+	// contents and BYTES elements take decoded); maxInflight bounds it (0:
+	// no bound).
 	inflight    atomic.Int64
 	maxInflight int64
 }

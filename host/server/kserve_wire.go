@@ -54,7 +54,9 @@ var entryFields = map[protowire.Number]string{5: "inputs", 6: "outputs", rawInpu
 type inferRequest struct {
 	req inference.ModelInferRequest
 	buf *[]byte
-	// size is the encoded message's, what it holds in flight.
+	// size is what the request holds in flight: its encoded message,
+	// what its typed contents decode to (nestedCount.decoded) and its raw
+	// BYTES inputs split (rawStrings).
 	size int64
 	// bad is why the message did not decode: the handler answers it as
 	// InvalidArgument (a codec error is always Internal in grpc-go).
@@ -97,23 +99,38 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return c.proto.Unmarshal(data, v)
 	}
-	r.size = int64(data.Len())
 	buf := c.pool.Get(data.Len())
 	data.CopyTo(*buf)
-	if err := decodeInferRequest(*buf, &r.req); err != nil {
+	decoded, err := decodeInferRequest(*buf, &r.req)
+	if err != nil {
 		c.pool.Put(buf)
 		r.req.Reset()
 		r.bad = err
 		return nil
 	}
 	r.buf = buf
+	r.size = int64(data.Len()) + decoded + rawStrings(&r.req)
 	return nil
+}
+
+// rawStrings bounds what the raw BYTES inputs of req take split into
+// elements (fromRaw): a slice header per element, six times the four
+// bytes of its length prefix.
+func rawStrings(req *inference.ModelInferRequest) int64 {
+	var n int64
+	for i, in := range req.Inputs {
+		if i < len(req.RawInputContents) && in.Datatype == "BYTES" {
+			n += int64(len(req.RawInputContents[i])/4) * 24
+		}
+	}
+	return n
 }
 
 // decodeInferRequest decodes b into req with raw_input_contents aliasing b.
 // The other fields are decoded by proto.Unmarshal, in runs of consecutive
-// fields (usually one run: marshallers write field 7 last).
-func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
+// fields (usually one run: marshallers write field 7 last). It returns the
+// bytes that the inputs' typed contents take decoded, as nestedCount.decoded.
+func decodeInferRequest(b []byte, req *inference.ModelInferRequest) (decoded int64, err error) {
 	merge := proto.UnmarshalOptions{Merge: true}
 	start := 0 // of the pending run of other fields
 	var entries [rawInputField + 1]int
@@ -121,30 +138,30 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 	for pos := 0; pos < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[pos:])
 		if n < 0 {
-			return fmt.Errorf("decode ModelInferRequest: %w", protowire.ParseError(n))
+			return 0, fmt.Errorf("decode ModelInferRequest: %w", protowire.ParseError(n))
 		}
 		if name, ok := entryFields[num]; ok && typ == protowire.BytesType {
 			if entries[num]++; entries[num] > maxEntries {
-				return fmt.Errorf("decode ModelInferRequest: more than %d %s", maxEntries, name)
+				return 0, fmt.Errorf("decode ModelInferRequest: more than %d %s", maxEntries, name)
 			}
 		}
 		if typ == protowire.BytesType && num >= 4 && num <= 6 {
 			v, m := protowire.ConsumeBytes(b[pos+n:])
 			if m < 0 {
-				return fmt.Errorf("decode ModelInferRequest: field %d: %w", num, protowire.ParseError(m))
+				return 0, fmt.Errorf("decode ModelInferRequest: field %d: %w", num, protowire.ParseError(m))
 			}
 			if err := nested.check(num, v, entries[num]-1); err != nil {
-				return fmt.Errorf("decode ModelInferRequest: %w", err)
+				return 0, fmt.Errorf("decode ModelInferRequest: %w", err)
 			}
 		}
 		if num == rawInputField && typ == protowire.BytesType {
 			v, m := protowire.ConsumeBytes(b[pos+n:])
 			if m < 0 {
-				return fmt.Errorf("decode ModelInferRequest: raw_input_contents: %w", protowire.ParseError(m))
+				return 0, fmt.Errorf("decode ModelInferRequest: raw_input_contents: %w", protowire.ParseError(m))
 			}
 			if start < pos {
 				if err := merge.Unmarshal(b[start:pos], req); err != nil {
-					return fmt.Errorf("decode ModelInferRequest: %w", err)
+					return 0, fmt.Errorf("decode ModelInferRequest: %w", err)
 				}
 			}
 			// The other runs hold no raw_input_contents: the order is kept.
@@ -155,22 +172,37 @@ func decodeInferRequest(b []byte, req *inference.ModelInferRequest) error {
 		}
 		m := protowire.ConsumeFieldValue(num, typ, b[pos+n:])
 		if m < 0 {
-			return fmt.Errorf("decode ModelInferRequest: field %d: %w", num, protowire.ParseError(m))
+			return 0, fmt.Errorf("decode ModelInferRequest: field %d: %w", num, protowire.ParseError(m))
 		}
 		pos += n + m
 	}
 	if start < len(b) {
 		if err := merge.Unmarshal(b[start:], req); err != nil {
-			return fmt.Errorf("decode ModelInferRequest: %w", err)
+			return 0, fmt.Errorf("decode ModelInferRequest: %w", err)
 		}
 	}
-	return nil
+	return nested.decoded, nil
 }
 
 // nestedCount counts, over one ModelInferRequest, the nested entries that
-// maxBytesElements, maxParameters and maxRank bound.
+// maxBytesElements, maxParameters and maxRank bound, and what the inputs'
+// typed contents take decoded.
 type nestedCount struct {
 	bytes, params int
+	// decoded is the bytes of the typed contents' elements decoded, twice:
+	// as the message's slices and as the tensor decodeInputs copies them
+	// into. An element takes up to eight times its bytes on the wire (an
+	// INT64 zero is one byte): counted as encoded, a 64 MiB request held
+	// 1 GiB in flight.
+	decoded int64
+}
+
+// contentsElemSize is, for each numeric typed contents field
+// (InferTensorContents field number), the size of an element in memory and
+// on the wire (0: a varint).
+var contentsElemSize = [...]struct{ mem, fixed int }{
+	1: {1, 0}, 2: {4, 0}, 3: {8, 0}, 4: {4, 0}, 5: {8, 0}, // bool, int, int64, uint, uint64
+	6: {4, 4}, 7: {8, 8}, // fp32, fp64
 }
 
 // check counts the entries of v, the i-th value of the request's field num
@@ -195,12 +227,13 @@ func (c *nestedCount) check(num protowire.Number, v []byte, i int) error {
 			case f == 4 && typ == protowire.BytesType:
 				return c.param()
 			case f == 5 && typ == protowire.BytesType: // contents
-				return eachField(w, func(g protowire.Number, typ protowire.Type, _ []byte) error {
+				return eachField(w, func(g protowire.Number, typ protowire.Type, x []byte) error {
 					if g == 8 && typ == protowire.BytesType {
 						if c.bytes++; c.bytes > maxBytesElements {
 							return fmt.Errorf("more than %d bytes_contents elements (send large BYTES tensors in raw_input_contents)", maxBytesElements)
 						}
 					}
+					c.contents(g, typ, x)
 					return nil
 				})
 			}
@@ -219,6 +252,33 @@ func (c *nestedCount) check(num protowire.Number, v []byte, i int) error {
 		})
 	}
 	return nil
+}
+
+// contents counts the decoded bytes of a typed contents field g of wire
+// type typ and bytes x.
+func (c *nestedCount) contents(g protowire.Number, typ protowire.Type, x []byte) {
+	if g == 8 { // bytes: a slice header and a copy of its bytes, which the tensor shares
+		c.decoded += 24 + int64(len(x))
+		return
+	}
+	if g < 1 || int(g) >= len(contentsElemSize) {
+		return
+	}
+	size := contentsElemSize[g]
+	elems := 1
+	if typ == protowire.BytesType {
+		if size.fixed > 0 {
+			elems = len(x) / size.fixed
+		} else { // packed varints: one ends at each byte under 0x80
+			elems = 0
+			for _, b := range x {
+				if b < 0x80 {
+					elems++
+				}
+			}
+		}
+	}
+	c.decoded += 2 * int64(elems) * int64(size.mem)
 }
 
 func (c *nestedCount) param() error {

@@ -41,7 +41,7 @@ func checkDecode(t *testing.T, wire []byte) {
 	t.Helper()
 	var want, got inference.ModelInferRequest
 	wantErr := proto.Unmarshal(wire, &want)
-	gotErr := decodeInferRequest(wire, &got)
+	_, gotErr := decodeInferRequest(wire, &got)
 	if (wantErr == nil) != (gotErr == nil) {
 		t.Fatalf("proto.Unmarshal err = %v, decodeInferRequest err = %v (wire %x)", wantErr, gotErr, wire)
 	}
@@ -78,7 +78,7 @@ func TestDecodeInferRequestInterleavedFields(t *testing.T) {
 	checkDecode(t, b)
 
 	var got inference.ModelInferRequest
-	if err := decodeInferRequest(b, &got); err != nil {
+	if _, err := decodeInferRequest(b, &got); err != nil {
 		t.Fatal(err)
 	}
 	if got.ModelName != "m2" || len(got.RawInputContents) != 2 || !bytes.Equal(got.RawInputContents[1], []byte{5, 6, 7, 8}) {
@@ -105,7 +105,7 @@ func TestDecodeInferRequestRejectsMalformed(t *testing.T) {
 		t.Run(name, func(t *testing.T) { checkDecode(t, wire) })
 	}
 	var req inference.ModelInferRequest
-	if err := decodeInferRequest(good[:len(good)-3], &req); err == nil {
+	if _, err := decodeInferRequest(good[:len(good)-3], &req); err == nil {
 		t.Fatal("truncated request decoded")
 	}
 }
@@ -223,7 +223,7 @@ func TestDecodeBoundsEntries(t *testing.T) {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		var req inference.ModelInferRequest
-		err := decodeInferRequest(wire, &req)
+		_, err := decodeInferRequest(wire, &req)
 		runtime.ReadMemStats(&after)
 		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("more than %d %s", maxEntries, entryFields[field])) {
 			t.Errorf("field %d: %d entries decoded: %v", field, 4*maxEntries, err)
@@ -234,7 +234,7 @@ func TestDecodeBoundsEntries(t *testing.T) {
 			t.Errorf("field %d: %d MiB allocated for a %d MiB request", field, mb, len(wire)>>20)
 		}
 		// As many as the bound are decoded.
-		if err := decodeInferRequest(wire[:2*maxEntries], &req); err != nil {
+		if _, err := decodeInferRequest(wire[:2*maxEntries], &req); err != nil {
 			t.Errorf("field %d: %d entries: %v", field, maxEntries, err)
 		}
 	}
@@ -277,7 +277,7 @@ func TestDecodeBoundsNestedEntries(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			var req inference.ModelInferRequest
-			err := decodeInferRequest(tc.wire, &req)
+			_, err := decodeInferRequest(tc.wire, &req)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)

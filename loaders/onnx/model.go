@@ -240,6 +240,7 @@ var ortInputErrors = []string{
 	"Invalid input shape",
 	"Incompatible dimensions",
 	"Attempting to broadcast an axis by a dimension other than 1",
+	"Can broadcast 0 by 0 or 1",
 	"cannot be reshaped to the requested shape",
 	// Dynamic dimensions that do not fit the model's weights.
 	"MatMul dimension mismatch",
