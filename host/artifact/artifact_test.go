@@ -283,7 +283,7 @@ func TestFetchHTTPErrors(t *testing.T) {
 			srv := httptest.NewServer(tt.handler)
 			t.Cleanup(srv.Close)
 			dir := t.TempDir()
-			c := newCache(t, dir, 0)
+			c := newCache(t, dir, 0, artifact.WithResumeBackoff(time.Millisecond))
 			tt.a.URI = srv.URL + "/model"
 			_, err := c.Fetch(t.Context(), tt.a, nil)
 			if !errors.Is(err, tt.want) {
@@ -302,6 +302,55 @@ func TestFetchHTTPErrors(t *testing.T) {
 	}
 }
 
+// A request that fails on the way (the server restarting: 503, 502, a
+// dropped connection; or 429) is asked again after a backoff: one such
+// answer failed the deployment. A refusal (404, 403) is not asked again.
+func TestFetchRetriesTransientFailures(t *testing.T) {
+	content := blob(t, 5000)
+	for _, tc := range []struct {
+		name     string
+		failures []func(w http.ResponseWriter)
+		want     error
+		requests int64
+	}{
+		{"503 then 502 then 429", []func(w http.ResponseWriter){
+			func(w http.ResponseWriter) { http.Error(w, "starting", http.StatusServiceUnavailable) },
+			func(w http.ResponseWriter) { http.Error(w, "proxy", http.StatusBadGateway) },
+			func(w http.ResponseWriter) { http.Error(w, "slow down", http.StatusTooManyRequests) },
+		}, nil, 4},
+		{"dropped connection", []func(w http.ResponseWriter){
+			func(w http.ResponseWriter) {
+				conn, _, err := w.(http.Hijacker).Hijack()
+				if err == nil {
+					conn.Close()
+				}
+			},
+		}, nil, 2},
+		{"404", []func(w http.ResponseWriter){func(w http.ResponseWriter) { http.NotFound(w, nil) }}, artifact.ErrNotFound, 1},
+		{"403", []func(w http.ResponseWriter){func(w http.ResponseWriter) { http.Error(w, "no", http.StatusForbidden) }}, artifact.ErrFetch, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var requests atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n := requests.Add(1); int(n) <= len(tc.failures) {
+					tc.failures[n-1](w)
+					return
+				}
+				w.Write(content)
+			}))
+			t.Cleanup(srv.Close)
+			c := newCache(t, t.TempDir(), 0, artifact.WithResumeBackoff(time.Millisecond))
+			_, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, nil)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if got := requests.Load(); got != tc.requests {
+				t.Fatalf("%d requests, want %d", got, tc.requests)
+			}
+		})
+	}
+}
+
 func TestFetchConnectionRefused(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -310,7 +359,7 @@ func TestFetchConnectionRefused(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	dir := t.TempDir()
-	c := newCache(t, dir, 0)
+	c := newCache(t, dir, 0, artifact.WithResumeBackoff(time.Millisecond))
 	_, err = c.Fetch(t.Context(), artifact.Artifact{URI: "http://" + addr + "/m", SHA256: digest(nil)}, nil)
 	if !errors.Is(err, artifact.ErrFetch) {
 		t.Fatalf("err = %v, want ErrFetch", err)

@@ -57,8 +57,9 @@ func WithHTTPClient(hc *http.Client) Option {
 }
 
 // WithResumeBackoff sets the first wait before an interrupted download is
-// resumed; each further resume of the same download waits twice as long, up
-// to 2 s. Default: 100 ms.
+// resumed, or a first request that failed on the way (a refused
+// connection, HTTP 5xx) is made again; each further try waits twice as
+// long, up to 2 s. Default: 100 ms.
 func WithResumeBackoff(d time.Duration) Option {
 	return func(c *Cache) { c.backoff = d }
 }

@@ -3,11 +3,13 @@ package artifact
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -485,7 +487,7 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		return c.finish(tmp, tmpPath, d, have, a)
 	}
 
-	body, total, from, ri, err := c.open(ctx, src, have)
+	body, total, from, ri, err := c.openRetry(ctx, src, have)
 	if err != nil {
 		return 0, err
 	}
@@ -684,8 +686,62 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrNotFound, serverText(resp.Status))
 	default:
 		resp.Body.Close()
-		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %s", ErrFetch, serverText(resp.Status))
+		return nil, 0, 0, ri, fmt.Errorf("%w: HTTP %w", ErrFetch, statusError{resp.StatusCode, serverText(resp.Status)})
 	}
+}
+
+// openRetry is open, asking again after the resume backoff (up to
+// maxResumes times) when the request fails on the way: a connection
+// refused, reset, timed out or closed before the answer, a name that does
+// not resolve yet, HTTP 408, 429 or 5xx. A node restored after a power cut
+// asks before its network is up, and a server restarts: one such failure
+// failed the deployment (and lost what a partial download held).
+func (c *Cache) openRetry(ctx context.Context, src source, offset int64) (body io.ReadCloser, total, from int64, ri resumeInfo, err error) {
+	for attempt := 0; ; attempt++ {
+		body, total, from, ri, err = c.open(ctx, src, offset)
+		if err == nil || src.file != "" || attempt == maxResumes || ctx.Err() != nil || !transient(err) {
+			return body, total, from, ri, err
+		}
+		wait := min(c.backoff<<attempt, max(2*time.Second, c.backoff))
+		c.log.Warn("download request failed; asking again", "uri", src.String(), "attempt", attempt+1, "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, 0, 0, ri, ctx.Err()
+		}
+	}
+}
+
+// statusError is an HTTP answer that is not the file.
+type statusError struct {
+	code int
+	text string // the status line, as serverText makes it
+}
+
+func (e statusError) Error() string { return e.text }
+
+// transient reports whether a request that failed with err may succeed if
+// asked again: the network or the server was not ready. A refused answer
+// (4xx but 408 and 429), a bad certificate or redirect, and a malformed
+// response are not.
+func transient(err error) bool {
+	if se := (statusError{}); errors.As(err, &se) {
+		return se.code == http.StatusRequestTimeout || se.code == http.StatusTooManyRequests || se.code >= 500
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return true // no network yet looks like a name that does not resolve
+	}
+	var op *net.OpError
+	if errors.As(err, &op) {
+		var cert *tls.CertificateVerificationError
+		return !errors.As(err, &cert)
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // testHookBeforeRemovePartial, when set by a test, runs before a failed

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 )
@@ -60,7 +61,7 @@ func TestFetchServerTextBounded(t *testing.T) {
 		{"malformed header line", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n" + junk + "\r\n\r\n", artifact.ErrFetch, "malformed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCache(t, t.TempDir(), 0)
+			c := newCache(t, t.TempDir(), 0, artifact.WithResumeBackoff(time.Millisecond))
 			_, err := c.Fetch(t.Context(), artifact.Artifact{URI: rawServer(t, tc.resp), SHA256: strings.Repeat("ab", 32)}, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %.300v, want %v", err, tc.want)
