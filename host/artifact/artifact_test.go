@@ -351,6 +351,23 @@ func TestFetchRetriesTransientFailures(t *testing.T) {
 	}
 }
 
+// A fetch whose time runs out while it retries says what it was retrying.
+func TestFetchDeadlineWhileRetryingSaysWhy(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c := newCache(t, t.TempDir(), 0, artifact.WithResumeBackoff(20*time.Millisecond))
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, err = c.Fetch(ctx, artifact.Artifact{URI: "http://" + addr + "/m", SHA256: digest(nil)}, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("err = %v, want the deadline and the refused connection", err)
+	}
+}
+
 func TestFetchConnectionRefused(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

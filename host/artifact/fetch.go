@@ -183,6 +183,24 @@ type flight struct {
 	published bool
 	n, total  int64
 	changed   chan struct{} // closed and replaced at each publish
+	// retrying is the error of the last request that openRetry is to make
+	// again; nil once one succeeds. A waiter whose time runs out says it.
+	retrying error
+}
+
+// setRetrying records err as the reason f is waiting to ask again (nil:
+// it is not).
+func (f *flight) setRetrying(err error) {
+	f.mu.Lock()
+	f.retrying = err
+	f.mu.Unlock()
+}
+
+// lastRetry is the error f is waiting to retry, if any.
+func (f *flight) lastRetry() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.retrying
 }
 
 // driver names what drives a download of a from src: the URI (credentials
@@ -422,7 +440,13 @@ func (c *Cache) wait(ctx context.Context, f *flight, a Artifact, src source, pro
 			return f.path, nil
 		case <-changed:
 		case <-ctx.Done():
+			last := f.lastRetry() // before leave: the download ends there
 			c.leave(ctx, f)
+			if last != nil {
+				// What went wrong is the request being retried, not the end
+				// of the time it had.
+				return "", fmt.Errorf("fetch %s: %w (while retrying: %w)", src, ctx.Err(), last)
+			}
 			return "", fmt.Errorf("fetch %s: %w", src, ctx.Err())
 		}
 	}
@@ -450,8 +474,8 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	again := false // the result is a second download's, wrapped already
 	defer func() {
 		if err != nil && !again {
-			if ctx.Err() != nil {
-				err = context.Cause(ctx)
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+				err = cause
 			}
 			err = fmt.Errorf("fetch %s: %w", src, err)
 		}
@@ -487,7 +511,7 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		return c.finish(tmp, tmpPath, d, have, a)
 	}
 
-	body, total, from, ri, err := c.openRetry(ctx, src, have)
+	body, total, from, ri, err := c.openRetry(ctx, f, src, have)
 	if err != nil {
 		return 0, err
 	}
@@ -696,12 +720,14 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 // not resolve yet, HTTP 408, 429 or 5xx. A node restored after a power cut
 // asks before its network is up, and a server restarts: one such failure
 // failed the deployment (and lost what a partial download held).
-func (c *Cache) openRetry(ctx context.Context, src source, offset int64) (body io.ReadCloser, total, from int64, ri resumeInfo, err error) {
+func (c *Cache) openRetry(ctx context.Context, f *flight, src source, offset int64) (body io.ReadCloser, total, from int64, ri resumeInfo, err error) {
+	defer f.setRetrying(nil)
 	for attempt := 0; ; attempt++ {
 		body, total, from, ri, err = c.open(ctx, src, offset)
 		if err == nil || src.file != "" || attempt == maxResumes || ctx.Err() != nil || !transient(err) {
 			return body, total, from, ri, err
 		}
+		f.setRetrying(err)
 		wait := min(c.backoff<<attempt, max(2*time.Second, c.backoff))
 		c.log.Warn("download request failed; asking again", "uri", src.String(), "attempt", attempt+1, "in", wait, "err", err)
 		t := time.NewTimer(wait)
@@ -709,7 +735,7 @@ func (c *Cache) openRetry(ctx context.Context, src source, offset int64) (body i
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, 0, 0, ri, ctx.Err()
+			return nil, 0, 0, ri, fmt.Errorf("%w (while retrying: %w)", context.Cause(ctx), err)
 		}
 	}
 }
