@@ -264,7 +264,7 @@ func (d *Deployment) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs
 	if outs, err = p.post.Postprocess(ctx, outs); err != nil {
 		return nil, fmt.Errorf("model %s: postprocess: %w", d.spec.Name, err)
 	}
-	return selectOutputs(outs, outputs)
+	return selectOutputs(outs, outputs, p.outputs)
 }
 
 // enterPipeline returns the current pipeline, held for reading, or nil when
@@ -292,7 +292,9 @@ func (d *Deployment) inferNative(ctx context.Context, inputs []*tensor.Tensor, o
 	d.mu.RLock()
 	state, sched, info := d.state, d.sched, d.info
 	d.mu.RUnlock()
-	if !state.Serving() || sched == nil {
+	// Stopping: a request that entered the pipeline before the stop is
+	// drained, not refused (unload keeps the engine until it leaves).
+	if !(state.Serving() || state == Stopping) || sched == nil {
 		return nil, fmt.Errorf("%w: %s is %v", ErrNotReady, d.spec.Name, state)
 	}
 	// A FORMAT guest's model is checked against what the guest declared,
@@ -323,7 +325,9 @@ func (d *Deployment) inferNative(ctx context.Context, inputs []*tensor.Tensor, o
 }
 
 // batchable reports whether every input and output has a dynamic dimension 0,
-// so that requests can be stacked along it.
+// so that requests can be stacked along it. A model with no inputs or no
+// outputs listed (a FORMAT guest that declares none) is not: its outputs
+// may have any rows.
 func batchable(info loaders.Info) bool {
 	for _, list := range [][]loaders.TensorSpec{info.Inputs, info.Outputs} {
 		for _, s := range list {
@@ -332,5 +336,5 @@ func batchable(info loaders.Info) bool {
 			}
 		}
 	}
-	return len(info.Inputs) > 0
+	return len(info.Inputs) > 0 && len(info.Outputs) > 0
 }

@@ -521,7 +521,7 @@ func (m *Manager) loadModel(ctx context.Context, d *Deployment, pipe *pipeline, 
 		if err := pipe.format.FormatLoad(ctx, data); err != nil {
 			return nil, fmt.Errorf("format guest: load %s: %w", path, err)
 		}
-		if err := pipe.declareFormat(ctx); err != nil {
+		if err := pipe.declareFormat(ctx, d); err != nil {
 			return nil, err
 		}
 		return guestModel{pool: pipe.format, id: d.id, sig: pipe.formatSig}, nil
@@ -653,10 +653,11 @@ func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration)
 // stop cancels d's goroutine, drains and unloads it within drain (the
 // node's DrainTimeout when 0), and marks it Stopped.
 func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) {
-	wasFailed := d.State() == Failed
 	d.cancel()
 	<-d.done
-	if !wasFailed {
+	// Read once the run has returned: a load failing as the stop came
+	// is Failed now, and goes on to Stopped (no state goes backwards).
+	if d.State() != Failed {
 		m.set(d, Stopping, "draining in-flight requests")
 	}
 	if drain <= 0 {
@@ -679,11 +680,19 @@ func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) 
 // return, in the background: the stop does not wait for them, and d stays
 // charged until then.
 func (m *Manager) unload(d *Deployment, ctx context.Context) {
+	// The requests on the pipeline are in flight, those still in a guest
+	// too: the engine stays open for them until they leave (or ctx ends).
+	pipe := d.pipe.Swap(nil)
+	if pipe != nil {
+		select {
+		case <-pipe.retired():
+		case <-ctx.Done():
+		}
+	}
 	d.mu.Lock()
 	sched, model, pins := d.sched, d.model, d.pins
 	d.sched, d.model, d.pins = nil, nil, nil
 	d.mu.Unlock()
-	pipe := d.pipe.Swap(nil)
 	gaveUp := false
 	if sched != nil {
 		if err := sched.Close(ctx); err != nil {
@@ -1006,6 +1015,10 @@ func (m *Manager) Close(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			<-d.done
+			// A Stop of d still draining holds its id: it finishes first
+			// (Close waits for it within ctx, as for any model), rather
+			// than Close finding nothing left to unload and returning.
+			defer m.ops.lock(d.id)()
 			m.unload(d, ctx)
 		}()
 	}

@@ -29,6 +29,10 @@ const FormatGuest = "guest"
 type pipeline struct {
 	mu     sync.RWMutex
 	closed bool
+	// retire starts, once, the wait for the requests on p; drained closes
+	// when the last has left (see retired).
+	retire  sync.Once
+	drained chan struct{}
 
 	pre, post, policy, format *guest.Pool
 	pools                     []*guest.Pool
@@ -37,7 +41,8 @@ type pipeline struct {
 	// inputs and outputs are what the guests facing clients declare
 	// (guest.Signature): the preprocess (else FORMAT) guest's inputs, the
 	// postprocess (else FORMAT) guest's outputs. nil: not declared, or no
-	// such guest. Set before the pipeline serves, read-only after.
+	// such guest. Set before the pipeline serves (a FORMAT guest's under
+	// the deployment's mu: see declareFormat), read-only after.
 	inputs, outputs []loaders.TensorSpec
 	// formatSig is what the FORMAT guest declares of its own tensors (the
 	// model's, behind any preprocess or postprocess guest).
@@ -62,6 +67,21 @@ func (p *pipeline) enter() bool {
 
 func (p *pipeline) leave() { p.mu.RUnlock() }
 
+// retired closes p to new requests and returns a channel that closes once
+// the last request on it has left.
+func (p *pipeline) retired() <-chan struct{} {
+	p.retire.Do(func() {
+		p.drained = make(chan struct{})
+		go func() { // ends when the last request on p leaves
+			p.mu.Lock()
+			p.closed = true
+			p.mu.Unlock()
+			close(p.drained)
+		}()
+	})
+	return p.drained
+}
+
 // close waits for the requests on p, then closes its guests. If ctx ends
 // first (a request that never returns), close returns and the guests close
 // when the last of those requests leaves: a Stop must not hang on one.
@@ -69,13 +89,7 @@ func (p *pipeline) close(ctx context.Context) {
 	if p == nil {
 		return
 	}
-	drained := make(chan struct{})
-	go func() { // ends when the last request on p leaves
-		p.mu.Lock()
-		p.closed = true
-		p.mu.Unlock()
-		close(drained)
-	}()
+	drained := p.retired()
 	closeGuests := func(ctx context.Context) {
 		for _, pool := range p.pools {
 			pool.Close(ctx)
@@ -162,14 +176,16 @@ func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, p
 			}
 		}
 	}
-	if p.pre != nil {
+	// A FORMAT guest declares after format_load (declareFormat), in
+	// whichever other roles it also takes.
+	if p.pre != nil && p.pre != p.format {
 		sig, _, err := p.pre.Signature(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("preprocess guest: %w", err)
 		}
 		p.inputs = sig.Inputs
 	}
-	if p.post != nil {
+	if p.post != nil && p.post != p.format {
 		sig, _, err := p.post.Signature(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("postprocess guest: %w", err)
@@ -180,18 +196,31 @@ func (m *Manager) buildPipeline(ctx context.Context, d *Deployment, spec Spec, p
 }
 
 // declareFormat takes what the FORMAT guest declares (after it loaded the
-// model) for the sides no preprocess or postprocess guest covers.
-func (p *pipeline) declareFormat(ctx context.Context) error {
+// model) for the sides no other preprocess or postprocess guest covers.
+// p is d's pipeline already (unload closes it), whose sides Info reads
+// under d.mu: they are set under it.
+func (p *pipeline) declareFormat(ctx context.Context, d *Deployment) error {
 	sig, _, err := p.format.Signature(ctx)
 	if err != nil {
 		return fmt.Errorf("format guest: %w", err)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	p.formatSig = sig
-	if p.pre == nil {
+	// A guest that is its own preprocess (postprocess) guest declares
+	// what clients send (get): the model's tensors behind that role are
+	// undeclared.
+	if p.pre == nil || p.pre == p.format {
 		p.inputs = sig.Inputs
 	}
-	if p.post == nil {
+	if p.pre == p.format {
+		p.formatSig.Inputs = nil
+	}
+	if p.post == nil || p.post == p.format {
 		p.outputs = sig.Outputs
+	}
+	if p.post == p.format {
+		p.formatSig.Outputs = nil
 	}
 	return nil
 }
@@ -280,7 +309,7 @@ func (g guestModel) Infer(ctx context.Context, in []*tensor.Tensor, names []stri
 	if err != nil {
 		return nil, err
 	}
-	return selectOutputs(outs, names)
+	return selectOutputs(outs, names, g.sig.Outputs)
 }
 
 // Close does nothing: the pool belongs to the pipeline.
@@ -289,8 +318,9 @@ func (g guestModel) Close() error { return nil }
 var _ loaders.Model = guestModel{}
 
 // selectOutputs keeps the named outputs, in the order asked; all when names
-// is empty.
-func selectOutputs(outs []*tensor.Tensor, names []string) ([]*tensor.Tensor, error) {
+// is empty. declared is what the guest that gave outs declared of them: a
+// declared output it did not give is its bad output, not an unknown one.
+func selectOutputs(outs []*tensor.Tensor, names []string, declared []loaders.TensorSpec) ([]*tensor.Tensor, error) {
 	if len(names) == 0 {
 		return outs, nil
 	}
@@ -301,6 +331,9 @@ func selectOutputs(outs []*tensor.Tensor, names []string) ([]*tensor.Tensor, err
 			have := make([]string, len(outs))
 			for j, t := range outs {
 				have[j] = t.Name
+			}
+			if slices.ContainsFunc(declared, func(s loaders.TensorSpec) bool { return s.Name == n }) {
+				return nil, fmt.Errorf("%w: the guest declares output %q and did not return it (outputs: %v)", guest.ErrBadOutput, n, have)
 			}
 			return nil, fmt.Errorf("%w: unknown output %q (outputs: %v)", loaders.ErrInvalidInput, n, have)
 		}
@@ -371,12 +404,12 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 	paths, err := m.fetchGuests(ctx, d, next)
 	if err != nil {
 		m.unpinSince(d, pinned)
-		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+		return Status{}, m.swapFailed(ctx, d, err)
 	}
 	pipe, err := m.buildPipeline(ctx, d, next, paths)
 	if err != nil {
 		m.unpinSince(d, pinned)
-		return Status{}, fmt.Errorf("swap guests of %s: %w", d.id, err)
+		return Status{}, m.swapFailed(ctx, d, err)
 	}
 	// Install under m.mu: Close sets m.closed under it and unloads after,
 	// so it either sees the new pipeline or this sees closed.
@@ -399,6 +432,24 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 	d.log.Info("guests swapped", "guests", len(next.Guests))
 	m.changed(d)
 	return d.Status(), nil
+}
+
+// swapFailed is the error of d's swap that failed with err. One that a
+// Stop of d or the node closing cut short says so, not that it was
+// cancelled: its caller cancelled nothing.
+func (m *Manager) swapFailed(ctx context.Context, d *Deployment, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		d.mu.RLock()
+		stopping := d.stopping
+		d.mu.RUnlock()
+		switch {
+		case m.ctx.Err() != nil:
+			return fmt.Errorf("swap guests of %s: %w (%v)", d.id, ErrClosed, err)
+		case stopping:
+			return fmt.Errorf("swap guests of %s: %w: it is being stopped (%v)", d.id, ErrNotReady, err)
+		}
+	}
+	return fmt.Errorf("swap guests of %s: %w", d.id, err)
 }
 
 // installGuests makes pipe d's pipeline and stores next as d's spec, unless

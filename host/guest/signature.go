@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -58,6 +59,11 @@ func parseSignature(out []*tensor.Tensor) (Signature, error) {
 	if len(js) > maxSignatureBytes {
 		return Signature{}, fmt.Errorf("%d bytes of JSON, at most %d", len(js), maxSignatureBytes)
 	}
+	// encoding/json reads bytes that are not UTF-8 as U+FFFD, a character
+	// a name may hold.
+	if !utf8.Valid(js) {
+		return Signature{}, errors.New("signature JSON: not UTF-8")
+	}
 	type meta struct {
 		Name     string  `json:"name"`
 		Datatype string  `json:"datatype"`
@@ -75,6 +81,9 @@ func parseSignature(out []*tensor.Tensor) (Signature, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Signature{}, errors.New("signature JSON: data after the object")
 	}
+	if err := checkSignatureKeys(js); err != nil {
+		return Signature{}, fmt.Errorf("signature JSON: %w", err)
+	}
 	convert := func(side string, list *[]meta) ([]loaders.TensorSpec, error) {
 		if list == nil {
 			return nil, nil
@@ -90,8 +99,8 @@ func parseSignature(out []*tensor.Tensor) (Signature, error) {
 				return nil, fmt.Errorf("%s %d: empty name", side, i)
 			case len(m.Name) > maxSignatureName:
 				return nil, fmt.Errorf("%s %d: a name of %d bytes, at most %d", side, i, len(m.Name), maxSignatureName)
-			case strings.ContainsFunc(m.Name, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\uFFFD' }):
-				return nil, fmt.Errorf("%s %d: name %q has a control character or is not UTF-8", side, i, m.Name)
+			case strings.ContainsFunc(m.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+				return nil, fmt.Errorf("%s %d: name %q has a control character", side, i, m.Name)
 			case seen[m.Name]:
 				return nil, fmt.Errorf("%s: %q listed twice", side, m.Name)
 			case len(m.Shape) > abi.MaxRank:
@@ -122,6 +131,60 @@ func parseSignature(out []*tensor.Tensor) (Signature, error) {
 		return Signature{}, err
 	}
 	return sig, nil
+}
+
+// signatureKeys are the keys a signature's objects may have, as spelt.
+var signatureKeys = map[string]bool{"inputs": true, "outputs": true, "name": true, "datatype": true, "shape": true}
+
+// checkSignatureKeys checks what encoding/json lets through in js, which
+// it decoded: the value is an object (not null), and every object's keys
+// are spelt as signatureKeys does (encoding/json matches "Inputs" or
+// "ſhape" too) and given once (it keeps the last of two, where
+// another reader keeps the first).
+func checkSignatureKeys(js []byte) error {
+	type frame struct {
+		keys    map[string]bool // nil for an array
+		wantKey bool
+	}
+	var stack []frame
+	dec := json.NewDecoder(bytes.NewReader(js))
+	for first := true; ; first = false {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if first && tok != json.Delim('{') {
+			return errors.New("not an object")
+		}
+		if key, ok := tok.(string); ok && len(stack) > 0 && stack[len(stack)-1].wantKey {
+			top := &stack[len(stack)-1]
+			switch {
+			case !signatureKeys[key]:
+				return fmt.Errorf("unknown key %.64q", key)
+			case top.keys[key]:
+				return fmt.Errorf("key %q given twice", key)
+			}
+			top.keys[key], top.wantKey = true, false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, frame{keys: map[string]bool{}, wantKey: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		// A value ended: the object holding it wants its next key.
+		if n := len(stack); n > 0 && stack[n-1].keys != nil {
+			stack[n-1].wantKey = true
+		}
+	}
 }
 
 // describe names the tensors of a list for an error message.

@@ -2,7 +2,8 @@
 // signatures: as preprocess or postprocess it passes its inputs on
 // unchanged; its signature depends on the "sig" config value: "x" (the
 // default) declares input "X" FP32 [-1, 3] and output "Y" FP32 [-1, 2],
-// "none" declares nothing, "error" fails, "twice" lists "X" twice.
+// "none" declares nothing, "error" fails, "twice" lists "X" twice, "loop"
+// never returns, "trap" panics, "grow" takes memory until none is left.
 package main
 
 import (
@@ -17,6 +18,12 @@ func init() {
 
 func main() {}
 
+// spin and hoard keep the loop and the allocations of "loop" and "grow".
+var (
+	spin  int
+	hoard [][]byte
+)
+
 func pass(in []*sdk.Tensor) ([]*sdk.Tensor, error) { return in, nil }
 
 func signature() (sdk.Signature, error) {
@@ -28,6 +35,16 @@ func signature() (sdk.Signature, error) {
 		return sdk.Signature{}, errors.New("no signature today")
 	case "twice":
 		return sdk.Signature{Inputs: []sdk.TensorMeta{x, x}}, nil
+	case "loop":
+		for {
+			spin++
+		}
+	case "trap":
+		panic("signature trapped")
+	case "grow":
+		for {
+			hoard = append(hoard, make([]byte, 1<<20))
+		}
 	default:
 		return sdk.Signature{Inputs: []sdk.TensorMeta{x}, Outputs: []sdk.TensorMeta{{Name: "Y", DType: sdk.FP32, Shape: []int64{-1, 2}}}}, nil
 	}
