@@ -102,3 +102,59 @@ func TestOldStoppedDeploymentsForgotten(t *testing.T) {
 		t.Errorf("after a restart: %d deployments, want %d", got, deploy.DefaultKeepStopped+1)
 	}
 }
+
+// Failed deployments count with the stopped ones: a Central Server
+// assigning a new id per attempt against a dead URL made them grow without
+// end, in memory, in the store and in every list. A node.toml model's
+// failure is never forgotten (its id is the operator's).
+func TestOldFailedDeploymentsForgotten(t *testing.T) {
+	dir := t.TempDir()
+	c, err := artifact.New(filepath.Join(dir, "artifacts"), 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := store.Open(filepath.Join(dir, "deployments.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const keep = 3
+	m := deploy.NewManager(deploy.Config{KeepStopped: keep}, loaders.NewRegistry(&strictLoader{}), c, st, slog.New(slog.DiscardHandler))
+	missing := artifact.Artifact{URI: "file://" + filepath.Join(dir, "missing.onnx")}
+	if _, err := m.Assign("op", deploy.Spec{Name: "op", Format: "strict", Model: missing}, deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, m, "op", deploy.Failed)
+	const n = keep + 4
+	for i := range n {
+		id := fmt.Sprintf("f%d", i)
+		if _, err := m.Assign(id, deploy.Spec{Name: id, Format: "strict", Model: missing}, deploy.OwnerCentral); err != nil {
+			t.Fatal(err)
+		}
+		waitSettled(t, m, id, deploy.Failed)
+	}
+	// The last failures' goroutines forget after publishing Failed: Close
+	// waits for them.
+	if err := m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		id := fmt.Sprintf("f%d", i)
+		_, err := m.Get(id)
+		_, serr := st.Get(id)
+		if i < n-keep {
+			if !errors.Is(err, deploy.ErrNotFound) || !errors.Is(serr, store.ErrNotFound) {
+				t.Errorf("%s, among the oldest failed, kept: %v / %v", id, err, serr)
+			}
+		} else if err != nil || serr != nil {
+			t.Errorf("%s, among the %d latest failed, forgotten: %v / %v", id, keep, err, serr)
+		}
+	}
+	if d, err := m.Get("op"); err != nil || d.State() != deploy.Failed {
+		t.Errorf("the operator's failed model forgotten: %v", err)
+	}
+	if got := len(m.List()); got != keep+1 {
+		t.Errorf("%d deployments listed, want %d", got, keep+1)
+	}
+}

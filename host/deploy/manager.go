@@ -49,7 +49,7 @@ type Config struct {
 	// Batching is node.toml's [inference.batching]: what a spec sent over
 	// gRPC leaves at zero (see WithBatchingDefaults).
 	Batching engine.Config
-	// KeepStopped is how many stopped deployments the node remembers (see
+	// KeepStopped is how many stopped or failed deployments the node remembers (see
 	// DefaultKeepStopped); 0 takes the default.
 	KeepStopped int
 }
@@ -362,6 +362,10 @@ func (m *Manager) run(ctx context.Context, d *Deployment) {
 	}
 	m.mu.Unlock()
 	m.set(d, Failed, err.Error())
+	// Failed deployments count with the stopped ones: a client assigning
+	// new ids against a dead URL made them (and the store, and every
+	// list) grow without end.
+	m.forgetOldStopped()
 }
 
 func (m *Manager) bringUp(ctx context.Context, d *Deployment) error {
@@ -904,21 +908,28 @@ func (m *Manager) Restore() error {
 	return nil
 }
 
-// DefaultKeepStopped is how many stopped deployments the node remembers by
-// default (in memory and in its store, for status and list calls and for
+// DefaultKeepStopped is how many stopped or failed deployments (see
+// finished) the node remembers by default (in memory and in its store, for status and list calls and for
 // a new spec under their id); older ones are forgotten, oldest first. A
 // Central Server that assigns a new id per deployment made both grow
 // without end, and every listing, snapshot and readiness check with them.
 const DefaultKeepStopped = 256
 
-// forgetOldStopped forgets the stopped deployments beyond KeepStopped,
+// finished reports whether d is over: Stopped, or Failed and not the
+// operator's (a node.toml model's id stays theirs).
+func finished(d *Deployment) bool {
+	st := d.State()
+	return st == Stopped || st == Failed && d.owner != OwnerOperator
+}
+
+// forgetOldStopped forgets the finished deployments beyond KeepStopped,
 // least recently updated first. One whose id an operation holds is left
 // for a later call.
 func (m *Manager) forgetOldStopped() {
 	m.mu.Lock()
 	var stopped []*Deployment
 	for _, d := range m.byID {
-		if d.State() == Stopped {
+		if finished(d) {
 			stopped = append(stopped, d)
 		}
 	}
@@ -942,7 +953,7 @@ func (m *Manager) forgetOldStopped() {
 			continue
 		}
 		m.mu.Lock()
-		gone := m.byID[d.id] == d && d.State() == Stopped
+		gone := m.byID[d.id] == d && finished(d)
 		if gone {
 			delete(m.byID, d.id)
 		}
