@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -82,6 +83,13 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	spec.Batching = deploy.WithBatchingDefaults(spec.Batching, s.m.BatchingDefaults())
 	st, err := s.m.Assign(req.DeploymentId, spec, deploy.OwnerCentral)
 	if err != nil {
+		// A guest swap starts the new guests while the caller waits: one
+		// that traps, overruns or answers badly as it starts (its
+		// signature, say) is the caller's artifact failing, not the node
+		// (INTERNAL, retry-worthy in most clients).
+		if errors.Is(err, guest.ErrTrap) || errors.Is(err, guest.ErrBadOutput) || errors.Is(err, guest.ErrGuest) {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
 		return nil, err
 	}
 	return &cyxwizpb.AssignDeploymentResponse{Status: StatusToProto(st)}, nil
