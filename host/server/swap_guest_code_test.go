@@ -47,10 +47,14 @@ func TestSwapToFailingGuestIsFailedPrecondition(t *testing.T) {
 	if st, err := m.WaitFor(ctx, "d", deploy.Settled); err != nil || !st.State.Serving() {
 		t.Fatalf("deploy: %v %s %v", st.State, st.Message, err)
 	}
-	spec.Config = map[string]string{"sig": "error"}
-	_, err = client.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: spec})
-	if s, _ := status.FromError(err); s.Code() != codes.FailedPrecondition || !strings.Contains(s.Message(), "no signature today") {
-		t.Fatalf("swap to a guest whose signature fails: %v, want FAILED_PRECONDITION with its reason", err)
+	// Its signature malformed (a bad output, INTERNAL before), or its own
+	// error.
+	for mode, reason := range map[string]string{"twice": "listed twice", "error": "no signature today"} {
+		spec.Config = map[string]string{"sig": mode}
+		_, err = client.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: spec})
+		if s, _ := status.FromError(err); s.Code() != codes.FailedPrecondition || !strings.Contains(s.Message(), reason) {
+			t.Errorf("swap to a guest whose signature fails (%s): %v, want FAILED_PRECONDITION with its reason", mode, err)
+		}
 	}
 	if d, err := m.Get("d"); err != nil || !d.State().Serving() || d.Status().Spec.Config["sig"] != "none" {
 		t.Fatalf("after the failed swap: %v", err)
