@@ -369,6 +369,14 @@ func (m *Manager) run(ctx context.Context, d *Deployment) {
 }
 
 func (m *Manager) bringUp(ctx context.Context, d *Deployment) error {
+	// Pinned before waiting for a fetch slot: a download that finishes
+	// meanwhile may evict what is not pinned, and this deployment's
+	// artifacts, cached already, would be downloaded again.
+	for _, a := range artifactsOf(d.spec) {
+		if err := m.pin(d, a); err != nil {
+			return err
+		}
+	}
 	if err := acquire(ctx, m.fetchSem); err != nil {
 		return err
 	}
@@ -429,22 +437,37 @@ func (m *Manager) fetchAll(ctx context.Context, d *Deployment) (map[string]strin
 	return paths, nil
 }
 
-// fetch fetches one of d's artifacts and pins it in the cache for d's life.
-// progress (may be nil) is the cache's progress callback.
+// artifactsOf lists spec's model and guest artifacts.
+func artifactsOf(spec Spec) []artifact.Artifact {
+	as := []artifact.Artifact{spec.Model}
+	for _, g := range spec.Guests {
+		as = append(as, g.Artifact)
+	}
+	return as
+}
+
+// pin pins a (one with a digest) in the cache for d's life.
+func (m *Manager) pin(d *Deployment, a artifact.Artifact) error {
+	if m.cache == nil || a.SHA256 == "" {
+		return nil
+	}
+	if err := m.cache.Acquire(a.SHA256); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.pins = append(d.pins, a.SHA256)
+	d.mu.Unlock()
+	return nil
+}
+
+// fetch fetches one of d's artifacts, which pin pinned. progress (may be
+// nil) is the cache's progress callback.
 func (m *Manager) fetch(ctx context.Context, d *Deployment, a artifact.Artifact, progress func(done, total int64)) (string, error) {
 	if m.cache == nil {
 		if a.SHA256 != "" {
 			return "", errors.New("this node has no artifact cache")
 		}
 		return fileURIPath(a.URI)
-	}
-	if a.SHA256 != "" {
-		if err := m.cache.Acquire(a.SHA256); err != nil {
-			return "", err
-		}
-		d.mu.Lock()
-		d.pins = append(d.pins, a.SHA256)
-		d.mu.Unlock()
 	}
 	if m.cfg.FetchTimeout > 0 {
 		var cancel context.CancelFunc

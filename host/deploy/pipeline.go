@@ -484,6 +484,13 @@ func (m *Manager) installGuests(d *Deployment, next Spec, pipe *pipeline) (*pipe
 // fetchGuests fetches next's guests for a swap, within the node's limit on
 // concurrent fetches. The deployment's state does not change: it serves on.
 func (m *Manager) fetchGuests(ctx context.Context, d *Deployment, next Spec) (map[string]string, error) {
+	// Pinned before waiting for a fetch slot (see bringUp); the caller
+	// releases these pins if the swap fails.
+	for _, g := range next.Guests {
+		if err := m.pin(d, g.Artifact); err != nil {
+			return nil, fmt.Errorf("guest %s: %w", g.Name, err)
+		}
+	}
 	if err := acquire(ctx, m.fetchSem); err != nil {
 		return nil, err
 	}
