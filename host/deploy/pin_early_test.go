@@ -29,7 +29,9 @@ func TestWaitingDeploymentKeepsItsCachedArtifact(t *testing.T) {
 	defer c.Close()
 	m := deploy.NewManager(deploy.Config{MaxConcurrentFetches: 1}, loaders.NewRegistry(&strictLoader{}), c, nil, slog.New(slog.DiscardHandler))
 	defer m.Close(context.Background())
-	spec := func(name string, a artifact.Artifact) deploy.Spec { return deploy.Spec{Name: name, Format: "strict", Model: a} }
+	spec := func(name string, a artifact.Artifact) deploy.Spec {
+		return deploy.Spec{Name: name, Format: "strict", Model: a}
+	}
 
 	// x is cached, unpinned.
 	if _, err := m.Assign("a1", spec("a1", x), deploy.OwnerCentral); err != nil {
