@@ -243,6 +243,9 @@ func (p *Pool) newInstance(ctx context.Context, model []byte, gen int) (_ *insta
 	mod, err := p.rt.r.InstantiateModule(bare, p.m.compiled, mc)
 	if err != nil {
 		p.flush(inst, "instantiate")
+		if p.rt.closed.Load() { // not the guest's fault: wazero's "runtime closed"
+			return nil, p.errorf("instantiate", fmt.Errorf("the guest runtime is closed: %w", loaders.ErrClosed))
+		}
 		return nil, p.errorf("instantiate", fmt.Errorf("%w: %v", ErrABI, err))
 	}
 	inst.mod, inst.mem = mod, mod.Memory()
@@ -415,6 +418,11 @@ func (p *Pool) start(ctx context.Context, model []byte, gen int) (*instance, err
 	case m := <-done:
 		if m.err != nil {
 			<-p.sem
+			if p.life.Err() != nil {
+				// Close stopped the making: the pool is gone, the caller
+				// canceled nothing (its error said "context canceled").
+				return nil, p.errorf("acquire", fmt.Errorf("%w: the instance being made was stopped (%v)", loaders.ErrClosed, m.err))
+			}
 			return nil, m.err
 		}
 		return m.inst, nil

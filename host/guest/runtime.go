@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/cyxwiz/cyxwiz-node/guests/abi"
 	"github.com/cyxwiz/cyxwiz-node/hostfuncs/cyxwiz"
+	"github.com/cyxwiz/cyxwiz-node/loaders"
 )
 
 // Config configures a Runtime. Zero values take the defaults below.
@@ -113,6 +115,8 @@ type Runtime struct {
 	modules map[moduleKey]*Module
 
 	pruning sync.Mutex // one pruneCache at a time
+
+	closed atomic.Bool // set by Close: compiles and new instances fail with loaders.ErrClosed
 }
 
 // moduleKey names a compiled module: its bytes, and the memory limit
@@ -131,6 +135,16 @@ func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, er
 	}
 	if log == nil {
 		log = slog.Default()
+	}
+	if cfg.CacheDir != "" {
+		// wazero names its cache files by absolute path: cacheTrouble
+		// compares them with this one, and pruning must find the same
+		// folder whatever the working directory becomes.
+		abs, err := filepath.Abs(cfg.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("guest: compilation cache %s: %w", cfg.CacheDir, err)
+		}
+		cfg.CacheDir = abs
 	}
 	rt := &Runtime{cfg: cfg, log: log, modules: make(map[moduleKey]*Module)}
 	rc := wazero.NewRuntimeConfig().
@@ -159,6 +173,7 @@ func NewRuntime(ctx context.Context, cfg Config, log *slog.Logger) (*Runtime, er
 
 // Close closes every module and instance of the runtime.
 func (rt *Runtime) Close(ctx context.Context) error {
+	rt.closed.Store(true)
 	err := rt.r.Close(ctx)
 	if rt.cache != nil {
 		err = errors.Join(err, rt.cache.Close(ctx))
@@ -269,18 +284,39 @@ func (rt *Runtime) CompileLimited(ctx context.Context, wasm []byte, pages uint32
 	merged, _ := mergeData(wasm) // same module, fewer data segments: faster instances
 	var err error
 	m.compiled, err = rt.r.CompileModule(cctx, merged)
-	if err != nil && ctx.Err() == nil && rt.cacheTrouble(err) {
+	if err != nil && (ctx.Err() == nil || cacheWriteFailed(err)) && rt.cacheTrouble(err) {
 		// A damaged or vanished compilation cache is not the guest's fault:
 		// start the cache afresh and compile once more.
 		rt.log.Warn("guest compilation cache unusable; clearing it", "dir", rt.cfg.CacheDir, "err", err)
 		if rerr := rt.resetCache(); rerr != nil {
 			rt.log.Error("clear guest compilation cache", "dir", rt.cfg.CacheDir, "err", rerr)
 		}
+		// wazero keeps a module in memory, counted, before it writes its
+		// cache entry, and a failed write leaves that count with no
+		// CompiledModule to release it; compiled again, the module is
+		// found there (no cache read or write) and counted twice. A
+		// CompiledModule's Close releases one count of its bytes: the
+		// orphaned one is dropped, or the module's code stays for the
+		// runtime's life.
+		orphaned := cacheWriteFailed(err)
 		m.compiled, err = rt.r.CompileModule(cctx, merged)
+		if err != nil && !orphaned && cacheWriteFailed(err) {
+			// Compiled this time (the first failed reading the cache),
+			// and the write failed again (another compile cleared the
+			// cache meanwhile).
+			orphaned = true
+			m.compiled, err = rt.r.CompileModule(cctx, merged)
+		}
+		if err == nil && orphaned {
+			_ = m.compiled.Close(ctx)
+		}
 	}
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
 			return fail(fmt.Errorf("guest: compile %x: %w: %w", digest[:6], errCompileStopped, cerr))
+		}
+		if rt.closed.Load() { // not the guest's fault: wazero's "runtime closed"
+			return fail(fmt.Errorf("guest: compile %x: the guest runtime is closed: %w", digest[:6], loaders.ErrClosed))
 		}
 		return fail(fmt.Errorf("guest: compile %x: %w: %v", digest[:6], ErrABI, err))
 	}
@@ -326,6 +362,18 @@ func (rt *Runtime) cacheTrouble(err error) bool {
 	return errors.As(err, &le) && under(le.New)
 }
 
+// cacheWriteFailed reports whether a compile error is wazero's failure to
+// write the cache entry of a module it compiled (and already holds): the
+// temporary file it writes first, or its rename into place.
+func cacheWriteFailed(err error) bool {
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return true
+	}
+	var pe *fs.PathError
+	return errors.As(err, &pe) && strings.HasSuffix(pe.Path, ".tmp")
+}
+
 // pruneCache keeps the compilation cache within Config.CacheMaxBytes. A
 // cache it cannot prune is still used: the trouble is logged.
 func (rt *Runtime) pruneCache() {
@@ -340,22 +388,21 @@ func (rt *Runtime) pruneCache() {
 }
 
 // resetCache deletes the compiled guests in the cache directory (the
-// node's own: cache_dir/wasm) and makes its folders again where they are
-// gone; the runtime's cache keeps writing there.
+// node's own: cache_dir/wasm), whatever they are (a folder where an
+// entry's file belongs fails every read of it as surely as a truncated
+// file), and makes its folders again where they are gone; the runtime's
+// cache keeps writing there.
 func (rt *Runtime) resetCache() error {
-	err := filepath.WalkDir(rt.cfg.CacheDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if !d.IsDir() {
-			return os.Remove(p)
-		}
-		return nil
-	})
-	if err != nil {
+	entries, err := os.ReadDir(rt.cfg.CacheDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		// RemoveAll: nil when another compile's reset removed it first.
+		errs = append(errs, os.RemoveAll(filepath.Join(rt.cfg.CacheDir, e.Name())))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	// Making a cache over the folder makes its versioned subfolder.
