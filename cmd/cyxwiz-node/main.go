@@ -123,25 +123,35 @@ func run(args []string, stdout, stderr io.Writer) int {
 // signalContext is cancelled by the first SIGINT or SIGTERM, which starts a
 // graceful stop; a second one exits at once. After stop, both are ignored
 // (not given back their default action, which would kill the process with
-// the stop already done: `timeout` sends its signal twice).
+// the stop already done: `timeout` sends its signal twice). SIGHUP, which
+// operators and their tools (systemctl reload, logrotate) send to have a
+// daemon reload, is logged and ignored: node.toml is read once, at start,
+// and the log goes to stderr, which has nothing to reopen. By default it
+// killed the node at once, without a drain.
 func signalContext(log *slog.Logger) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
 	done := make(chan struct{})
 	go func() {
-		select {
-		case s := <-sigs:
-			log.Info("signal received: stopping (send again to force)", "signal", s.String())
-			cancel()
-		case <-done:
-			return
-		}
-		select {
-		case s := <-sigs:
-			log.Warn("second signal: forcing exit", "signal", s.String())
-			os.Exit(1)
-		case <-done:
+		stopping := false
+		for {
+			select {
+			case <-hups:
+				log.Warn("SIGHUP ignored: node.toml is read only at start; restart the node to apply changes")
+			case s := <-sigs:
+				if stopping {
+					log.Warn("second signal: forcing exit", "signal", s.String())
+					os.Exit(1)
+				}
+				stopping = true
+				log.Info("signal received: stopping (send again to force)", "signal", s.String())
+				cancel()
+			case <-done:
+				return
+			}
 		}
 	}()
 	return ctx, sync.OnceFunc(func() {
@@ -163,9 +173,6 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 var errStartup = errors.New("start-up failed")
 
-// checkFormats refuses [[models]] whose format no loader of this build
-// knows: the config package cannot tell, and such a model was accepted by
-// check-config, then only logged as not served.
 // modelWarnings lists the [[models]] that are valid but will not serve on
 // this node as it is: a format this build cannot load here, a model file
 // that is not there. serve starts without them (each deployment fails with
@@ -189,6 +196,9 @@ func modelWarnings(cfg *config.Config, reg *loaders.Registry) []string {
 	return out
 }
 
+// checkFormats refuses [[models]] whose format no loader of this build
+// knows: the config package cannot tell, and such a model was accepted by
+// check-config, then only logged as not served.
 func checkFormats(path string, cfg *config.Config, reg *loaders.Registry) error {
 	var problems []string
 	for i, m := range cfg.Models {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -101,8 +102,9 @@ type Native struct {
 type Limits struct {
 	// MaxDeployments is the most deployments held at once. Default: 16.
 	MaxDeployments int `toml:"max_deployments"`
-	// KeepStopped is how many stopped deployments the node remembers (for
-	// status and list calls); older ones are forgotten, oldest first.
+	// KeepStopped is how many stopped or failed deployments the node
+	// remembers (for status and list calls; a node.toml model's failure is
+	// always kept); older ones are forgotten, oldest first.
 	// Default: 256.
 	KeepStopped int `toml:"keep_stopped"`
 	// MaxInflightBytes bounds the bytes (as encoded, plus what typed
@@ -322,6 +324,18 @@ func Parse(text, baseDir, name string) (*Config, error) {
 			problems = append(problems, fmt.Sprintf("%s: unknown key", k))
 		}
 	}
+	// TOML keys are case-sensitive, the decoder's match is not: it took
+	// "LEVEL" for log.level, and with both in the file one of them at
+	// random (it walks a map).
+	miscased, spelled := caseVariants(md.Keys())
+	lines = keyLines(text, md, miscased)
+	for i, k := range miscased {
+		at := ""
+		if lines[i] > 0 {
+			at = fmt.Sprintf(" (line %d)", lines[i])
+		}
+		problems = append(problems, fmt.Sprintf("%s%s: unknown key (keys are case-sensitive: %s)", k, at, spelled[i]))
+	}
 	// Which batching keys each model entry sets, whatever the layout
 	// ([[models]] tables or an inline array): decode them again as maps.
 	// The tables of strings are decoded again as they are written too: the
@@ -393,6 +407,71 @@ func keyLines(text string, md toml.MetaData, keys []toml.Key) []int {
 		}
 	}
 	return lines
+}
+
+// caseVariants returns the keys of the file that name a field of Config
+// only when case is ignored, each once, with the key as it is spelled: a
+// key whose last part is such a variant, and the tables a dotted key or a
+// table header names on its way ([Inference.batching]). Variants are
+// followed as the decoder follows them.
+func caseVariants(keys []toml.Key) (variants []toml.Key, spelled []string) {
+	inFile := map[string]bool{}
+	for _, k := range keys {
+		inFile[k.String()] = true
+	}
+	reported := map[string]bool{}
+	for _, k := range keys {
+		t := reflect.TypeOf(Config{})
+		var want toml.Key
+		for i, part := range k {
+			for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+				t = t.Elem()
+			}
+			if t.Kind() == reflect.Map {
+				want = append(want, part) // any key, as written
+				t = t.Elem()
+				continue
+			}
+			if t.Kind() != reflect.Struct {
+				break
+			}
+			f, name := fieldFor(t, part)
+			if f == nil {
+				break // unknown: md.Undecoded lists it
+			}
+			want = append(want, name)
+			t = f.Type
+			at := k[:i+1]
+			if name == part || reported[at.String()] || (i < len(k)-1 && inFile[at.String()]) {
+				continue // a parent in the file is reported as a key of its own
+			}
+			reported[at.String()] = true
+			variants = append(variants, at)
+			spelled = append(spelled, want.String())
+		}
+	}
+	return variants, spelled
+}
+
+// fieldFor is the field of struct t that the decoder fills from key: the
+// one whose toml name is key, else one whose name matches it ignoring case.
+func fieldFor(t reflect.Type, key string) (*reflect.StructField, string) {
+	var fold *reflect.StructField
+	var foldName string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if !f.IsExported() || name == "" || name == "-" {
+			continue
+		}
+		if name == key {
+			return &f, name
+		}
+		if fold == nil && strings.EqualFold(name, key) {
+			fold, foldName = &f, name
+		}
+	}
+	return fold, foldName
 }
 
 // tomlType names the TOML type of a decoded value.
