@@ -184,10 +184,16 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		for path, h := range svc.HTTP {
 			mux.Handle(path, h)
 		}
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// Idle keep-alive connections are closed: a client leaving
+		// thousands open held the node's file descriptors for good.
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: httpIdleTimeout, WriteTimeout: 10 * time.Second}
 	}
 	return s, nil
 }
+
+// httpIdleTimeout is how long the HTTP listener keeps an idle keep-alive
+// connection (a variable for tests).
+var httpIdleTimeout = time.Minute
 
 // GRPCAddr is the address the gRPC server listens on (useful with port 0).
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
