@@ -1070,7 +1070,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	case <-done:
 		return ctx.Err()
 	case <-ctx.Done():
-		m.log.Warn("close: gave up waiting for models still running requests", "err", ctx.Err())
+		m.log.Warn("close: gave up waiting for models still loading or running requests", "err", ctx.Err())
 		return fmt.Errorf("close deployments: %w", ctx.Err())
 	}
 }
