@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -339,7 +340,7 @@ func stateName(s cyxwizpb.DeploymentState) string {
 }
 
 func printStatusLine(w io.Writer, st *cyxwizpb.DeploymentStatus) {
-	fmt.Fprintf(w, "%s: %s (%s)\n", st.DeploymentId, stateName(st.State), printable(st.Message))
+	fmt.Fprintf(w, "%s: %s (%s)\n", printable(st.DeploymentId), stateName(st.State), printable(st.Message))
 }
 
 // progressBar shows a deployment's way to Ready. On a terminal it draws one
@@ -356,6 +357,9 @@ func newProgressBar(w io.Writer) *progressBar { return &progressBar{w: w, tty: i
 
 // isTerminal reports whether w is a character device, as a terminal is.
 func isTerminal(w io.Writer) bool {
+	if o, ok := w.(*outWriter); ok {
+		w = o.w
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
@@ -372,7 +376,7 @@ func (p *progressBar) update(st *cyxwizpb.DeploymentStatus) {
 		frac := min(float64(pr.DoneBytes)/float64(pr.TotalBytes), 1) // a server may overshoot
 		n := int(frac * 30)
 		line = fmt.Sprintf("%-9s [%s%s] %3.0f%% %s/%s %s", stateName(st.State), strings.Repeat("#", n), strings.Repeat(".", 30-n),
-			frac*100, humanBytes(pr.DoneBytes), humanBytes(pr.TotalBytes), pr.Phase)
+			frac*100, humanBytes(pr.DoneBytes), humanBytes(pr.TotalBytes), printable(pr.Phase))
 	}
 	if !p.tty {
 		if key := st.State.String() + "\x00" + phase; key != p.last {
@@ -434,7 +438,8 @@ func runList(ctx context.Context, c *client, args []string) error {
 		if d.CreatedAt != nil {
 			age = time.Since(d.CreatedAt.AsTime()).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.DeploymentId, d.Spec.GetModelName(), d.Spec.GetFormat(), stateName(d.State), d.Owner, age, printable(d.Message))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(d.DeploymentId), printable(d.Spec.GetModelName()), printable(d.Spec.GetFormat()),
+			stateName(d.State), printable(d.Owner), age, printable(d.Message))
 	}
 	return tw.Flush()
 }
@@ -450,7 +455,7 @@ func runModels(ctx context.Context, c *client, args []string) error {
 	tw := tabwriter.NewWriter(c.out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MODEL\tVERSION\tFORMAT\tSTATE")
 	for _, d := range resp.Deployments {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Spec.GetModelName(), d.Spec.GetModelVersion(), d.Spec.GetFormat(), stateName(d.State))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(d.Spec.GetModelName()), printable(d.Spec.GetModelVersion()), printable(d.Spec.GetFormat()), stateName(d.State))
 	}
 	return tw.Flush()
 }
@@ -466,17 +471,18 @@ func runStatus(ctx context.Context, c *client, args []string) error {
 	}
 	st := resp.Status
 	fmt.Fprintf(c.out, "id:       %s\nmodel:    %s (version %s, %s)\nstate:    %s\nmessage:  %s\nowner:    %s\nmemory:   %s\n",
-		st.DeploymentId, st.Spec.GetModelName(), st.Spec.GetModelVersion(), st.Spec.GetFormat(), stateName(st.State), printable(st.Message), st.Owner, humanBytes(st.MemoryBytes))
+		printable(st.DeploymentId), printable(st.Spec.GetModelName()), printable(st.Spec.GetModelVersion()), printable(st.Spec.GetFormat()),
+		stateName(st.State), printable(st.Message), printable(st.Owner), humanBytes(st.MemoryBytes))
 	if st.CreatedAt != nil {
 		fmt.Fprintf(c.out, "created:  %s\nupdated:  %s\n", st.CreatedAt.AsTime().Format(time.RFC3339), st.UpdatedAt.AsTime().Format(time.RFC3339))
 	}
-	fmt.Fprintf(c.out, "artifact: %s sha256=%s\n", st.Spec.GetModel().GetUri(), st.Spec.GetModel().GetSha256())
+	fmt.Fprintf(c.out, "artifact: %s sha256=%s\n", printable(st.Spec.GetModel().GetUri()), printable(st.Spec.GetModel().GetSha256()))
 	for _, g := range st.Spec.GetGuests() {
 		roles := make([]string, len(g.Roles))
 		for i, r := range g.Roles {
 			roles[i] = roleName(r)
 		}
-		fmt.Fprintf(c.out, "guest:    %s (%s) %s\n", g.Name, strings.Join(roles, ","), g.GetArtifact().GetUri())
+		fmt.Fprintf(c.out, "guest:    %s (%s) %s\n", printable(g.Name), strings.Join(roles, ","), printable(g.GetArtifact().GetUri()))
 	}
 	return nil
 }
@@ -535,7 +541,7 @@ func runWatch(ctx context.Context, c *client, args []string) error {
 		}
 		// Local time, as the node logs it and the operator's clock shows it:
 		// the bare clock time has no zone to tell UTC by.
-		fmt.Fprintf(c.out, "%s %-12s %-9s %s%s\n", st.UpdatedAt.AsTime().Local().Format("15:04:05.000"), st.DeploymentId, stateName(st.State), printable(st.Message), prog)
+		fmt.Fprintf(c.out, "%s %-12s %-9s %s%s\n", st.UpdatedAt.AsTime().Local().Format("15:04:05.000"), printable(st.DeploymentId), stateName(st.State), printable(st.Message), prog)
 	}
 }
 
@@ -548,19 +554,27 @@ func printable(s string) string { return escapeControls(s, false) }
 // printableLines is printable keeping the newlines (an error on stderr).
 func printableLines(s string) string { return escapeControls(s, true) }
 
+// A byte that is not UTF-8 is escaped as \xNN, and so is every rune that
+// is not graphic: controls, and formats such as U+202E, which reverses
+// the text after it.
 func escapeControls(s string, keepNewlines bool) string {
-	escape := func(r rune) bool { return unicode.IsControl(r) && !(keepNewlines && r == '\n') }
-	if !strings.ContainsFunc(s, escape) {
+	escape := func(r rune) bool { return !unicode.IsGraphic(r) && !(keepNewlines && r == '\n') }
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, escape) {
 		return s
 	}
 	var b strings.Builder
-	for _, r := range s {
-		if escape(r) {
-			q := strconv.QuoteRune(r) // '\n', '\x1b'
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1: // 0x9b alone is CSI on some terminals
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case escape(r):
+			q := strconv.QuoteRune(r) // '\n', '\x1b', '\u202e'
 			b.WriteString(q[1 : len(q)-1])
-			continue
+		default:
+			b.WriteString(s[i : i+n])
 		}
-		b.WriteRune(r)
+		i += n
 	}
 	return b.String()
 }

@@ -39,7 +39,9 @@ func runMetadata(ctx context.Context, c *client, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "model:    %s (versions %s, %s)\n", printable(md.Name), printable(strings.Join(md.Versions, ", ")), printable(md.Platform))
+	// The platform on a line of its own: "(versions 1, onnxruntime_onnx)"
+	// read as two versions.
+	fmt.Fprintf(c.out, "model:    %s (versions: %s)\nplatform: %s\n", printable(md.Name), printable(strings.Join(md.Versions, ", ")), printable(md.Platform))
 	for _, side := range []struct {
 		label string
 		list  []*inference.ModelMetadataResponse_TensorMetadata
@@ -81,6 +83,6 @@ func runInfo(ctx context.Context, c *client, args []string) error {
 	if len(md.Extensions) > 0 {
 		line += " (extensions: " + strings.Join(md.Extensions, ", ") + ")"
 	}
-	fmt.Fprintln(c.out, line)
+	fmt.Fprintln(c.out, printable(line))
 	return nil
 }

@@ -161,7 +161,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer conn.Close()
-	c := &client{conn: conn, out: stdout, timeout: *timeout}
+	out := &outWriter{w: stdout}
+	c := &client{conn: conn, out: out, timeout: *timeout}
 	fs.Visit(func(f *flag.Flag) { c.explicitTimeout = c.explicitTimeout || f.Name == "timeout" })
 	ctx := context.Background()
 	if !cmd.ownDeadline {
@@ -169,7 +170,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = c.deadline(ctx, 0)
 		defer cancel()
 	}
-	return exitStatus(withAddrHint(cmd.run(ctx, c, cmdArgs), target), name, stderr)
+	err = cmd.run(ctx, c, cmdArgs)
+	if out.err != nil && (err == nil || errors.Is(err, errHelpShown)) {
+		err = fmt.Errorf("write output: %w", out.err)
+	}
+	return exitStatus(withAddrHint(err, target), name, stderr)
+}
+
+// outWriter is a command's output that remembers the first error writing
+// it: output lost to a full disk is a failure, not exit status 0.
+type outWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (o *outWriter) Write(p []byte) (int, error) {
+	if o.err != nil {
+		return 0, o.err
+	}
+	n, err := o.w.Write(p)
+	o.err = err
+	return n, err
 }
 
 // defaultPort is the node's gRPC port, which an address without one gets.
@@ -267,7 +288,9 @@ func exitStatus(err error, name string, stderr io.Writer) int {
 		// stay, its escape sequences do not reach the terminal.
 		fmt.Fprintf(stderr, "cyxwizctl %s: %s: %s\n", name, s.Code(), printableLines(s.Message()))
 	} else {
-		fmt.Fprintf(stderr, "cyxwizctl %s: %v\n", name, err)
+		// An error of this side may quote the node too (an output's
+		// name or datatype).
+		fmt.Fprintf(stderr, "cyxwizctl %s: %s\n", name, printableLines(err.Error()))
 	}
 	return 1
 }

@@ -134,7 +134,8 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 	b = quoteNonFinite(b)
 	var nested any
 	var shape []int64
-	if decodeJSON(b, &obj) == nil && obj.Data != nil {
+	objErr := decodeJSON(b, &obj)
+	if objErr == nil && obj.Data != nil {
 		if obj.Datatype != "" {
 			if want, err = tensor.ParseDType(obj.Datatype); err != nil {
 				return nil, fmt.Errorf("%s: %w", path, err)
@@ -148,6 +149,9 @@ func readJSON(path string, want tensor.DType) (*tensor.Tensor, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if m, ok := nested.(map[string]any); ok {
+		if _, ok := m["data"]; ok && objErr != nil { // "shape": "2,3", "datatype": 5
+			return nil, fmt.Errorf(`%s: %w (want {"datatype": "FP32", "shape": [..], "data": [..]})`, path, objErr)
+		}
 		keys := slices.Sorted(maps.Keys(m))
 		return nil, fmt.Errorf(`%s: an object with keys %q: want a nested array of values, or {"datatype": "FP32", "shape": [..], "data": [..]}`, path, keys)
 	}
@@ -444,6 +448,10 @@ func jsonKind(v any) string {
 		return "an object"
 	case []any:
 		return "an array"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
 	default:
 		return fmt.Sprintf("%T", v)
 	}

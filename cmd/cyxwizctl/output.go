@@ -253,7 +253,7 @@ func printOutputs(w io.Writer, resp *inference.ModelInferResponse, asJSON, full 
 		if t.DType == tensor.Bytes {
 			v = textStrings(shown.Strings)
 		}
-		fmt.Fprintf(w, "%s %s %v: %v%s\n", t.Name, t.DType, t.Shape, v, suffix)
+		fmt.Fprintf(w, "%s %s %v: %v%s\n", printable(t.Name), t.DType, t.Shape, v, suffix)
 	}
 	return nil
 }
