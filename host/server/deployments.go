@@ -70,6 +70,12 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	if n := proto.Size(req.Spec); n > maxSpecBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "spec is %d bytes: at most %d (config values and loader options are for settings, not data: ship data as an artifact)", n, maxSpecBytes)
 	}
+	for i, g := range req.Spec.Guests {
+		// Carried in every status, list, watch and log line, as ids are.
+		if err := checkName(fmt.Sprintf("spec.guests[%d].name", i), g.GetName()); err != nil {
+			return nil, err
+		}
+	}
 	if err := checkGuestTimeouts(req.Spec.Guests); err != nil {
 		return nil, err
 	}

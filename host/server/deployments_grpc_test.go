@@ -296,7 +296,8 @@ func TestWatchHeadersOnceRegistered(t *testing.T) {
 	}
 }
 
-// A new deployment's model name and version are checked as its id is:
+// A new deployment's model name and version, and its guests' names, are
+// checked as its id is:
 // bounded, and without control characters. They are printed as they are
 // in cyxwizctl's tables (models, ls, status) and quoted in every KServe
 // error about the model: a newline forged rows, an escape sequence drove
@@ -312,12 +313,15 @@ func TestModelNameAndVersionChecked(t *testing.T) {
 		"escape (ANSI)": "\x1b[2Jx",
 	}
 	for name, v := range bad {
-		for _, field := range []string{"model_name", "model_version"} {
+		for _, field := range []string{"model_name", "model_version", "guests[0].name"} {
 			p := apiSpec(uri)
-			if field == "model_name" {
+			switch field {
+			case "model_name":
 				p.ModelName = v
-			} else {
+			case "model_version":
 				p.ModelVersion = v
+			default: // carried in every status and list as the names are
+				p.Guests = []*cyxwizpb.GuestModule{{Name: v, Artifact: p.Model, Roles: []cyxwizpb.GuestRole{cyxwizpb.GuestRole_GUEST_ROLE_PREPROCESS}}}
 			}
 			_, err := c.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d-" + field, Spec: p})
 			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spec."+field) {
