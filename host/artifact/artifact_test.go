@@ -1223,3 +1223,48 @@ func TestFetchReplacesOddPartial(t *testing.T) {
 		})
 	}
 }
+
+// A download cut off by a server that does not offer ranges (no
+// Accept-Ranges) is started again from the start, up to 8 times: one cut
+// failed the deployment. A server that always cuts fails it after those.
+func TestFetchRestartsCutDownloadWithoutRanges(t *testing.T) {
+	content := blob(t, 100_000)
+	for _, tc := range []struct {
+		name     string
+		cuts     int64
+		ok       bool
+		requests int64
+	}{
+		{"cut twice", 2, true, 3},
+		{"always cut", 1 << 30, false, 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var requests atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+				if requests.Add(1) <= tc.cuts {
+					w.Write(content[:len(content)/3])
+					w.(http.Flusher).Flush()
+					if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+						conn.Close()
+					}
+					return
+				}
+				w.Write(content)
+			}))
+			t.Cleanup(srv.Close)
+			dir := t.TempDir()
+			c := newCache(t, dir, 0, artifact.WithResumeBackoff(time.Millisecond))
+			_, err := c.Fetch(t.Context(), artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, nil)
+			if tc.ok && err != nil || !tc.ok && !errors.Is(err, artifact.ErrFetch) {
+				t.Fatalf("err = %v", err)
+			}
+			if got := requests.Load(); got != tc.requests {
+				t.Fatalf("%d requests, want %d", got, tc.requests)
+			}
+			if !tc.ok {
+				assertClean(t, dir)
+			}
+		})
+	}
+}

@@ -186,6 +186,9 @@ type flight struct {
 	// retrying is the error of the last request that openRetry is to make
 	// again; nil once one succeeds. A waiter whose time runs out says it.
 	retrying error
+	// restarts counts the downloads started again from the start (see
+	// restart); only the download's goroutine uses it.
+	restarts int
 }
 
 // setRetrying records err as the reason f is waiting to ask again (nil:
@@ -562,8 +565,12 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		// Only a broken body is worth another request: not a failed
 		// write (a full disk), not a cancelled fetch. An error that is not
 		// the writer's came from reading the body.
-		if w.err != nil || ctx.Err() != nil || !ri.resumable {
+		if w.err != nil || ctx.Err() != nil {
 			return 0, fmt.Errorf("%w: after %d bytes: %w", ErrFetch, n, err)
+		}
+		if !ri.resumable {
+			// Cut off by a server that does not resume: from the start.
+			return c.restart(ctx, f, d, a, src, body, tmp, fmt.Errorf("%w: after %d bytes: %w", ErrFetch, n, err), &again)
 		}
 		if n >= total {
 			break // every byte came before the cut: the digest decides
@@ -600,6 +607,34 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 	}
 	pw.flush()
 	return c.finish(tmp, tmpPath, d, n, a)
+}
+
+// restart downloads d again from the start after cut, the error of a
+// download from a server that does not offer ranges (no Accept-Ranges),
+// after the resume backoff, up to maxResumes times per download: one cut
+// failed the deployment. It closes body and empties tmp; again is set when
+// the error returned is the new download's, wrapped already.
+func (c *Cache) restart(ctx context.Context, f *flight, d string, a Artifact, src source, body io.Closer, tmp *os.File, cut error, again *bool) (int64, error) {
+	if f.restarts == maxResumes {
+		return 0, fmt.Errorf("%w (downloaded from the start %d times: the server cannot resume)", cut, maxResumes)
+	}
+	f.restarts++
+	wait := min(c.backoff<<(f.restarts-1), max(2*time.Second, c.backoff))
+	c.log.Warn("download cut off by a server that cannot resume it; downloading it again from the start",
+		"uri", src.String(), "attempt", f.restarts, "in", wait, "err", cut)
+	body.Close()
+	if err := tmp.Truncate(0); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	t := time.NewTimer(wait)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return 0, fmt.Errorf("%w (while waiting to download again after: %w)", context.Cause(ctx), cut)
+	}
+	*again = true
+	return c.download(ctx, f, d, a, src)
 }
 
 // finish checks the size of a verified download of n bytes, makes it
