@@ -1,7 +1,7 @@
 // Command cls-post is a classifier's postprocessing guest: it takes the
-// model's scores [N, C] (the first input), optionally applies a softmax,
-// and returns the top-k labels (BYTES "label" [N, k]) and their scores
-// (FP32 "score" [N, k]).
+// model's scores [N, C] (the first input; [C] is one row, another rank an
+// error), optionally applies a softmax, and returns the top-k labels
+// (BYTES "label" [N, k]) and their scores (FP32 "score" [N, k]).
 //
 // Config: "labels" (comma-separated class names; a class without one is
 // named by its index), "top_k" (default 1; above the number of classes C,
@@ -11,6 +11,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -60,6 +61,21 @@ func postprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 	}
 	config()
 	p := in[0]
+	// The outputs are declared [N, k]: scores of another rank gave labels
+	// of that rank ([k] for [C], [N, T, k] for [N, T, C]), which clients
+	// reading ModelMetadata do not expect. One row of scores [C] is a
+	// batch of one.
+	switch s := p.Shape(); {
+	case len(s) == 1:
+		var err error
+		if p, err = sdk.Reshape(p, 1, s[0]); err != nil {
+			return nil, err
+		}
+	case len(s) != 2:
+		return nil, fmt.Errorf("cls-post: scores %q of shape %v: want [N, C] (or [C])", p.Name(), s)
+	case s[1] == 0:
+		return nil, fmt.Errorf("cls-post: scores %q of shape %v: no classes", p.Name(), s)
+	}
 	if doSoftma {
 		var err error
 		if p, err = sdk.Softmax(p, -1); err != nil {
@@ -69,8 +85,8 @@ func postprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 	// A top_k above the number of classes returns them all (the host's
 	// topk refuses k past the last dimension: every call failed).
 	k := topK
-	if s := p.Shape(); len(s) > 0 && s[len(s)-1] > 0 && int64(k) > s[len(s)-1] {
-		k = int(s[len(s)-1])
+	if c := p.Shape()[1]; int64(k) > c {
+		k = int(c)
 	}
 	vals, idx, err := sdk.TopK(p, k)
 	if err != nil {

@@ -9,6 +9,8 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"strconv"
 
 	"github.com/cyxwiz/cyxwiz-node/guests/sdk"
@@ -45,20 +47,30 @@ func preprocess(in []*sdk.Tensor) ([]*sdk.Tensor, error) {
 	images := []*sdk.Tensor{in[0]}
 	if in[0].Len() != 1 {
 		// Several images: split them (this copies the encoded files
-		// through the guest; the pixels still stay on the host).
+		// through the guest; the pixels still stay on the host). The
+		// last request's files are garbage by now: collect them first,
+		// or the heap grew past the guest's memory on the way (an out
+		// of memory trap, the instance thrown away) while each request
+		// fit. Each file goes back to the host as a UINT8 view of the
+		// one copy (image_decode takes those), not as a BYTES tensor
+		// encoded afresh.
+		runtime.GC()
 		strs, err := in[0].Strings()
 		if err != nil {
 			return nil, err
 		}
 		images = images[:0]
 		for _, s := range strs {
-			images = append(images, sdk.Strings("image", []int64{1}, [][]byte{s}))
+			images = append(images, sdk.New("image", sdk.Uint8, []int64{int64(len(s))}, s))
 		}
 	}
 	parts := make([]*sdk.Tensor, len(images))
 	for i, img := range images {
 		x, err := one(img, h, w)
 		if err != nil {
+			if len(images) > 1 {
+				return nil, fmt.Errorf("image %d of %d: %w", i, len(images), err)
+			}
 			return nil, err
 		}
 		parts[i] = x
