@@ -264,6 +264,9 @@ func (d *Deployment) Infer(ctx context.Context, inputs []*tensor.Tensor, outputs
 	if outs, err = p.post.Postprocess(ctx, outs); err != nil {
 		return nil, fmt.Errorf("model %s: postprocess: %w", d.spec.Name, err)
 	}
+	if err := checkDeclared(p.outputs, outs); err != nil {
+		return nil, fmt.Errorf("model %s: postprocess: %w", d.spec.Name, err)
+	}
 	return selectOutputs(outs, outputs, p.outputs)
 }
 

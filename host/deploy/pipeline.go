@@ -309,6 +309,9 @@ func (g guestModel) Infer(ctx context.Context, in []*tensor.Tensor, names []stri
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDeclared(g.sig.Outputs, outs); err != nil {
+		return nil, fmt.Errorf("format guest: %w", err)
+	}
 	return selectOutputs(outs, names, g.sig.Outputs)
 }
 
@@ -316,6 +319,29 @@ func (g guestModel) Infer(ctx context.Context, in []*tensor.Tensor, names []stri
 func (g guestModel) Close() error { return nil }
 
 var _ loaders.Model = guestModel{}
+
+// checkDeclared refuses outputs that contradict what the guest that gave
+// them declared: another datatype, rank or fixed dimension than the output
+// of that name. Clients read the declaration in ModelMetadata and build on
+// it: a guest breaking it is the guest's bad output, not the client's
+// mistake. Outputs it did not declare are its own to return.
+func checkDeclared(declared []loaders.TensorSpec, outs []*tensor.Tensor) error {
+	for _, t := range outs {
+		i := slices.IndexFunc(declared, func(s loaders.TensorSpec) bool { return s.Name == t.Name })
+		if i < 0 {
+			continue
+		}
+		s := declared[i]
+		ok := t.DType == s.DType && (s.Shape == nil || len(s.Shape) == len(t.Shape))
+		for k := 0; ok && s.Shape != nil && k < len(s.Shape); k++ {
+			ok = s.Shape[k] < 0 || s.Shape[k] == t.Shape[k]
+		}
+		if !ok {
+			return fmt.Errorf("%w: output %q is %v%v, the guest's signature says %v%v", guest.ErrBadOutput, t.Name, t.DType, t.Shape, s.DType, s.Shape)
+		}
+	}
+	return nil
+}
 
 // selectOutputs keeps the named outputs, in the order asked; all when names
 // is empty. declared is what the guest that gave outs declared of them: a

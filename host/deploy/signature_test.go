@@ -12,6 +12,7 @@ import (
 
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
+	"github.com/cyxwiz/cyxwiz-node/host/guest"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/onnx/onnxtest"
 	"github.com/cyxwiz/cyxwiz-node/loaders/safetensors"
@@ -163,5 +164,27 @@ func TestFormatGuestBatches(t *testing.T) {
 	}
 	if st := db.Status().Stats; st.Executions >= callers {
 		t.Fatalf("%d requests in %d executions (batch sizes %v): not batched", st.Requests, st.Executions, st.BatchSizes)
+	}
+}
+
+// A postprocess guest whose outputs contradict its signature (another
+// datatype, another fixed dimension) fails the request as the guest's bad
+// output: clients build on the declaration they read in ModelMetadata.
+func TestGuestOutputsMustMatchSignature(t *testing.T) {
+	n := newGuestNode(t)
+	lin := n.file(t, "lin.onnx", onnxtest.Linear([][]float32{{1, 2}, {3, 4}, {5, 6}}, []float32{0.5, -1}))
+	sigcfg := n.wasm(t, "host/deploy/testdata/sigcfg")
+	x := tensor.FromSlice("X", tensor.FP32, []int64{1, 3}, []float32{1, 1, 1})
+	for mode, want := range map[string]string{"liar": "INT64", "narrow": "[-1 3]"} {
+		st := n.deploy(t, mode, deploy.Spec{Name: mode, Format: "onnx", Model: lin, Config: map[string]string{"sig": mode},
+			Guests: []deploy.Guest{{Name: "g", Artifact: sigcfg, Roles: []string{"postprocess"}}}})
+		if !st.State.Serving() {
+			t.Fatalf("%s: deploy: %v %s", mode, st.State, st.Message)
+		}
+		d, _ := n.m.Get(mode)
+		_, err := d.Infer(context.Background(), []*tensor.Tensor{x}, nil)
+		if !errors.Is(err, guest.ErrBadOutput) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want the guest's bad output naming %s", mode, err, want)
+		}
 	}
 }

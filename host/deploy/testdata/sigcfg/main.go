@@ -3,7 +3,9 @@
 // unchanged; its signature depends on the "sig" config value: "x" (the
 // default) declares input "X" FP32 [-1, 3] and output "Y" FP32 [-1, 2],
 // "none" declares nothing, "error" fails, "twice" lists "X" twice, "loop"
-// never returns, "trap" panics, "grow" takes memory until none is left.
+// never returns, "trap" panics, "grow" takes memory until none is left,
+// "liar" declares output "Y" INT64 [-1, 2] (what it passes on is FP32) and
+// "narrow" declares output "Y" FP32 [-1, 3] (it passes on [N, 2]).
 package main
 
 import (
@@ -45,6 +47,10 @@ func signature() (sdk.Signature, error) {
 		for {
 			hoard = append(hoard, make([]byte, 1<<20))
 		}
+	case "liar":
+		return sdk.Signature{Outputs: []sdk.TensorMeta{{Name: "Y", DType: sdk.Int64, Shape: []int64{-1, 2}}}}, nil
+	case "narrow":
+		return sdk.Signature{Outputs: []sdk.TensorMeta{{Name: "Y", DType: sdk.FP32, Shape: []int64{-1, 3}}}}, nil
 	default:
 		return sdk.Signature{Inputs: []sdk.TensorMeta{x}, Outputs: []sdk.TensorMeta{{Name: "Y", DType: sdk.FP32, Shape: []int64{-1, 2}}}}, nil
 	}
