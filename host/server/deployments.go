@@ -90,10 +90,12 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 	st, err := s.m.Assign(req.DeploymentId, spec, deploy.OwnerCentral)
 	if err != nil {
 		// A guest swap starts the new guests while the caller waits: one
-		// that traps, overruns or answers badly as it starts (its
-		// signature, say) is the caller's artifact failing, not the node
-		// (INTERNAL, retry-worthy in most clients).
-		if errors.Is(err, guest.ErrTrap) || errors.Is(err, guest.ErrBadOutput) || errors.Is(err, guest.ErrGuest) {
+		// that traps, overruns its time or memory, or answers badly as it
+		// starts (its signature, say) is the caller's artifact failing,
+		// not the node (INTERNAL, retry-worthy in most clients) nor the
+		// call's own deadline (DEADLINE_EXCEEDED).
+		if errors.Is(err, guest.ErrTrap) || errors.Is(err, guest.ErrBadOutput) || errors.Is(err, guest.ErrGuest) ||
+			errors.Is(err, guest.ErrDeadline) || errors.Is(err, guest.ErrMemory) {
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 		return nil, err

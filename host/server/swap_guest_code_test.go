@@ -49,7 +49,7 @@ func TestSwapToFailingGuestIsFailedPrecondition(t *testing.T) {
 	}
 	// Its signature malformed (a bad output, INTERNAL before), or its own
 	// error.
-	for mode, reason := range map[string]string{"twice": "listed twice", "error": "no signature today"} {
+	for mode, reason := range map[string]string{"twice": "listed twice", "error": "no signature today", "grow": "memory"} {
 		spec.Config = map[string]string{"sig": mode}
 		_, err = client.AssignDeployment(ctx, &cyxwizpb.AssignDeploymentRequest{DeploymentId: "d", Spec: spec})
 		if s, _ := status.FromError(err); s.Code() != codes.FailedPrecondition || !strings.Contains(s.Message(), reason) {
