@@ -82,6 +82,47 @@ const (
 // clients of the deployment see; a FORMAT guest declares both.
 const SignatureTensor = "signature"
 
+// Bounds on a signature: its JSON, the tensors of each side, and a name.
+const (
+	MaxSignatureBytes   = 64 << 10
+	MaxSignatureTensors = 1024
+	MaxSignatureName    = 1024
+)
+
+// CheckSignatureName checks one name of a signature: 1 to
+// MaxSignatureName bytes of UTF-8 without C0 control characters or DEL.
+func CheckSignatureName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty name")
+	case len(name) > MaxSignatureName:
+		return fmt.Errorf("a name of %d bytes, at most %d", len(name), MaxSignatureName)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("name %.64q is not UTF-8", name)
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("name %.64q has a control character", name)
+		}
+	}
+	return nil
+}
+
+// CheckSignatureShape checks one shape of a signature: rank at most
+// MaxRank, each dimension >= 0 or -1 (any size). A nil shape (any rank)
+// passes.
+func CheckSignatureShape(shape []int64) error {
+	if len(shape) > MaxRank {
+		return fmt.Errorf("rank %d, at most %d", len(shape), MaxRank)
+	}
+	for _, d := range shape {
+		if d < -1 {
+			return fmt.Errorf("shape %v (a dimension is >= 0, or -1 for any size)", shape)
+		}
+	}
+	return nil
+}
+
 var entryNames = [NumEntries]string{"preprocess", "postprocess", "batch_policy", "format_load", "format_infer", "signature"}
 
 // String is the export name of e.

@@ -40,7 +40,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -807,12 +806,6 @@ func signatureCall() ([]*Tensor, error) {
 	return []*Tensor{Strings(abi.SignatureTensor, []int64{1}, [][]byte{js})}, nil
 }
 
-// The node's bounds on a signature (guests/ABI.md).
-const (
-	maxSignatureTensors = 1024
-	maxSignatureName    = 1024
-)
-
 // appendJSON appends s in the form abi.SignatureTensor documents (by hand:
 // encoding/json would make every guest larger and slower to start).
 func (s Signature) appendJSON(b []byte) ([]byte, error) {
@@ -834,25 +827,21 @@ func (s Signature) appendJSON(b []byte) ([]byte, error) {
 		b = append(b, `":[`...)
 		// What the node refuses (guests/ABI.md) is the guest's own error
 		// here, saying which tensor, not a bad output.
-		if len(side.list) > maxSignatureTensors {
-			return nil, fmt.Errorf("signature: %d %s, at most %d", len(side.list), side.key, maxSignatureTensors)
+		if len(side.list) > abi.MaxSignatureTensors {
+			return nil, fmt.Errorf("signature: %d %s, at most %d", len(side.list), side.key, abi.MaxSignatureTensors)
 		}
 		for i, t := range side.list {
+			if err := abi.CheckSignatureName(t.Name); err != nil {
+				return nil, fmt.Errorf("signature: %s %d: %w", side.key, i, err)
+			}
 			switch {
-			case t.Name == "" || len(t.Name) > maxSignatureName:
-				return nil, fmt.Errorf("signature: %s %d: a name of %d bytes (1 to %d)", side.key, i, len(t.Name), maxSignatureName)
-			case !utf8.ValidString(t.Name):
-				return nil, fmt.Errorf("signature: %s %d: name %.64q is not UTF-8", side.key, i, t.Name)
-			case strings.ContainsFunc(t.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-				return nil, fmt.Errorf("signature: %s %d: name %.64q has a control character", side.key, i, t.Name)
 			case slices.ContainsFunc(side.list[:i], func(o TensorMeta) bool { return o.Name == t.Name }):
 				return nil, fmt.Errorf("signature: %s: %q listed twice", side.key, t.Name)
 			case t.DType < Bool || t.DType > Bytes:
 				return nil, fmt.Errorf("signature: %s %q: datatype %v", side.key, t.Name, t.DType)
-			case len(t.Shape) > abi.MaxRank:
-				return nil, fmt.Errorf("signature: %s %q: rank %d, at most %d", side.key, t.Name, len(t.Shape), abi.MaxRank)
-			case slices.ContainsFunc(t.Shape, func(d int64) bool { return d < -1 }):
-				return nil, fmt.Errorf("signature: %s %q: shape %v (a dimension is >= 0, or -1 for any size)", side.key, t.Name, t.Shape)
+			}
+			if err := abi.CheckSignatureShape(t.Shape); err != nil {
+				return nil, fmt.Errorf("signature: %s %q: %w", side.key, t.Name, err)
 			}
 			if i > 0 {
 				b = append(b, ',')

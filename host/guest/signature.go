@@ -25,14 +25,6 @@ type Signature struct {
 	Inputs, Outputs []loaders.TensorSpec
 }
 
-// Bounds on a declared signature: its JSON, the tensors of each list, and
-// a tensor's name.
-const (
-	maxSignatureBytes   = 64 << 10
-	maxSignatureTensors = 1024
-	maxSignatureName    = 1024
-)
-
 // Signature calls the guest's signature entry point; ok is false (and sig
 // empty) when the guest provides none. A signature the guest returns in
 // another form than abi.SignatureTensor documents is an ErrBadOutput.
@@ -56,8 +48,8 @@ func parseSignature(out []*tensor.Tensor) (Signature, error) {
 		return Signature{}, fmt.Errorf("want one BYTES tensor %q of one element, got %s", abi.SignatureTensor, describe(out))
 	}
 	js := out[0].Strings[0]
-	if len(js) > maxSignatureBytes {
-		return Signature{}, fmt.Errorf("%d bytes of JSON, at most %d", len(js), maxSignatureBytes)
+	if len(js) > abi.MaxSignatureBytes {
+		return Signature{}, fmt.Errorf("%d bytes of JSON, at most %d", len(js), abi.MaxSignatureBytes)
 	}
 	// encoding/json reads bytes that are not UTF-8 as U+FFFD, a character
 	// a name may hold.
@@ -88,33 +80,25 @@ func parseSignature(out []*tensor.Tensor) (Signature, error) {
 		if list == nil {
 			return nil, nil
 		}
-		if len(*list) > maxSignatureTensors {
-			return nil, fmt.Errorf("%d %s, at most %d", len(*list), side, maxSignatureTensors)
+		if len(*list) > abi.MaxSignatureTensors {
+			return nil, fmt.Errorf("%d %s, at most %d", len(*list), side, abi.MaxSignatureTensors)
 		}
 		specs := make([]loaders.TensorSpec, 0, len(*list))
 		seen := make(map[string]bool, len(*list))
 		for i, m := range *list {
-			switch {
-			case m.Name == "":
-				return nil, fmt.Errorf("%s %d: empty name", side, i)
-			case len(m.Name) > maxSignatureName:
-				return nil, fmt.Errorf("%s %d: a name of %d bytes, at most %d", side, i, len(m.Name), maxSignatureName)
-			case strings.ContainsFunc(m.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-				return nil, fmt.Errorf("%s %d: name %q has a control character", side, i, m.Name)
-			case seen[m.Name]:
+			if err := abi.CheckSignatureName(m.Name); err != nil {
+				return nil, fmt.Errorf("%s %d: %w", side, i, err)
+			}
+			if seen[m.Name] {
 				return nil, fmt.Errorf("%s: %q listed twice", side, m.Name)
-			case len(m.Shape) > abi.MaxRank:
-				return nil, fmt.Errorf("%s %q: rank %d, at most %d", side, m.Name, len(m.Shape), abi.MaxRank)
 			}
 			seen[m.Name] = true
+			if err := abi.CheckSignatureShape(m.Shape); err != nil {
+				return nil, fmt.Errorf("%s %q: %w", side, m.Name, err)
+			}
 			dt, err := tensor.ParseDType(m.Datatype)
 			if err != nil {
 				return nil, fmt.Errorf("%s %q: %w", side, m.Name, err)
-			}
-			for _, d := range m.Shape {
-				if d < -1 {
-					return nil, fmt.Errorf("%s %q: shape %v (a dimension is >= 0, or -1 for any size)", side, m.Name, m.Shape)
-				}
 			}
 			// A shape left out (or null) is any rank, [] a scalar, as
 			// loaders.CheckTensor reads them.

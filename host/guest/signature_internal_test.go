@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
 
@@ -35,8 +36,8 @@ func TestParseSignature(t *testing.T) {
 
 // Every malformed signature is refused with a reason, never half taken.
 func TestParseSignatureRefuses(t *testing.T) {
-	long := strings.Repeat("n", maxSignatureName+1)
-	many := "[" + strings.Repeat(`{"name":"a","datatype":"FP32"},`, maxSignatureTensors) + `{"name":"b","datatype":"FP32"}]`
+	long := strings.Repeat("n", abi.MaxSignatureName+1)
+	many := "[" + strings.Repeat(`{"name":"a","datatype":"FP32"},`, abi.MaxSignatureTensors) + `{"name":"b","datatype":"FP32"}]`
 	for _, c := range []struct {
 		name string
 		out  []*tensor.Tensor
@@ -58,7 +59,7 @@ func TestParseSignatureRefuses(t *testing.T) {
 		{"dim", sigTensor(`{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}]}`), "-1 for any size"},
 		{"rank", sigTensor(`{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}`), "rank 17"},
 		{"many", sigTensor(`{"outputs": ` + many + `}`), "1025 outputs"},
-		{"large", sigTensor(`{"inputs": [], "pad": "` + strings.Repeat(" ", maxSignatureBytes) + `"}`), "bytes of JSON"},
+		{"large", sigTensor(`{"inputs": [], "pad": "` + strings.Repeat(" ", abi.MaxSignatureBytes) + `"}`), "bytes of JSON"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sig, err := parseSignature(c.out)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cyxwiz/cyxwiz-node/guests/abi"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
 	"github.com/cyxwiz/cyxwiz-node/loaders/tensor"
 )
@@ -92,13 +93,13 @@ func FuzzParseSignature(f *testing.F) {
 			Outputs *[]meta `json:"outputs,omitempty"`
 		}
 		for side, list := range map[string][]loaders.TensorSpec{"inputs": sig.Inputs, "outputs": sig.Outputs} {
-			if len(list) > maxSignatureTensors {
+			if len(list) > abi.MaxSignatureTensors {
 				t.Fatalf("%d %s", len(list), side)
 			}
 			seen := map[string]bool{}
 			metas := []meta{}
 			for _, s := range list {
-				if s.Name == "" || len(s.Name) > maxSignatureName || seen[s.Name] || !s.DType.Valid() || len(s.Shape) > 16 {
+				if s.Name == "" || len(s.Name) > abi.MaxSignatureName || seen[s.Name] || !s.DType.Valid() || len(s.Shape) > 16 {
 					t.Fatalf("%s: %+v taken", side, s)
 				}
 				seen[s.Name] = true
