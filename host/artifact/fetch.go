@@ -618,19 +618,15 @@ func (c *Cache) restart(ctx context.Context, f *flight, d string, a Artifact, sr
 	if f.restarts == maxResumes {
 		return 0, fmt.Errorf("%w (downloaded from the start %d times: the server cannot resume)", cut, maxResumes)
 	}
+	wait := c.backoffWait(f.restarts)
 	f.restarts++
-	wait := min(c.backoff<<(f.restarts-1), max(2*time.Second, c.backoff))
 	c.log.Warn("download cut off by a server that cannot resume it; downloading it again from the start",
 		"uri", src.String(), "attempt", f.restarts, "in", wait, "err", cut)
 	body.Close()
 	if err := tmp.Truncate(0); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
-	t := time.NewTimer(wait)
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		t.Stop()
+	if !sleep(ctx, wait) {
 		return 0, fmt.Errorf("%w (while waiting to download again after: %w)", context.Cause(ctx), cut)
 	}
 	*again = true
@@ -763,15 +759,29 @@ func (c *Cache) openRetry(ctx context.Context, f *flight, src source, offset int
 			return body, total, from, ri, err
 		}
 		f.setRetrying(err)
-		wait := min(c.backoff<<attempt, max(2*time.Second, c.backoff))
+		wait := c.backoffWait(attempt)
 		c.log.Warn("download request failed; asking again", "uri", src.String(), "attempt", attempt+1, "in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return nil, 0, 0, ri, fmt.Errorf("%w (while retrying: %w)", context.Cause(ctx), err)
 		}
+	}
+}
+
+// backoffWait is the wait before retry attempt (from 0) of a request,
+// a resume or a restart: the backoff, doubled at each attempt, up to 2 s.
+func (c *Cache) backoffWait(attempt int) time.Duration {
+	return min(c.backoff<<attempt, max(2*time.Second, c.backoff))
+}
+
+// sleep waits d, or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -873,12 +883,7 @@ func (c *Cache) reopen(ctx context.Context, src source, ri resumeInfo, offset, t
 // server that sends the whole file again (it changed, or ignores ranges)
 // gives errRangeRefused. The digest is checked over the whole file anyway.
 func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, total int64, attempt int) (io.ReadCloser, error) {
-	wait := min(c.backoff<<attempt, max(2*time.Second, c.backoff))
-	t := time.NewTimer(wait)
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		t.Stop()
+	if !sleep(ctx, c.backoffWait(attempt)) {
 		return nil, ctx.Err()
 	}
 	resp, err := c.get(ctx, src, offset, ri.validator)
