@@ -365,7 +365,7 @@ func (m *Manager) run(ctx context.Context, d *Deployment) {
 	// Failed deployments count with the stopped ones: a client assigning
 	// new ids against a dead URL made them (and the store, and every
 	// list) grow without end.
-	m.forgetOldStopped()
+	m.forgetOldFinished()
 }
 
 func (m *Manager) bringUp(ctx context.Context, d *Deployment) error {
@@ -673,7 +673,7 @@ func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration)
 	}
 	m.stop(ctx, d, drain)
 	st := d.Status()
-	m.forgetOldStopped()
+	m.forgetOldFinished()
 	return st, nil
 }
 
@@ -927,7 +927,7 @@ func (m *Manager) Restore() error {
 		m.mu.Unlock()
 		m.log.Info("restored deployment", "deployment", r.ID, "model", spec.Name)
 	}
-	m.forgetOldStopped()
+	m.forgetOldFinished()
 	return nil
 }
 
@@ -945,15 +945,15 @@ func finished(d *Deployment) bool {
 	return st == Stopped || st == Failed && d.owner != OwnerOperator
 }
 
-// forgetOldStopped forgets the finished deployments beyond KeepStopped,
+// forgetOldFinished forgets the finished deployments beyond KeepStopped,
 // least recently updated first. One whose id an operation holds is left
 // for a later call.
-func (m *Manager) forgetOldStopped() {
+func (m *Manager) forgetOldFinished() {
 	m.mu.Lock()
-	var stopped []*Deployment
+	var old []*Deployment
 	for _, d := range m.byID {
 		if finished(d) {
-			stopped = append(stopped, d)
+			old = append(old, d)
 		}
 	}
 	m.mu.Unlock()
@@ -961,16 +961,16 @@ func (m *Manager) forgetOldStopped() {
 	if keep <= 0 {
 		keep = DefaultKeepStopped
 	}
-	if len(stopped) <= keep {
+	if len(old) <= keep {
 		return
 	}
-	updated := make(map[*Deployment]time.Time, len(stopped))
-	for _, d := range stopped {
+	updated := make(map[*Deployment]time.Time, len(old))
+	for _, d := range old {
 		updated[d] = d.Status().Updated
 	}
-	slices.SortFunc(stopped, func(a, b *Deployment) int { return updated[a].Compare(updated[b]) })
+	slices.SortFunc(old, func(a, b *Deployment) int { return updated[a].Compare(updated[b]) })
 	forgot := 0
-	for _, d := range stopped[:len(stopped)-keep] {
+	for _, d := range old[:len(old)-keep] {
 		unlock, ok := m.ops.tryLock(d.id)
 		if !ok {
 			continue
@@ -983,7 +983,7 @@ func (m *Manager) forgetOldStopped() {
 		m.mu.Unlock()
 		if gone && m.store != nil && d.owner != OwnerOperator {
 			if err := m.store.Delete(d.id); err != nil && !errors.Is(err, store.ErrNotFound) {
-				m.log.Warn("forget stopped deployment", "deployment", d.id, "err", err)
+				m.log.Warn("forget finished deployment", "deployment", d.id, "err", err)
 			}
 		}
 		unlock()
@@ -992,7 +992,7 @@ func (m *Manager) forgetOldStopped() {
 		}
 	}
 	if forgot > 0 {
-		m.log.Info("forgot the oldest stopped deployments", "forgotten", forgot, "kept", keep)
+		m.log.Info("forgot the oldest finished deployments", "forgotten", forgot, "kept", keep)
 	}
 }
 
