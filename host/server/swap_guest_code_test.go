@@ -22,7 +22,10 @@ import (
 // artifact failing, FAILED_PRECONDITION with the reason, not INTERNAL; the
 // deployment serves on with its old guests.
 func TestSwapToFailingGuestIsFailedPrecondition(t *testing.T) {
-	rt, err := guest.NewRuntime(context.Background(), guest.Config{CallTimeout: 5 * time.Second}, quietLog())
+	// 16 MiB: the "grow" guest reaches it in milliseconds, even under -race
+	// on a busy machine (at the default limit it could run past the call
+	// timeout first).
+	rt, err := guest.NewRuntime(context.Background(), guest.Config{CallTimeout: 5 * time.Second, MemoryLimitPages: 256}, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
