@@ -64,6 +64,7 @@ bench-guests: deps guests
 
 ## bench-onnx: ONNX serving path vs in-process reference (issue: ONNX/KServe slice)
 bench-onnx: deps
+	$(GO) test -run '^$$' -bench BenchmarkQueueDelay -benchtime 1x -count 1 ./host/engine/
 	$(GO) test -run '^$$' -bench BenchmarkServing -benchtime 1x -count 1 ./host/server/
 
 ## lint: gofmt + go vet

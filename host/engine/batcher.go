@@ -45,14 +45,14 @@ func (s *Scheduler) batchLoop() {
 		pending []*batch  // by oldest request (see requeue)
 		held    int       // instance slots taken from s.slots, not yet used
 		in      = s.reqCh // nil once closed and drained
-		timer   *time.Timer
-		timerC  <-chan time.Time
+		timer   waker // made when first needed
+		timerC  <-chan struct{}
 		armed   time.Time // the deadline timer is set for; zero when not set
 		added   int       // requests added since pending was last swept
 	)
 	defer func() {
 		if timer != nil {
-			timer.Stop()
+			timer.Close()
 		}
 		for ; held > 0; held-- {
 			s.slots <- struct{}{}
@@ -109,13 +109,12 @@ func (s *Scheduler) batchLoop() {
 				due := s.due(pending)
 				if !due.Equal(armed) {
 					if timer == nil {
-						timer = time.NewTimer(time.Until(due))
-					} else {
-						timer.Reset(time.Until(due))
+						timer = newWaker()
 					}
+					timer.Reset(time.Until(due))
 					armed = due
 				}
-				timerC = timer.C
+				timerC = timer.C()
 			}
 		}
 
