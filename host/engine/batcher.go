@@ -45,7 +45,7 @@ func (s *Scheduler) batchLoop() {
 		pending []*batch  // by oldest request (see requeue)
 		held    int       // instance slots taken from s.slots, not yet used
 		in      = s.reqCh // nil once closed and drained
-		timer   waker // made when first needed
+		timer   waker     // made when first needed
 		timerC  <-chan struct{}
 		armed   time.Time // the deadline timer is set for; zero when not set
 		added   int       // requests added since pending was last swept
