@@ -108,8 +108,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// are lost and it serves on. (Notify, not Ignore: an ignored signal
 	// stays ignored in the processes the node starts.)
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	log := newLogger(cfg.Log, stderr)
-	ctx, stop := signalContext(log)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg.Log, level, stderr)
+	ctx, stop := signalContext(log, level)
 	err = serve(ctx, cfg, log)
 	stop() // the stop is over: a late second signal must not turn it into a forced exit
 	if err != nil {
@@ -127,20 +128,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 // operators and their tools (systemctl reload, logrotate) send to have a
 // daemon reload, is logged and ignored: node.toml is read once, at start,
 // and the log goes to stderr, which has nothing to reopen. By default it
-// killed the node at once, without a drain.
-func signalContext(log *slog.Logger) (context.Context, func()) {
+// killed the node at once, without a drain. SIGUSR1 switches debug logging
+// on, and off again (back to log.level), for looking at a live node;
+// SIGUSR2 is logged and ignored: by default both killed the node too.
+func signalContext(log *slog.Logger, level *slog.LevelVar) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	hups := make(chan os.Signal, 1)
-	signal.Notify(hups, syscall.SIGHUP)
+	signal.Notify(hups, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
+	configured := level.Level()
 	done := make(chan struct{})
 	go func() {
 		stopping := false
 		for {
 			select {
-			case <-hups:
-				log.Warn("SIGHUP ignored: node.toml is read only at start; restart the node to apply changes")
+			case s := <-hups:
+				switch s {
+				case syscall.SIGHUP:
+					log.Warn("SIGHUP ignored: node.toml is read only at start; restart the node to apply changes")
+				case syscall.SIGUSR1:
+					to := slog.LevelDebug
+					if level.Level() == slog.LevelDebug {
+						to = configured
+					}
+					level.Set(to)
+					// Said at warn, so that it shows whatever the level.
+					log.Warn("SIGUSR1: log level changed (send SIGUSR1 again to switch back)", "level", to.String())
+				default:
+					log.Warn("signal ignored", "signal", s.String())
+				}
 			case s := <-sigs:
 				if stopping {
 					log.Warn("second signal: forcing exit", "signal", s.String())
@@ -161,8 +178,9 @@ func signalContext(log *slog.Logger) (context.Context, func()) {
 	})
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
+// newLogger makes the node's logger at c.Level, which it sets level to;
+// level can change it later (SIGUSR1).
+func newLogger(c config.Log, level *slog.LevelVar, w io.Writer) *slog.Logger {
 	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {

@@ -19,7 +19,8 @@ import (
 // SIGHUP is what `systemctl reload`, logrotate's postrotate and operators'
 // habit send a daemon to reload: the node says it does not reload and
 // serves on, and still stops as asked. Go's default action for SIGHUP
-// killed it at once, without a drain.
+// killed it at once, without a drain; so it did for SIGUSR1 (now: debug
+// logging on and off) and SIGUSR2 (ignored).
 func TestSIGHUPKeepsServing(t *testing.T) {
 	bin := daemonBinary(t)
 	cfg := filepath.Join(t.TempDir(), "node.toml")
@@ -85,6 +86,18 @@ func TestSIGHUPKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLine("SIGHUP ignored")
+	if err := cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitLine("level=DEBUG")
+	if err := cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitLine("log level changed (send SIGUSR1 again to switch back)\" level=INFO")
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitLine("signal=\"user defined signal 2\"")
 	ctx, cancel := context.WithTimeout(context.Background(), crashWait)
 	defer cancel()
 	if resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {

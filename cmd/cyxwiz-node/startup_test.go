@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -189,7 +190,7 @@ func (h *dupKeys) WithGroup(string) slog.Handler { return h }
 // is ignored: it was given back its default action, so the second copy
 // killed a node that had already stopped cleanly (or forced exit 1).
 func TestSignalAfterStopIgnored(t *testing.T) {
-	ctx, stop := signalContext(slog.New(slog.DiscardHandler))
+	ctx, stop := signalContext(slog.New(slog.DiscardHandler), new(slog.LevelVar))
 	stop()
 	if ctx.Err() == nil {
 		t.Fatal("context not cancelled by stop")
@@ -198,4 +199,54 @@ func TestSignalAfterStopIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // a default action would have ended this process by now
+}
+
+// SIGUSR1 switches the node's logger to debug and back to its configured
+// level.
+func TestSIGUSR1TogglesDebugLogging(t *testing.T) {
+	level := new(slog.LevelVar)
+	buf := &syncBuffer{}
+	log := newLogger(config.Log{Level: "warn", Format: "text"}, level, buf)
+	_, stop := signalContext(log, level)
+	defer stop()
+	want := func(l slog.Level) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for level.Level() != l {
+			if time.Now().After(deadline) {
+				t.Fatalf("level %v, want %v", level.Level(), l)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	want(slog.LevelWarn)
+	for _, l := range []slog.Level{slog.LevelDebug, slog.LevelWarn, slog.LevelDebug} {
+		if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		want(l)
+	}
+	log.Debug("a debug line")
+	if !strings.Contains(buf.String(), "a debug line") {
+		t.Errorf("debug line not logged after SIGUSR1:\n%s", buf.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a logger's goroutines may write while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
