@@ -144,10 +144,11 @@ type Deployment struct {
 	pins     []string // artifact digests pinned in the cache
 	pipe     atomic.Pointer[pipeline]
 	// swapCancel cancels a guest swap in progress (nil when none): Stop
-	// calls it so as not to wait for the swap's downloads. stopping is set
-	// by Stop first, so that a swap starting after it gives up at once.
+	// calls it so as not to wait for the swap's downloads. stopping counts
+	// the Stops under way, marked first, so that a swap starting after one
+	// gives up at once.
 	swapCancel context.CancelFunc
-	stopping   bool
+	stopping   int
 
 	// notify persists and publishes a change; set by the Manager.
 	notify func(*Deployment)

@@ -149,11 +149,20 @@ func NewManager(cfg Config, reg *loaders.Registry, cache *artifact.Cache, st *st
 // Registry is the loader registry the manager uses.
 func (m *Manager) Registry() *loaders.Registry { return m.reg }
 
-// Assign accepts a deployment: it validates the spec, checks capacity,
-// stores the deployment durably and starts its life in the background. The
-// same id with an equal spec returns the current status (and restarts a
-// Stopped or Failed deployment); the same id with another spec is ErrExists.
+// Assign is AssignContext without a deadline: it waits for any operation
+// holding the id, however long.
 func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
+	return m.AssignContext(context.Background(), id, spec, owner)
+}
+
+// AssignContext accepts a deployment: it validates the spec, checks
+// capacity, stores the deployment durably and starts its life in the
+// background. The same id with an equal spec returns the current status
+// (and restarts a Stopped or Failed deployment); the same id with another
+// spec is ErrExists, or a guest swap (see swapGuests). ctx bounds the wait
+// for another operation on the id (a Stop draining it, say) and a guest
+// swap; the deployment's own life does not depend on it.
+func (m *Manager) AssignContext(ctx context.Context, id string, spec Spec, owner string) (Status, error) {
 	if id == "" {
 		return Status{}, fmt.Errorf("%w: deployment_id is empty", ErrInvalidSpec)
 	}
@@ -161,13 +170,17 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 	if err := spec.validate(m.reg.Known, m.cfg); err != nil {
 		return Status{}, err
 	}
-	defer m.ops.lock(id)()
+	unlock, err := m.ops.lock(ctx, id)
+	if err != nil {
+		return Status{}, fmt.Errorf("assign %s: %w", id, err)
+	}
+	defer unlock()
 	m.mu.Lock()
 	cur, ok := m.byID[id]
 	m.mu.Unlock()
 	if ok && cur.owner == owner { // another owner's deployment is not theirs to change
 		if have := cur.Status().Spec; !have.Equal(spec) && cur.State().Serving() && swappable(have, spec) {
-			return m.swapGuests(cur, spec)
+			return m.swapGuests(ctx, cur, spec)
 		}
 	}
 	for {
@@ -175,7 +188,11 @@ func (m *Manager) Assign(id string, spec Spec, owner string) (Status, error) {
 		if wait != nil {
 			// The id's previous run is finishing, and takes m.mu on its way
 			// out: wait for it without holding m.mu, then try again.
-			<-wait
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return Status{}, fmt.Errorf("assign %s: waiting for its previous run to end: %w", id, ctx.Err())
+			}
 			continue
 		}
 		if err != nil && owner == OwnerOperator && errors.Is(err, ErrNoCapacity) {
@@ -645,26 +662,40 @@ func (m *Manager) Stop(ctx context.Context, id string) (Status, error) {
 // DrainTimeout (when drain > 0), and by ctx.
 func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration) (Status, error) {
 	m.mu.Lock()
-	if d, ok := m.byID[id]; ok {
-		d.mu.Lock()
-		d.stopping = true
-		if d.swapCancel != nil {
-			d.swapCancel() // a guest swap holds the id: end it rather than wait
+	marked, ok := m.byID[id]
+	if ok {
+		marked.mu.Lock()
+		marked.stopping++
+		if marked.swapCancel != nil {
+			marked.swapCancel() // a guest swap holds the id: end it rather than wait
 		}
-		d.mu.Unlock()
+		marked.mu.Unlock()
 	}
 	m.mu.Unlock()
-	defer m.ops.lock(id)()
+	// giveUp undoes the mark of a Stop that does not happen after all:
+	// swaps may come again (unless another Stop is waiting).
+	giveUp := func() {
+		if marked != nil {
+			marked.mu.Lock()
+			marked.stopping--
+			marked.mu.Unlock()
+		}
+	}
+	unlock, err := m.ops.lock(ctx, id)
+	if err != nil {
+		giveUp()
+		return Status{}, fmt.Errorf("stop %s: %w", id, err)
+	}
+	defer unlock()
 	d, err := m.Get(id)
 	if err != nil {
+		giveUp()
 		return Status{}, err
 	}
 	if m.store != nil && d.owner != OwnerOperator {
 		err := m.store.Update(id, func(r *store.Record) error { r.Desired = store.DesiredStopped; return nil })
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			d.mu.Lock()
-			d.stopping = false // it is not stopping after all: swaps may come
-			d.mu.Unlock()
+			giveUp()
 			return Status{}, fmt.Errorf("stop %s: %w", id, err)
 		}
 	}
@@ -1052,7 +1083,11 @@ func (m *Manager) Close(ctx context.Context) error {
 			// A Stop of d still draining holds its id: it finishes first
 			// (Close waits for it within ctx, as for any model), rather
 			// than Close finding nothing left to unload and returning.
-			defer m.ops.lock(d.id)()
+			unlock, err := m.ops.lock(ctx, d.id)
+			if err != nil {
+				return // Close gives up on it, below
+			}
+			defer unlock()
 			m.unload(d, ctx)
 		}()
 	}
@@ -1075,19 +1110,20 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 }
 
-// idLocks is a mutex per deployment id, kept only while someone holds or
-// waits for it.
+// idLocks is a lock per deployment id, kept only while someone holds or
+// waits for it. Waiting for one ends with the waiter's context: an Assign
+// queued behind an hour-long drain gives up at its call's deadline.
 type idLocks struct {
 	mu    sync.Mutex
 	locks map[string]*idLock
 }
 
 type idLock struct {
-	sync.Mutex
-	refs int // holders and waiters
+	held chan struct{} // capacity 1: full while held
+	refs int           // holders and waiters
 }
 
-// tryLock locks id's mutex if no one holds it or waits for it.
+// tryLock locks id if no one holds it or waits for it.
 func (l *idLocks) tryLock(id string) (unlock func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1097,37 +1133,48 @@ func (l *idLocks) tryLock(id string) (unlock func(), ok bool) {
 	if l.locks == nil {
 		l.locks = map[string]*idLock{}
 	}
-	k := &idLock{refs: 1}
-	k.Lock() // new: uncontended
+	k := &idLock{held: make(chan struct{}, 1), refs: 1}
+	k.held <- struct{}{} // new: uncontended
 	l.locks[id] = k
 	return l.unlocker(id, k), true
 }
 
-// lock locks id's mutex and returns its unlock.
-func (l *idLocks) lock(id string) (unlock func()) {
+// lock locks id and returns its unlock, or ctx's error (wrapped, naming
+// the id) if ctx ends first.
+func (l *idLocks) lock(ctx context.Context, id string) (unlock func(), err error) {
 	l.mu.Lock()
 	if l.locks == nil {
 		l.locks = map[string]*idLock{}
 	}
 	k := l.locks[id]
 	if k == nil {
-		k = &idLock{}
+		k = &idLock{held: make(chan struct{}, 1)}
 		l.locks[id] = k
 	}
 	k.refs++
 	l.mu.Unlock()
-	k.Lock()
-	return l.unlocker(id, k)
+	select {
+	case k.held <- struct{}{}:
+		return l.unlocker(id, k), nil
+	case <-ctx.Done():
+		l.release(id, k)
+		return nil, fmt.Errorf("another operation on it is under way: %w", ctx.Err())
+	}
 }
 
-// unlocker is the unlock of id's held mutex k.
+// unlocker is the unlock of id's held lock k.
 func (l *idLocks) unlocker(id string, k *idLock) func() {
 	return func() {
-		k.Unlock()
-		l.mu.Lock()
-		if k.refs--; k.refs == 0 {
-			delete(l.locks, id)
-		}
-		l.mu.Unlock()
+		<-k.held
+		l.release(id, k)
 	}
+}
+
+// release drops a holder's or waiter's reference to id's lock k.
+func (l *idLocks) release(id string, k *idLock) {
+	l.mu.Lock()
+	if k.refs--; k.refs == 0 {
+		delete(l.locks, id)
+	}
+	l.mu.Unlock()
 }

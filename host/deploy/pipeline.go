@@ -409,10 +409,13 @@ func swappable(cur, next Spec) bool {
 // The deployment keeps serving, in its state, while the new guests are
 // fetched and compiled; if the node shuts down meanwhile, the new guests are
 // closed, not installed.
-func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
-	ctx, cancel := context.WithTimeout(m.ctx, m.fetchTimeout())
+func (m *Manager) swapGuests(caller context.Context, d *Deployment, next Spec) (Status, error) {
+	// The swap ends with the caller (who would not hear of it), the node,
+	// or the fetch timeout.
+	ctx, cancel := context.WithTimeout(caller, m.fetchTimeout())
+	defer context.AfterFunc(m.ctx, cancel)()
 	d.mu.Lock()
-	if d.stopping {
+	if d.stopping > 0 {
 		d.mu.Unlock()
 		cancel()
 		return Status{}, fmt.Errorf("swap guests of %s: %w: it is being stopped", d.id, ErrNotReady)
@@ -466,7 +469,7 @@ func (m *Manager) swapGuests(d *Deployment, next Spec) (Status, error) {
 func (m *Manager) swapFailed(ctx context.Context, d *Deployment, err error) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		d.mu.RLock()
-		stopping := d.stopping
+		stopping := d.stopping > 0
 		d.mu.RUnlock()
 		switch {
 		case m.ctx.Err() != nil:

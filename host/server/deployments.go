@@ -54,7 +54,7 @@ type Deployments struct {
 func NewDeployments(m *deploy.Manager) *Deployments { return &Deployments{m: m} }
 
 // AssignDeployment accepts a deployment; work continues in the background.
-func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDeploymentRequest) (*cyxwizpb.AssignDeploymentResponse, error) {
+func (s *Deployments) AssignDeployment(ctx context.Context, req *cyxwizpb.AssignDeploymentRequest) (*cyxwizpb.AssignDeploymentResponse, error) {
 	if err := checkNewID(req.DeploymentId); err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func (s *Deployments) AssignDeployment(_ context.Context, req *cyxwizpb.AssignDe
 		return nil, err
 	}
 	spec.Batching = deploy.WithBatchingDefaults(spec.Batching, s.m.BatchingDefaults())
-	st, err := s.m.Assign(req.DeploymentId, spec, deploy.OwnerCentral)
+	st, err := s.m.AssignContext(ctx, req.DeploymentId, spec, deploy.OwnerCentral)
 	if err != nil {
 		// A guest swap starts the new guests while the caller waits: one
 		// that traps, overruns its time or memory, or answers badly as it
