@@ -179,8 +179,19 @@ func (m *Manager) AssignContext(ctx context.Context, id string, spec Spec, owner
 	cur, ok := m.byID[id]
 	m.mu.Unlock()
 	if ok && cur.owner == owner { // another owner's deployment is not theirs to change
-		if have := cur.Status().Spec; !have.Equal(spec) && cur.State().Serving() && swappable(have, spec) {
-			return m.swapGuests(ctx, cur, spec)
+		if have := cur.Status().Spec; !have.Equal(spec) && swappable(have, spec) {
+			switch st := cur.State(); {
+			case st.Serving():
+				return m.swapGuests(ctx, cur, spec)
+			case st == Pending || st == Fetching || st == Loading:
+				// Not serving yet: there is nothing to swap live. Its run
+				// stops and the id starts again with the new guests (the
+				// model is the same artifact: cached, or its download
+				// resumed), as a stopped id takes a new spec.
+				m.log.Info("guests changed while the deployment was starting: starting again with the new ones",
+					"deployment", id, "state", st.String())
+				m.stop(ctx, cur, 0, "stopped: its guests changed as it started; it starts again with the new ones")
+			}
 		}
 	}
 	for {
@@ -702,15 +713,15 @@ func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration)
 	if st := d.State(); st == Stopped {
 		return d.Status(), nil
 	}
-	m.stop(ctx, d, drain)
+	m.stop(ctx, d, drain, "stopped")
 	st := d.Status()
 	m.forgetOldFinished()
 	return st, nil
 }
 
 // stop cancels d's goroutine, drains and unloads it within drain (the
-// node's DrainTimeout when 0), and marks it Stopped.
-func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) {
+// node's DrainTimeout when 0), and marks it Stopped with msg.
+func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration, msg string) {
 	d.cancel()
 	<-d.done
 	// Read once the run has returned: a load failing as the stop came
@@ -729,7 +740,7 @@ func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration) 
 		delete(m.byName, d.spec.Name)
 	}
 	m.mu.Unlock()
-	m.set(d, Stopped, "stopped")
+	m.set(d, Stopped, msg)
 }
 
 // unload closes d's engine (draining within ctx) and model and unpins its
