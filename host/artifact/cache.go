@@ -343,9 +343,9 @@ func (c *Cache) path(d string) string {
 }
 
 // touchLocked marks d as just used, in memory and (best effort, so the order
-// survives a restart) in the file's modification time. A file changed since
-// the cache last saw it is no longer verified: setting its time must not
-// hide the change.
+// survives a restart) in the file's modification time, if verified. A file
+// changed since the cache last saw it is no longer verified: setting its
+// time must not hide the change.
 func (c *Cache) touchLocked(d string) {
 	e, ok := c.entries[d]
 	if !ok {
@@ -356,6 +356,12 @@ func (c *Cache) touchLocked(d string) {
 	p := c.path(d)
 	if !c.unchanged(e) {
 		e.verified = false
+	}
+	if !e.verified {
+		// Being hashed, or to be: a time set now would look like a
+		// change on disk during that (and get the copy deleted). It is
+		// set once the copy is verified.
+		return
 	}
 	now := time.Now()
 	if err := os.Chtimes(p, now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {

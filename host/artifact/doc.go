@@ -18,7 +18,7 @@
 // ranges (Accept-Ranges: bytes), up to 8 times with a backoff from 100 ms
 // (WithResumeBackoff) doubling to 2 s; a resume request that fails on the
 // way (a refused connection, a 503) is retried within those 8, one the
-// server cannot satisfy (416) ends the download. No body is read past the
+// server cannot satisfy (416) or refuses (403, 404) ends the download. No body is read past the
 // length its server announced (Content-Length, or a 206's Content-Range).
 // The request carries If-Range with the first response's strong ETag or Last-Modified,
 // so a file that changed in between ends the download (the server sends it

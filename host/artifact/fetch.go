@@ -184,7 +184,8 @@ type flight struct {
 	n, total  int64
 	changed   chan struct{} // closed and replaced at each publish
 	// retrying is the error of the last request that openRetry is to make
-	// again; nil once one succeeds. A waiter whose time runs out says it.
+	// again, or of the cut that a resume or a restart follows; nil once a
+	// request is answered. A waiter whose time runs out says it.
 	retrying error
 	// restarts counts the downloads started again from the start (see
 	// restart); only the download's goroutine uses it.
@@ -339,6 +340,9 @@ func (c *Cache) verifyCached(ctx context.Context, d string) (int64, bool, error)
 	var mtime time.Time
 	if fi, err := os.Lstat(c.path(d)); err == nil {
 		mtime = fi.ModTime()
+	}
+	if testHookBeforeVerify != nil {
+		testHookBeforeVerify(d)
 	}
 	n, sum, herr := hashFile(ctx, c.path(d))
 	if ctx.Err() != nil {
@@ -575,7 +579,7 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 		if n >= total {
 			break // every byte came before the cut: the digest decides
 		}
-		next, err := c.reopen(ctx, src, ri, n, total, &resumes, err)
+		next, err := c.reopen(ctx, f, src, ri, n, total, &resumes, err)
 		if err != nil {
 			return 0, err
 		}
@@ -626,6 +630,7 @@ func (c *Cache) restart(ctx context.Context, f *flight, d string, a Artifact, sr
 	if err := tmp.Truncate(0); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
 	}
+	f.setRetrying(cut) // cleared by openRetry once the new request is answered
 	if !sleep(ctx, wait) {
 		return 0, fmt.Errorf("%w (while waiting to download again after: %w)", context.Cause(ctx), cut)
 	}
@@ -652,6 +657,14 @@ func (c *Cache) finish(tmp *os.File, tmpPath, d string, n int64, a Artifact) (in
 	}
 	if err := tmp.Close(); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+	}
+	if fi, err := os.Lstat(c.path(d)); err == nil && fi.IsDir() {
+		// Not an artifact (New ignores it), and no file can be renamed
+		// over it: without this, every fetch of d downloads it in vain.
+		c.log.Warn("removing a directory where an artifact belongs", "digest", d)
+		if err := os.RemoveAll(c.path(d)); err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrFetch, err)
+		}
 	}
 	if err := os.Rename(tmpPath, c.path(d)); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrFetch, err)
@@ -701,7 +714,7 @@ func (c *Cache) open(ctx context.Context, src source, offset int64) (body io.Rea
 		return ctxReader{ctx, fh}, fi.Size(), 0, ri, nil
 	}
 
-	resp, err := c.get(ctx, src, offset, "")
+	resp, err := c.get(ctx, src, offset, offset > 0, "")
 	if err != nil {
 		return nil, 0, 0, ri, err
 	}
@@ -815,6 +828,10 @@ func transient(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED)
 }
 
+// testHookBeforeVerify, when set by a test, runs before the cached copy of
+// a digest is hashed to verify it.
+var testHookBeforeVerify func(d string)
+
 // testHookBeforeRemovePartial, when set by a test, runs before a failed
 // download removes its partial file.
 var testHookBeforeRemovePartial func()
@@ -856,9 +873,12 @@ var errRangeRefused = errors.New("range request refused")
 
 // reopen resumes a download cut off at offset by cut, retrying a resume
 // request that fails on the way (a refused connection, a 503) until the
-// download has used maxResumes. A server that refuses the range ends it.
-func (c *Cache) reopen(ctx context.Context, src source, ri resumeInfo, offset, total int64, resumes *int, cut error) (io.ReadCloser, error) {
+// download has used maxResumes. A server that refuses the range, or the
+// request (403, 404), ends it.
+// Until a resume works, f says what it is retrying after (see wait).
+func (c *Cache) reopen(ctx context.Context, f *flight, src source, ri resumeInfo, offset, total int64, resumes *int, cut error) (io.ReadCloser, error) {
 	for {
+		f.setRetrying(cut)
 		if *resumes == maxResumes {
 			return nil, fmt.Errorf("%w: gave up after %d resumes at byte %d of %d: %v", ErrFetch, maxResumes, offset, total, cut)
 		}
@@ -868,10 +888,13 @@ func (c *Cache) reopen(ctx context.Context, src source, ri resumeInfo, offset, t
 		*resumes++
 		switch {
 		case err == nil:
+			f.setRetrying(nil)
 			return body, nil
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
-		case errors.Is(err, errRangeRefused):
+		case errors.Is(err, errRangeRefused) || !transient(err):
+			// Refused for good (416, 403, 404, a bad certificate):
+			// asking again cannot help.
 			return nil, fmt.Errorf("%w: resume at byte %d: %w", ErrFetch, offset, err)
 		}
 		cut = err
@@ -879,16 +902,22 @@ func (c *Cache) reopen(ctx context.Context, src source, ri resumeInfo, offset, t
 }
 
 // resume asks src for bytes offset to total-1, after a backoff that doubles
-// with each attempt. It accepts only a 206 with exactly that range: a
-// server that sends the whole file again (it changed, or ignores ranges)
-// gives errRangeRefused. The digest is checked over the whole file anyway.
+// with each attempt. It accepts only a 206 with exactly that range (or,
+// from byte 0, the whole file of that length): a server that sends the
+// whole file again (it changed, or ignores ranges) gives errRangeRefused.
+// The digest is checked over the whole file anyway.
 func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, total int64, attempt int) (io.ReadCloser, error) {
 	if !sleep(ctx, c.backoffWait(attempt)) {
 		return nil, ctx.Err()
 	}
-	resp, err := c.get(ctx, src, offset, ri.validator)
+	resp, err := c.get(ctx, src, offset, true, ri.validator)
 	if err != nil {
 		return nil, err
+	}
+	if offset == 0 && resp.StatusCode == http.StatusOK && resp.ContentLength == total && !encoded(resp) {
+		// Cut before its first byte: nothing on disk to mix with, and the
+		// whole file is what is needed (a server may answer bytes=0- so).
+		return resp.Body, nil
 	}
 	if resp.StatusCode != http.StatusPartialContent {
 		resp.Body.Close()
@@ -899,8 +928,10 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 			// The file is not as long as the first response said (it
 			// shrank, or that length was false): asking again cannot help.
 			return nil, fmt.Errorf("%w: HTTP %s", errRangeRefused, serverText(resp.Status))
+		case http.StatusNotFound, http.StatusGone:
+			return nil, fmt.Errorf("%w: HTTP %s", ErrNotFound, serverText(resp.Status))
 		}
-		return nil, fmt.Errorf("%w: HTTP %s", ErrFetch, serverText(resp.Status))
+		return nil, fmt.Errorf("%w: HTTP %w", ErrFetch, statusError{resp.StatusCode, serverText(resp.Status)})
 	}
 	if size, ok := restFrom(resp, offset); !ok || size != total {
 		resp.Body.Close()
@@ -909,14 +940,15 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 	return resp.Body, nil
 }
 
-// get sends a GET for src: for the bytes from offset on when offset > 0,
-// with If-Range: validator when that is set.
-func (c *Cache) get(ctx context.Context, src source, offset int64, validator string) (*http.Response, error) {
+// get sends a GET for src: for the bytes from offset on when ranged (a
+// resume asks for a range even from byte 0: a body cut before its first
+// byte), with If-Range: validator when that is set.
+func (c *Cache) get(ctx context.Context, src source, offset int64, ranged bool, validator string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if offset > 0 {
+	if ranged {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 		if validator != "" {
 			req.Header.Set("If-Range", validator)
