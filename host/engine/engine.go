@@ -258,6 +258,13 @@ func (s *Scheduler) Infer(ctx context.Context, req Request) ([]*tensor.Tensor, e
 		outs, err := r.outs, r.err
 		s.recycle(r)
 		if err != nil {
+			// A run that failed as its context ended (the model stopped
+			// on it) is a cancellation, as for an inline run: which of
+			// the two Infer saw first is chance.
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				s.stats.cancelled.Add(1)
+				return nil, fmt.Errorf("engine %s: %w", s.name, ctxErr)
+			}
 			s.stats.failures.Add(1)
 		}
 		return outs, err
