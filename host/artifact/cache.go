@@ -64,6 +64,15 @@ func WithResumeBackoff(d time.Duration) Option {
 	return func(c *Cache) { c.backoff = d }
 }
 
+// WithStallTimeout sets how long a download may go without a byte (the
+// response's headers, or more of its body) before the connection is
+// dropped and the download resumed (or started again, from a server
+// without ranges), as when the network cuts it. Default: 1 min. With
+// WithHTTPClient, the client's own transport times the headers.
+func WithStallTimeout(d time.Duration) Option {
+	return func(c *Cache) { c.stall = d }
+}
+
 // Cache is a content-addressed artifact store on disk with a size budget.
 // It is safe for concurrent use. See the package documentation for its
 // layout and eviction rules.
@@ -77,6 +86,8 @@ type Cache struct {
 	ownClient bool
 	// backoff is the wait before the first resume of a download.
 	backoff time.Duration
+	// stall is how long a response may send nothing (WithStallTimeout).
+	stall time.Duration
 
 	// lock holds dir's lock file (see lockDir) until Close.
 	lock *os.File
@@ -129,6 +140,7 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 		budget:  budget,
 		log:     log.With("dir", dir), // the caller names the component
 		backoff: resumeBackoff,
+		stall:   stallTimeout,
 		entries: make(map[string]*entry),
 		refs:    make(map[string]int),
 		flights: make(map[string]*flight),
@@ -138,7 +150,9 @@ func New(dir string, budget int64, log *slog.Logger, opts ...Option) (*Cache, er
 		o(c)
 	}
 	if c.client == nil {
-		c.client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.ResponseHeaderTimeout = c.stall // a request that is never answered is made again
+		c.client = &http.Client{Transport: tr}
 		c.ownClient = true
 	}
 	lock, err := lockDir(dir)

@@ -846,6 +846,9 @@ const partSuffix = ".part"
 const (
 	maxResumes    = 8
 	resumeBackoff = 100 * time.Millisecond
+	// stallTimeout is how long a response may send nothing before its
+	// connection is dropped (WithStallTimeout).
+	stallTimeout = time.Minute
 )
 
 // resumeInfo is what the first HTTP response said about resuming: whether
@@ -974,6 +977,9 @@ func (c *Cache) do(req *http.Request) (*http.Response, error) {
 			err = ue.Err
 		}
 		return nil, fmt.Errorf("%w: %w", ErrFetch, serverError{err})
+	}
+	if c.stall > 0 {
+		resp.Body = newStallReader(resp.Body, c.stall)
 	}
 	return resp, nil
 }
