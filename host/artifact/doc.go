@@ -13,7 +13,8 @@
 //
 // # Restarts
 //
-// A download whose body breaks off (a dropped connection, a reset) is resumed
+// A download whose body breaks off (a dropped connection, a reset, or a
+// minute without a byte: WithStallTimeout) is resumed
 // where it stopped with a range request, when the server said it serves
 // ranges (Accept-Ranges: bytes), up to 8 times with a backoff from 100 ms
 // (WithResumeBackoff) doubling to 2 s; a resume request that fails on the

@@ -4,8 +4,8 @@ package engine
 
 import (
 	"errors"
-	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +26,8 @@ func newWaker() waker {
 		return newGoWaker()
 	}
 	w := &fdWaker{fd: fd, f: os.NewFile(uintptr(fd), "timerfd"), c: make(chan struct{}, 1), exited: make(chan struct{})}
+	w.timer = time.AfterFunc(time.Hour, w.signal)
+	w.timer.Stop()
 	go w.loop()
 	return w
 }
@@ -37,6 +39,10 @@ type fdWaker struct {
 	f      *os.File
 	c      chan struct{}
 	exited chan struct{}
+	// broken: reading the timerfd failed (the runtime's poller could not
+	// take it, say): Reset falls back to timer, a Go timer.
+	broken atomic.Bool
+	timer  *time.Timer
 }
 
 func (w *fdWaker) C() <-chan struct{} { return w.c }
@@ -45,6 +51,10 @@ func (w *fdWaker) C() <-chan struct{} { return w.c }
 // signal of the previous arming not yet received may still come: the
 // batcher treats a wake-up as "look again", so an early one costs a check.
 func (w *fdWaker) Reset(d time.Duration) {
+	if w.broken.Load() {
+		w.timer.Reset(d)
+		return
+	}
 	if d <= 0 {
 		d = 1 // a zero it_value would disarm the timer
 	}
@@ -52,15 +62,21 @@ func (w *fdWaker) Reset(d time.Duration) {
 	if err := unix.TimerfdSettime(w.fd, 0, &spec, nil); err != nil {
 		// Not expected once created (EINVAL is ruled out above); the
 		// batcher must still wake, so fire now: it looks again and re-arms.
-		select {
-		case w.c <- struct{}{}:
-		default:
-		}
+		w.signal()
 	}
 }
 
 func (w *fdWaker) Stop() {
+	w.timer.Stop()
 	_ = unix.TimerfdSettime(w.fd, 0, &unix.ItimerSpec{}, nil)
+}
+
+// signal sends one wake-up, unless one is pending already.
+func (w *fdWaker) signal() {
+	select {
+	case w.c <- struct{}{}:
+	default:
+	}
 }
 
 // Close stops the goroutine and waits for it; the timerfd is closed.
@@ -76,15 +92,14 @@ func (w *fdWaker) loop() {
 	for {
 		if _, err := w.f.Read(buf[:]); err != nil {
 			if !errors.Is(err, os.ErrClosed) {
-				// Cannot happen on a timerfd short of a kernel bug; the
-				// batcher would no longer wake on time, so say so loudly.
-				panic(fmt.Sprintf("engine: reading timerfd: %v", err))
+				// The poller could not take the timerfd (an epoll limit):
+				// Go timers from now on, and a wake-up now, so that the
+				// batcher looks again and re-arms through them.
+				w.broken.Store(true)
+				w.signal()
 			}
 			return
 		}
-		select {
-		case w.c <- struct{}{}:
-		default: // one pending signal is enough
-		}
+		w.signal()
 	}
 }
