@@ -461,13 +461,13 @@ func (s *Scheduler) solo(r *request) {
 		s.release()
 		return
 	}
-	start := time.Now()
-	s.stats.queueNs.Add(int64(start.Sub(r.enqueued)))
 	if s.runCtx.Err() != nil {
 		s.release()
 		deliver(r, nil, s.closedErr())
 		return
 	}
+	start := time.Now()
+	s.stats.queueNs.Add(int64(start.Sub(r.enqueued))) // only requests that run count
 	outs, err := s.infer(r.ctx, r.inputs, r.outputs)
 	s.release()
 	s.stats.record(1, time.Since(start))
