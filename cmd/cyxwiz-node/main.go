@@ -193,8 +193,9 @@ var errStartup = errors.New("start-up failed")
 
 // modelWarnings lists the [[models]] that are valid but will not serve on
 // this node as it is: a format this build cannot load here, a model file
-// that is not there. serve starts without them (each deployment fails with
-// its reason), so check-config says so without failing.
+// that is not there or that this user cannot read. serve starts without
+// them (each deployment fails with its reason), so check-config says so
+// without failing.
 func modelWarnings(cfg *config.Config, reg *loaders.Registry) []string {
 	var out []string
 	for i, m := range cfg.Models {
@@ -205,6 +206,12 @@ func modelWarnings(cfg *config.Config, reg *loaders.Registry) []string {
 			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %v", i, m.Name, err))
 		} else if !fi.Mode().IsRegular() {
 			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %s is not a regular file", i, m.Name, m.Path))
+		} else if f, err := os.Open(m.Path); err != nil {
+			// One the node's user cannot read (check-config run as that
+			// user, as serve is): the load fails with EACCES.
+			out = append(out, fmt.Sprintf("models[%d] (%s): will fail to load here: %v", i, m.Name, err))
+		} else {
+			f.Close()
 		}
 		if limit := cfg.Limits.MaxDeployments; limit > 0 && i >= limit {
 			// serve refuses it at admission: it is listed Failed.

@@ -35,6 +35,11 @@ func nodeID(configured, stateDir string) (string, error) {
 	}
 	defer unlock()
 	removeStaleTemps(stateDir)
+	// Anything but a file (a FIFO, a link to a device) is refused before
+	// it is read: reading it could block or never end.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("node id: %s is not a regular file (%v): fix or delete it", path, fi.Mode().Type())
+	}
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil && len(strings.TrimSpace(string(b))) > 0:

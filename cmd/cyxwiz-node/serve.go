@@ -162,9 +162,27 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if latency != nil {
 		g.Go(func() error { return latency.Run(gctx) })
 	}
-	err = g.Wait()
+	served := make(chan error, 1)
+	go func() { served <- g.Wait() }() // left to end on its own if given up on below
+	var stopAt time.Time
+	select {
+	case err = <-served:
+		stopAt = <-stopping
+	case stopAt = <-stopping:
+		// The servers drain for shutdown_timeout, then cancel what is left
+		// and give it serverGrace. A stop that takes longer is not waited
+		// for: gRPC's Stop waits for connections still in their handshake,
+		// and one that never sent a byte held the exit for two minutes.
+		wait := time.NewTimer(time.Until(stopAt.Add(cfg.Limits.ShutdownTimeout.D() + serverGrace)))
+		defer wait.Stop()
+		select {
+		case err = <-served:
+		case <-wait.C:
+			log.Warn("the gRPC and HTTP servers did not stop in time; exiting without them")
+		}
+	}
 
-	deadline := (<-stopping).Add(cfg.Limits.ShutdownTimeout.D())
+	deadline := stopAt.Add(cfg.Limits.ShutdownTimeout.D())
 	if least := time.Now().Add(closeGrace); deadline.Before(least) {
 		deadline = least // the calls' drain took it all: close what is idle
 	}
@@ -180,6 +198,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // calls' drain has used the whole shutdown_timeout: enough for those with
 // nothing running (without it, the node reported giving up on every one).
 const closeGrace = 200 * time.Millisecond
+
+// serverGrace is how long past shutdown_timeout the node waits for its
+// servers to stop: server.Run gives calls that ignore their cancellation a
+// second.
+const serverGrace = time.Second + 100*time.Millisecond
 
 // deployStatic assigns the operator's [[models]]; they load in the
 // background like any deployment. A model that fails is left Failed with its
