@@ -164,6 +164,12 @@ func (l *Loader) Load(ctx context.Context, path string, opts loaders.Options) (l
 	if !fi.Mode().IsRegular() {
 		return nil, invalidModel(path, errors.New("not a regular file"))
 	}
+	// ONNX Runtime says "system error number 13" for a file it may not read.
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, invalidModel(path, err)
+	}
+	f.Close()
 	if err := checkProviders(opts.Providers); err != nil {
 		return nil, fmt.Errorf("onnx: load %s: %w", path, err)
 	}
