@@ -157,7 +157,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// whole timeout in turn took twice as long). gctx ends with the stop,
 	// at the latest when Wait returns.
 	stopping := make(chan time.Time, 1)
-	defer context.AfterFunc(gctx, func() { stopping <- time.Now() })()
+	defer context.AfterFunc(gctx, func() {
+		stopping <- time.Now()
+		// Requests waiting for company (a queue delay, a preferred batch
+		// size) run now: one waiting out a delay longer than the drain
+		// would fail unrun.
+		models.Flush()
+	})()
 	g.Go(func() error { return srv.Run(gctx) })
 	if latency != nil {
 		g.Go(func() error { return latency.Run(gctx) })

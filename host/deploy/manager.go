@@ -89,12 +89,14 @@ func (m *Manager) BatchingDefaults() engine.Config {
 // Manager holds every deployment of the node and drives their lives.
 type Manager struct {
 	// seq numbers every deployment change, node-wide (Status.Seq).
-	seq   atomic.Uint64
-	cfg   Config
-	reg   *loaders.Registry
-	cache *artifact.Cache // nil: only file:// URIs without digest work
-	store *store.Store    // nil: nothing survives a restart
-	log   *slog.Logger
+	seq atomic.Uint64
+	// flushed: Flush was called; schedulers made later are flushed too.
+	flushed atomic.Bool
+	cfg     Config
+	reg     *loaders.Registry
+	cache   *artifact.Cache // nil: only file:// URIs without digest work
+	store   *store.Store    // nil: nothing survives a restart
+	log     *slog.Logger
 
 	fetchSem chan struct{}
 	loadSem  chan struct{}
@@ -550,6 +552,9 @@ func (m *Manager) load(ctx context.Context, d *Deployment, paths map[string]stri
 		d.mu.Lock()
 		d.model, d.info, d.sched, d.charge = model, info, sched, charge
 		d.mu.Unlock()
+		if m.flushed.Load() { // after the store: Flush reads d.sched
+			sched.Flush()
+		}
 	}
 	m.mu.Unlock()
 	if err != nil {
@@ -1075,6 +1080,22 @@ func (m *Manager) restoreIdle(d *Deployment, state State, msg string) {
 	if state == Failed {
 		d.log.Error("deployment failed", "reason", msg)
 		m.changed(d)
+	}
+}
+
+// Flush makes every deployment run the requests it holds waiting for
+// company (a queue delay, a preferred batch size, a batch policy) as soon
+// as it can, and stop waiting from then on: the node is draining, and a
+// request that waits out a delay longer than the drain fails unrun.
+func (m *Manager) Flush() {
+	m.flushed.Store(true)
+	for _, d := range m.List() {
+		d.mu.RLock()
+		sched := d.sched
+		d.mu.RUnlock()
+		if sched != nil {
+			sched.Flush()
+		}
 	}
 }
 

@@ -78,7 +78,7 @@ func (s *Scheduler) batchLoop() {
 				// Instances idle besides the one in hand: a due batch is
 				// shared out among them rather than run on one.
 				idle := held + len(s.slots)
-				b := s.next(&pending, now, in == nil, idle)
+				b := s.next(&pending, now, in == nil || s.flushing.Load(), idle)
 				if b == nil {
 					break
 				}
@@ -137,6 +137,7 @@ func (s *Scheduler) batchLoop() {
 			held++
 		case <-timerC:
 			armed = time.Time{}
+		case <-s.flushCh: // look again: every batch is due
 		case <-s.runCtx.Done():
 			s.abort(pending)
 			close(s.workCh)

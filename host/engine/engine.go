@@ -130,6 +130,11 @@ type Scheduler struct {
 
 	queued atomic.Int64 // accepted and not yet handed to a worker
 
+	// flushing: Flush was called; batches wait for no delay or policy.
+	// flushCh wakes the batcher to look again.
+	flushing atomic.Bool
+	flushCh  chan struct{}
+
 	runCtx  context.Context // cancelled when Close gives up: fail what is queued
 	cancel  context.CancelFunc
 	live    atomic.Int32  // goroutines still running
@@ -180,6 +185,7 @@ func New(name string, m Model, cfg Config, log *slog.Logger) (*Scheduler, error)
 		}
 	}
 	s.runCtx, s.cancel = context.WithCancel(context.Background())
+	s.flushCh = make(chan struct{}, 1)
 	s.slots = make(chan struct{}, cfg.Instances)
 	for range cfg.Instances {
 		s.slots <- struct{}{}
@@ -462,6 +468,20 @@ func (s *Scheduler) Close(ctx context.Context) error {
 			}
 		}
 		return fmt.Errorf("engine %s: close: %w", s.name, ctx.Err())
+	}
+}
+
+// Flush makes the batches waiting for company (a max_queue_delay, a
+// preferred size, a batch policy) run as soon as an instance is free, and
+// later ones too: the node is draining, and a request waiting out a delay
+// longer than the drain would fail unrun. Requests are still taken.
+func (s *Scheduler) Flush() {
+	if s.flushing.Swap(true) {
+		return
+	}
+	select {
+	case s.flushCh <- struct{}{}:
+	default:
 	}
 }
 
