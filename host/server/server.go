@@ -44,6 +44,21 @@ const (
 	bufferSize     = 256 << 10
 )
 
+// maxHeaderListSize bounds the header list of a call (HTTP/2
+// SETTINGS_MAX_HEADER_LIST_SIZE, counted as HPACK does: name, value and 32
+// bytes a field).
+const maxHeaderListSize = 16 << 10
+
+// Keepalive and handshake timing (variables for tests): a connection the
+// server has read nothing from for keepaliveTime is pinged, and closed when
+// the ping is not answered within keepaliveTimeout; one that has not sent
+// the HTTP/2 preface within handshakeTimeout is closed.
+var (
+	keepaliveTime    = time.Minute
+	keepaliveTimeout = 20 * time.Second
+	handshakeTimeout = 10 * time.Second
+)
+
 // Version is the node's version, set by the linker in release builds.
 var Version = "0.1.0-dev"
 
@@ -119,6 +134,24 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		grpc.ReadBufferSize(bufferSize),
 		grpc.WriteBufferSize(bufferSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// The server pings a connection it has heard nothing from and
+		// closes it when the ping goes unanswered, cancelling its calls:
+		// with gRPC's default (a ping after 2 h) a client behind a NAT
+		// that dropped the connection, or one that stopped reading, held
+		// its calls, their queue slots and the connection for hours.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		// A connection that has not sent the HTTP/2 preface within this
+		// is closed (gRPC's default is 120 s, a file descriptor and a
+		// goroutine each for anyone who opens connections and says
+		// nothing).
+		grpc.ConnectionTimeout(handshakeTimeout),
+		// The metadata of a call is held as long as the call: under
+		// gRPC's default (16 MiB a call) a client referencing one
+		// 4 KiB "-bin" header thousands of times from the HPACK table
+		// made each call of a connection hold ~11 MiB of decoded values
+		// for 4 KiB sent, and a stalled call held them for good: 1 MiB
+		// sent pinned GiBs. 16 KiB is gRPC core's hard limit.
+		grpc.MaxHeaderListSize(maxHeaderListSize),
 		// Streams buffer up to a window each before their handler reads
 		// them: unbounded, one connection could make the node hold
 		// windowSize times any number of streams. Clients queue the rest.
@@ -185,8 +218,12 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 			mux.Handle(path, h)
 		}
 		// Idle keep-alive connections are closed: a client leaving
-		// thousands open held the node's file descriptors for good.
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: httpIdleTimeout, WriteTimeout: 10 * time.Second}
+		// thousands open held the node's file descriptors for good. A
+		// request's body gets httpReadTimeout too: net/http reads a small
+		// body the handler left unread before it answers, and a client
+		// that declared one and sent none held its connection (and every
+		// drain, for the whole shutdown timeout) for good.
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: httpReadTimeout, IdleTimeout: httpIdleTimeout, WriteTimeout: 10 * time.Second}
 	}
 	return s, nil
 }
@@ -194,6 +231,10 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 // httpIdleTimeout is how long the HTTP listener keeps an idle keep-alive
 // connection (a variable for tests).
 var httpIdleTimeout = time.Minute
+
+// httpReadTimeout bounds the reading of a whole HTTP request, body
+// included (a variable for tests).
+var httpReadTimeout = 10 * time.Second
 
 // GRPCAddr is the address the gRPC server listens on (useful with port 0).
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
