@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
@@ -31,6 +33,7 @@ import (
 
 // HTTP/2 frame types and flags the raw client uses.
 const (
+	h2Data     = 0x0
 	h2Headers  = 0x1
 	h2RST      = 0x3
 	h2Settings = 0x4
@@ -418,4 +421,90 @@ func TestHTTPBodyNeverSent(t *testing.T) {
 	if _, err := r.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the answer: read %v, want EOF (closed by the server)", err)
 	}
+}
+
+// A call whose request never arrives whole (half a message, then nothing,
+// on a live connection) ends after receiveTimeout and lets go of
+// what came: the server held it for good, uncounted by max_inflight_bytes.
+// A call whose handler runs longer than that is not cut.
+func TestHalfSentRequestDropped(t *testing.T) {
+	defer func(d time.Duration) { receiveTimeout = d }(receiveTimeout)
+	receiveTimeout = 300 * time.Millisecond
+	srv, _, _ := startServer(t, testConfig(t), Services{})
+	c := dialRawH2(t, srv.GRPCAddr().String())
+	c.frame(t, h2Headers, h2EndHeaders, 1, grpcHeaders("/inference.GRPCInferenceService/ModelInfer"))
+	msg := make([]byte, 5+8<<10) // a gRPC message of 1 MiB, 8 KiB of it sent
+	binary.BigEndian.PutUint32(msg[1:5], 1<<20)
+	c.frame(t, h2Data, 0, 1, msg)
+	c.sync(t)
+	deadline := time.After(20 * time.Second)
+	for c.resets.Load() == 0 {
+		select {
+		case <-deadline:
+			t.Fatal("the half-sent call is still open")
+		case <-c.done:
+			t.Fatalf("connection closed (GOAWAY %q) instead of the call", c.goAway.Load())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// A call whose handler runs past receiveTimeout is not cut.
+	m := &heldModel{entered: make(chan struct{}), cancelled: make(chan struct{})}
+	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(heldLoader{m}), nil, nil, quietLog())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		models.Close(ctx)
+	})
+	spec := deploy.Spec{Name: "held", Format: "held", Model: artifact.Artifact{URI: "file:///mem"},
+		Batching: engine.Config{MaxBatchSize: 1, Instances: 1, QueueCapacity: 4}}
+	if _, err := models.Assign("held", spec, deploy.OwnerOperator); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	if st, err := models.WaitFor(wctx, "held", deploy.Settled); err != nil || !st.State.Serving() {
+		t.Fatalf("deploy: %v %v", err, st.State)
+	}
+	_, conn2, _ := startServer(t, testConfig(t), Services{Inference: NewInference(models)})
+	ctx, cancel := context.WithCancel(context.Background())
+	called := make(chan error, 1)
+	go func() {
+		_, err := inference.NewGRPCInferenceServiceClient(conn2).ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "held",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 2}}},
+			RawInputContents: [][]byte{f32raw(1, 2)}})
+		called <- err
+	}()
+	select {
+	case <-m.entered:
+	case err := <-called:
+		t.Fatalf("call ended before its model ran: %v", err)
+	}
+	select {
+	case <-m.cancelled:
+		t.Fatal("a running call was cancelled by the receive timeout")
+	case <-time.After(3 * receiveTimeout):
+	}
+	cancel()
+	if err := <-called; status.Code(err) != codes.Canceled {
+		t.Fatalf("the call: %v, want CANCELLED by its client", err)
+	}
+	// Nor a stream that lasts (its handler reads its own messages).
+	wctx2, wcancel2 := context.WithCancel(context.Background())
+	defer wcancel2()
+	w, err := healthpb.NewHealthClient(conn2).Watch(wctx2, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() { _, err := w.Recv(); ended <- err }()
+	select {
+	case err := <-ended:
+		t.Fatalf("a watch ended (%v) by the receive timeout", err)
+	case <-time.After(3 * receiveTimeout):
+	}
+	wcancel2()
+	<-ended
 }

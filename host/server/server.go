@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/cyxwiz/cyxwiz-node/host/config"
 	cyxwizpb "github.com/cyxwiz/cyxwiz-node/proto/cyxwiz/protocol"
@@ -57,7 +58,37 @@ var (
 	keepaliveTime    = time.Minute
 	keepaliveTimeout = 20 * time.Second
 	handshakeTimeout = 10 * time.Second
+	// receiveTimeout bounds how long a unary call's request may take to
+	// arrive whole (see receiveDeadline).
+	receiveTimeout = 2 * time.Minute
 )
+
+// receiveTimer is the context key of a call's receive timer.
+type receiveTimer struct{}
+
+// receiveDeadline is the server's tap: each call's context is cancelled
+// if its handler has not started receiveTimeout after the call began. gRPC
+// reads a unary call's whole request before its handler runs, and holds
+// what came so far (up to listen.max_message_size, and uncounted by
+// limits.max_inflight_bytes): a client that sent half a request and then
+// nothing, answering pings, held it for good. The interceptors stop the
+// timer as the handler starts (a stream's handler reads its messages
+// itself, for as long as the stream lasts).
+func receiveDeadline(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(receiveTimeout, cancel)
+	// A call that ends before its handler (a malformed request, an
+	// unknown method) frees its timer as gRPC cancels its context.
+	context.AfterFunc(ctx, func() { t.Stop() })
+	return context.WithValue(ctx, receiveTimer{}, t), nil
+}
+
+// received stops ctx's receive timer: the call's handler has started.
+func received(ctx context.Context) {
+	if t, ok := ctx.Value(receiveTimer{}).(*time.Timer); ok {
+		t.Stop()
+	}
+}
 
 // Version is the node's version, set by the linker in release builds.
 var Version = "0.1.0-dev"
@@ -162,8 +193,15 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 		grpc.NumStreamWorkers(uint32(16 * runtime.GOMAXPROCS(0))),
 		experimental.BufferPool(buffers),
 		grpc.ForceServerCodecV2(newWireCodec(buffers)),
-		grpc.ChainUnaryInterceptor(unaryErrors(log)),
-		grpc.ChainStreamInterceptor(streamErrors(log)),
+		grpc.InTapHandle(receiveDeadline),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			received(ctx)
+			return h(ctx, req)
+		}, unaryErrors(log)),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			received(ss.Context())
+			return h(srv, ss)
+		}, streamErrors(log)),
 	}
 	if busy := svc.Busy; busy != nil {
 		opts = append(opts,
