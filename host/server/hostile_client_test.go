@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cyxwiz/cyxwiz-node/host/artifact"
+	"github.com/cyxwiz/cyxwiz-node/host/config"
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
 	"github.com/cyxwiz/cyxwiz-node/loaders"
@@ -507,4 +509,54 @@ func TestHalfSentRequestDropped(t *testing.T) {
 	}
 	wcancel2()
 	<-ended
+}
+
+// "0.0.0.0" is every IPv4 address, not every address: Go's "tcp" listener
+// for it took IPv6 connections too ([::1] answered), past a firewall
+// written for IPv4.
+func TestIPv4AnyIsIPv4Only(t *testing.T) {
+	cfg, err := config.Parse("[listen]\ngrpc = \"0.0.0.0:0\"\nhttp = \"0.0.0.0:0\"\n", t.TempDir(), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, _ := startServer(t, cfg, Services{})
+	for _, a := range []net.Addr{srv.GRPCAddr(), srv.HTTPAddr()} {
+		port := a.(*net.TCPAddr).Port
+		c, err := net.Dial("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatalf("IPv4 loopback: %v", err)
+		}
+		c.Close()
+		l6, err := net.Listen("tcp6", "[::1]:0")
+		if err != nil {
+			t.Skipf("no IPv6 loopback here, so no IPv6 connection to take: %v", err)
+		}
+		l6.Close()
+		if c, err := net.Dial("tcp6", net.JoinHostPort("::1", strconv.Itoa(port))); err == nil {
+			c.Close()
+			t.Errorf("listening on 0.0.0.0, the node took a connection on [::1]:%d", port)
+		}
+	}
+}
+
+// A connection to the HTTP listener that sends nothing does not hold the
+// stop: net/http's Shutdown waited 5 s for it.
+func TestSilentHTTPConnectionDoesNotHoldStop(t *testing.T) {
+	cfg, err := config.Parse("[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[limits]\nshutdown_timeout = \"30s\"\n", t.TempDir(), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _, stop := startServer(t, cfg, Services{})
+	c, err := net.Dial("tcp", srv.HTTPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("stop took %v with one silent HTTP connection and nothing in flight", d)
+	}
 }

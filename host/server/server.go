@@ -146,11 +146,11 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 	// Bind first: grpc.NewServer starts its stream workers at once, and only
 	// Stop ends them, so a failure after it would leave them running.
 	var err error
-	if s.grpcLis, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
+	if s.grpcLis, err = net.Listen(network(cfg.Listen.GRPC), cfg.Listen.GRPC); err != nil {
 		return nil, fmt.Errorf("listen grpc %s: %w", cfg.Listen.GRPC, err)
 	}
 	if cfg.Listen.HTTP != "" {
-		if s.httpLis, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+		if s.httpLis, err = net.Listen(network(cfg.Listen.HTTP), cfg.Listen.HTTP); err != nil {
 			s.grpcLis.Close()
 			return nil, fmt.Errorf("listen http %s: %w", cfg.Listen.HTTP, err)
 		}
@@ -270,9 +270,25 @@ func New(cfg *config.Config, svc Services, log *slog.Logger) (*Server, error) {
 // connection (a variable for tests).
 var httpIdleTimeout = time.Minute
 
+// httpDrain bounds the HTTP listener's drain.
+const httpDrain = 500 * time.Millisecond
+
 // httpReadTimeout bounds the reading of a whole HTTP request, body
 // included (a variable for tests).
 var httpReadTimeout = 10 * time.Second
+
+// network is the network to listen on addr: "tcp4" for an IPv4 address.
+// Go listens on "0.0.0.0" with an IPv6 socket that takes IPv4 too, so the
+// node answered on every IPv6 address as well, past a firewall written for
+// IPv4 only. "[::]" (and ":port") still mean both.
+func network(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.To4() != nil {
+			return "tcp4"
+		}
+	}
+	return "tcp"
+}
 
 // GRPCAddr is the address the gRPC server listens on (useful with port 0).
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
@@ -411,9 +427,13 @@ func (s *Server) stop() {
 		s.grpc.GracefulStop()
 	}()
 	if s.http != nil {
-		if err := s.http.Shutdown(deadline); err != nil {
+		// Its requests take microseconds; Shutdown waits up to 5 s for a
+		// connection that has sent nothing yet (net/http's rule).
+		hctx, hcancel := context.WithTimeout(deadline, httpDrain)
+		if err := s.http.Shutdown(hctx); err != nil {
 			s.http.Close()
 		}
+		hcancel()
 	}
 	select {
 	case <-done:
