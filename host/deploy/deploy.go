@@ -124,9 +124,9 @@ type Deployment struct {
 	spec  Spec
 	log   *slog.Logger
 
-	// run owns the goroutine driving the deployment; cancel stops it and
-	// done closes when it has returned.
-	cancel context.CancelFunc
+	// run owns the goroutine driving the deployment; cancel stops it (with
+	// a cause, or nil) and done closes when it has returned.
+	cancel context.CancelCauseFunc
 	done   chan struct{}
 
 	mu       sync.RWMutex
@@ -149,6 +149,10 @@ type Deployment struct {
 	// gives up at once.
 	swapCancel context.CancelFunc
 	stopping   int
+	// restarting: stopped to start again at once with a new spec (see
+	// AssignContext); its name, place and memory are kept for the next
+	// run. Guarded by the Manager's mu.
+	restarting bool
 
 	// notify persists and publishes a change; set by the Manager.
 	notify func(*Deployment)

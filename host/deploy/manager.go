@@ -189,10 +189,23 @@ func (m *Manager) AssignContext(ctx context.Context, id string, spec Spec, owner
 				// Not serving yet: there is nothing to swap live. Its run
 				// stops and the id starts again with the new guests (the
 				// model is the same artifact: cached, or its download
-				// resumed), as a stopped id takes a new spec.
+				// resumed), as a stopped id takes a new spec. Its model
+				// name, its place and its memory stay reserved for the new
+				// run: another deployment must not take them in between.
 				m.log.Info("guests changed while the deployment was starting: starting again with the new ones",
 					"deployment", id, "state", st.String())
-				m.stop(ctx, cur, 0, "stopped: its guests changed as it started; it starts again with the new ones")
+				m.mu.Lock()
+				cur.restarting = true
+				m.mu.Unlock()
+				m.stop(ctx, cur, 0, "stopped: its guests changed as it started; it starts again with the new ones", true)
+				defer func() { // the new run took them over, unless it failed to start
+					m.mu.Lock()
+					cur.restarting = false
+					if m.byName[cur.spec.Name] == cur {
+						delete(m.byName, cur.spec.Name)
+					}
+					m.mu.Unlock()
+				}()
 			}
 		}
 	}
@@ -260,7 +273,7 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 	if other, ok := m.byName[spec.Name]; ok && other.id != id {
 		return nil, nil, fmt.Errorf("%w: model name %q is served by deployment %q", ErrExists, spec.Name, other.id)
 	}
-	if err := m.admitLocked(spec); err != nil {
+	if err := m.admitLocked(id, spec); err != nil {
 		return nil, nil, err
 	}
 	now := time.Now()
@@ -293,15 +306,22 @@ func (m *Manager) newDeployment(id, owner string, spec Spec, now time.Time) *Dep
 	return d
 }
 
-// admitLocked checks the deployment count and memory budget.
-func (m *Manager) admitLocked(spec Spec) error {
+// admitLocked checks the deployment count and memory budget for spec
+// under id. A deployment of another id stopped to start again at once
+// (restarting) keeps its place and its declared memory.
+func (m *Manager) admitLocked(id string, spec Spec) error {
 	active := 0
+	var reserved int64
 	for _, d := range m.byID {
-		if d.State().Active() {
+		held := d.restarting && d.id != id
+		if d.State().Active() || held {
 			active++
 		}
+		if held {
+			reserved += max(estimate(d.spec)-d.charged(), 0)
+		}
 	}
-	used := m.chargedLocked(nil)
+	used := m.chargedLocked(nil) + reserved
 	if m.cfg.MaxDeployments > 0 && active >= m.cfg.MaxDeployments {
 		return fmt.Errorf("%w: %d of %d deployments in use (limits.max_deployments)", ErrNoCapacity, active, m.cfg.MaxDeployments)
 	}
@@ -356,7 +376,7 @@ func estimate(spec Spec) int64 {
 // (Pending) first. (Lock order: the watch broker's lock may be held while
 // taking m.mu, never the reverse; the goroutine publishes without m.mu.)
 func (m *Manager) startLocked(d *Deployment) {
-	ctx, cancel := context.WithCancel(m.ctx)
+	ctx, cancel := context.WithCancelCause(m.ctx)
 	d.cancel = cancel
 	d.charge = estimate(d.spec)
 	m.byID[d.id] = d
@@ -718,16 +738,29 @@ func (m *Manager) StopDrain(ctx context.Context, id string, drain time.Duration)
 	if st := d.State(); st == Stopped {
 		return d.Status(), nil
 	}
-	m.stop(ctx, d, drain, "stopped")
+	m.stop(ctx, d, drain, "stopped", false)
 	st := d.Status()
 	m.forgetOldFinished()
 	return st, nil
 }
 
+// errRestart ends a run whose id starts again at once (its guests changed
+// as it started). The artifact cache keeps a download that a run cut short
+// for it, as one cut short by the cache closing, for the next run to
+// resume: thrown away, a model half downloaded was fetched again from its
+// first byte.
+var errRestart = fmt.Errorf("the deployment starts again with a new spec: %w", artifact.ErrClosed)
+
 // stop cancels d's goroutine, drains and unloads it within drain (the
-// node's DrainTimeout when 0), and marks it Stopped with msg.
-func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration, msg string) {
-	d.cancel()
+// node's DrainTimeout when 0), and marks it Stopped with msg. With
+// restart, the id starts again at once: d keeps its model name reserved,
+// and a download it leaves is kept for the next run to resume.
+func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration, msg string, restart bool) {
+	var cause error
+	if restart {
+		cause = errRestart
+	}
+	d.cancel(cause)
 	<-d.done
 	// Read once the run has returned: a load failing as the stop came
 	// is Failed now, and goes on to Stopped (no state goes backwards).
@@ -741,7 +774,7 @@ func (m *Manager) stop(ctx context.Context, d *Deployment, drain time.Duration, 
 	defer cancel()
 	m.unload(d, dctx)
 	m.mu.Lock()
-	if m.byName[d.spec.Name] == d {
+	if m.byName[d.spec.Name] == d && !restart {
 		delete(m.byName, d.spec.Name)
 	}
 	m.mu.Unlock()
@@ -960,7 +993,7 @@ func (m *Manager) Restore() error {
 			continue
 		}
 		m.mu.Lock()
-		err := m.admitLocked(spec)
+		err := m.admitLocked(r.ID, spec)
 		if other, ok := m.byName[spec.Name]; ok {
 			err = fmt.Errorf("%w: model name %q is served by deployment %q", ErrExists, spec.Name, other.id)
 		}
@@ -1073,7 +1106,7 @@ func restoreRank(r store.Record) int {
 func (m *Manager) restoreIdle(d *Deployment, state State, msg string) {
 	d.state, d.message = state, msg
 	close(d.done)
-	d.cancel = func() {}
+	d.cancel = func(error) {}
 	m.mu.Lock()
 	m.byID[d.id] = d
 	m.mu.Unlock()
@@ -1115,10 +1148,12 @@ func (m *Manager) Close(ctx context.Context) error {
 			// A Stop of d still draining holds its id: it finishes first
 			// (Close waits for it within ctx, as for any model), rather
 			// than Close finding nothing left to unload and returning.
-			unlock, err := m.ops.lock(ctx, d.id)
-			if err != nil {
-				return // Close gives up on it, below
-			}
+			// Past ctx, this goroutine still waits for the id and unloads
+			// d (at once, closing its model when its requests return):
+			// one that gave up with the id (a guest swap that takes a
+			// while to notice the node closing) left d's model, guests
+			// and pins open for good.
+			unlock, _ := m.ops.lock(context.WithoutCancel(ctx), d.id) // cannot fail
 			defer unlock()
 			m.unload(d, ctx)
 		}()
@@ -1185,6 +1220,11 @@ func (l *idLocks) lock(ctx context.Context, id string) (unlock func(), err error
 	}
 	k.refs++
 	l.mu.Unlock()
+	select {
+	case k.held <- struct{}{}: // free: taken even if ctx has ended
+		return l.unlocker(id, k), nil
+	default:
+	}
 	select {
 	case k.held <- struct{}{}:
 		return l.unlocker(id, k), nil

@@ -34,7 +34,7 @@ func TestWatchSnapshotSeesConcurrentAssign(t *testing.T) {
 	// without starting its goroutine), release m.mu, publish (m.changed).
 	spec := Spec{Name: "d", Format: "onnx", Model: artifact.Artifact{URI: "file:///nonexistent.onnx"}}
 	d := m.newDeployment("d", OwnerCentral, spec, time.Now())
-	d.cancel = func() {}
+	d.cancel = func(error) {}
 	close(d.done)
 	m.mu.Lock()
 	m.byID[d.id] = d
