@@ -109,6 +109,10 @@ type Status struct {
 	Created  time.Time
 	Updated  time.Time
 	Info     loaders.Info // valid once loaded
+	// Batching is the batching the deployment runs with: its spec's, and
+	// for what a spec assigned over gRPC leaves at zero, node.toml's
+	// [inference.batching] (Spec keeps the zeros, as assigned).
+	Batching engine.Config
 	Stats    engine.Stats
 	// MemoryBytes is the memory the deployment is charged against the budget.
 	MemoryBytes int64
@@ -122,7 +126,9 @@ type Deployment struct {
 	id    string
 	owner string
 	spec  Spec
-	log   *slog.Logger
+	// batching is spec's batching with the node's defaults (Status.Batching).
+	batching engine.Config
+	log      *slog.Logger
 
 	// run owns the goroutine driving the deployment; cancel stops it (with
 	// a cause, or nil) and done closes when it has returned.
@@ -216,7 +222,7 @@ func (d *Deployment) Status() Status {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	st := Status{ID: d.id, Owner: d.owner, Spec: d.spec, State: d.state, Message: d.message, Progress: d.progress,
-		Created: d.created, Updated: d.updated, Info: d.servedInfo(), MemoryBytes: d.charge, Seq: d.seq}
+		Created: d.created, Updated: d.updated, Info: d.servedInfo(), MemoryBytes: d.charge, Seq: d.seq, Batching: d.batching}
 	if d.sched != nil {
 		st.Stats = d.sched.Stats()
 	}

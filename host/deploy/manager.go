@@ -79,6 +79,44 @@ func WithBatchingDefaults(b, def engine.Config) engine.Config {
 	return b
 }
 
+// batchingFor is the batching a deployment of owner with spec runs with:
+// the operator's [[models]] carry theirs whole (config filled them, an
+// explicit 0 included); a spec assigned over gRPC takes node.toml's
+// defaults for what it leaves at zero. The spec itself keeps its zeros,
+// so that the Central Server's unchanged assignment is the same spec after
+// node.toml's defaults change.
+func (m *Manager) batchingFor(owner string, spec Spec) engine.Config {
+	if owner == OwnerOperator {
+		return spec.Batching
+	}
+	return WithBatchingDefaults(spec.Batching, m.cfg.Batching)
+}
+
+// sameSpec reports whether a deployment's spec have and an assigned next
+// are the same assignment: equal, or equal once both take the node's
+// batching defaults (a deployment stored before specs kept their zeros
+// holds the defaults of its day, filled in).
+func (m *Manager) sameSpec(have, next Spec) bool {
+	if have.Equal(next) {
+		return true
+	}
+	have.Batching = WithBatchingDefaults(have.Batching, m.cfg.Batching)
+	next.Batching = WithBatchingDefaults(next.Batching, m.cfg.Batching)
+	return have.Equal(next)
+}
+
+// withDefaults is spec with the node's batching defaults filled in.
+func (m *Manager) withDefaults(spec Spec) Spec {
+	spec.Batching = WithBatchingDefaults(spec.Batching, m.cfg.Batching)
+	return spec
+}
+
+// withDefaultsFor is spec with the batching a deployment of owner runs with.
+func (m *Manager) withDefaultsFor(owner string, spec Spec) Spec {
+	spec.Batching = m.batchingFor(owner, spec)
+	return spec
+}
+
 // BatchingDefaults is Config.Batching.
 func (m *Manager) BatchingDefaults() engine.Config {
 	d := m.cfg.Batching
@@ -169,7 +207,7 @@ func (m *Manager) AssignContext(ctx context.Context, id string, spec Spec, owner
 		return Status{}, fmt.Errorf("%w: deployment_id is empty", ErrInvalidSpec)
 	}
 	spec = spec.normal()
-	if err := spec.validate(m.reg.Known, m.cfg); err != nil {
+	if err := m.withDefaultsFor(owner, spec).validate(m.reg.Known, m.cfg); err != nil {
 		return Status{}, err
 	}
 	unlock, err := m.ops.lock(ctx, id)
@@ -181,7 +219,7 @@ func (m *Manager) AssignContext(ctx context.Context, id string, spec Spec, owner
 	cur, ok := m.byID[id]
 	m.mu.Unlock()
 	if ok && cur.owner == owner { // another owner's deployment is not theirs to change
-		if have := cur.Status().Spec; !have.Equal(spec) && swappable(have, spec) {
+		if have := cur.Status().Spec; !m.sameSpec(have, spec) && swappable(m.withDefaults(have), m.withDefaults(spec)) {
 			switch st := cur.State(); {
 			case st.Serving():
 				return m.swapGuests(ctx, cur, spec)
@@ -252,7 +290,7 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 	}
 	if d, ok := m.byID[id]; ok {
 		if st := d.State(); st.Active() {
-			if have := d.Status().Spec; !have.Equal(spec) {
+			if have := d.Status().Spec; !m.sameSpec(have, spec) {
 				return nil, nil, fmt.Errorf("%w: deployment %q is %v with a different spec (stop it first, or use another id)", ErrExists, id, st)
 			}
 			return d, nil, nil
@@ -261,7 +299,7 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 		// again) once its last run has returned, unless it is another
 		// owner's: a node.toml model's id stays the operator's, even for
 		// its own spec (taken over, it was the Central Server's to stop).
-		if d.owner != owner && (d.owner == OwnerOperator || !d.Status().Spec.Equal(spec)) {
+		if d.owner != owner && (d.owner == OwnerOperator || !m.sameSpec(d.Status().Spec, spec)) {
 			return nil, nil, fmt.Errorf("%w: deployment %q belongs to the %s (stopped or failed): use another id", ErrExists, id, d.owner)
 		}
 		select {
@@ -297,7 +335,7 @@ func (m *Manager) assignLocked(id string, spec Spec, owner string) (*Deployment,
 }
 
 func (m *Manager) newDeployment(id, owner string, spec Spec, now time.Time) *Deployment {
-	d := &Deployment{id: id, owner: owner, spec: spec, state: Pending, message: "accepted",
+	d := &Deployment{id: id, owner: owner, spec: spec, batching: m.batchingFor(owner, spec), state: Pending, message: "accepted",
 		created: now, updated: now, done: make(chan struct{}),
 		log: m.log.With("deployment", id, "model", spec.Name)}
 	d.notify = m.changed
@@ -541,7 +579,8 @@ func (m *Manager) load(ctx context.Context, d *Deployment, paths map[string]stri
 		return err
 	}
 	info := model.Info()
-	cfg := d.spec.Batching
+	cfg := d.batching
+	cfg.PreferredBatchSizes = slices.Clone(cfg.PreferredBatchSizes)
 	if cfg.MaxBatchSize > 1 && !batchable(info) {
 		d.log.Info("model has no dynamic leading dimension on every tensor: batching off")
 		cfg.MaxBatchSize, cfg.PreferredBatchSizes = 0, nil

@@ -86,7 +86,8 @@ func (s *Deployments) AssignDeployment(ctx context.Context, req *cyxwizpb.Assign
 	if err := checkFileDigests(spec); err != nil {
 		return nil, err
 	}
-	spec.Batching = deploy.WithBatchingDefaults(spec.Batching, s.m.BatchingDefaults())
+	// Batching left at zero takes node.toml's defaults in the node
+	// (deploy.Status.Batching); the spec keeps the zeros as assigned.
 	st, err := s.m.AssignContext(ctx, req.DeploymentId, spec, deploy.OwnerCentral)
 	if err != nil {
 		// A guest swap starts the new guests while the caller waits: one
