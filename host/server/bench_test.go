@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
@@ -392,16 +393,44 @@ func (preEncoded) Unmarshal(data mem.BufferSlice, v any) error {
 // cross the transport; only the calls are timed.
 func idleLoop(d, gap time.Duration, f func()) []time.Duration {
 	var out []time.Duration
+	var sleep func(time.Duration)
+	if gap > 0 {
+		var done func()
+		sleep, done = preciseSleeper()
+		defer done()
+	}
 	end := time.Now().Add(d)
 	for time.Now().Before(end) {
 		s := time.Now()
 		f()
 		out = append(out, time.Since(s))
 		if gap > 0 {
-			time.Sleep(gap)
+			sleep(gap)
 		}
 	}
 	return out
+}
+
+// preciseSleeper returns a sleep that parks the goroutine in the runtime's
+// poller on a timerfd, as a served model's goroutine waits for the network,
+// for d to the microsecond: time.Sleep on an otherwise idle process sleeps
+// whole milliseconds (epoll_wait's timeout), so A' measured runs after
+// 1.1 ms asleep, not after the floor.
+func preciseSleeper() (sleep func(time.Duration), done func()) {
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	if err != nil {
+		return time.Sleep, func() {}
+	}
+	f := os.NewFile(uintptr(fd), "timerfd")
+	var buf [8]byte
+	return func(d time.Duration) {
+		spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(max(d, 1)))}
+		if unix.TimerfdSettime(fd, 0, &spec, nil) != nil {
+			time.Sleep(d)
+			return
+		}
+		f.Read(buf[:])
+	}, func() { f.Close() }
 }
 
 // processCPU is the user and system time this process has used.
