@@ -334,19 +334,9 @@ func (m *heldModel) Close() error { return nil }
 
 type heldLoader struct{ m *heldModel }
 
-func (heldLoader) Format() string   { return "held" }
-func (heldLoader) Available() error { return nil }
-func (l heldLoader) Load(context.Context, string, loaders.Options) (loaders.Model, error) {
-	return l.m, nil
-}
-
-// A ModelInfer whose client vanished (the connection black-holed: no FIN,
-// no RST) is cancelled, its model run with it, once the server's keepalive
-// ping goes unanswered; with gRPC's default the first ping came after 2 h,
-// and the call, its run and the connection were held until then.
-func TestDeadPeerCallCancelled(t *testing.T) {
-	defer func(t, to time.Duration) { keepaliveTime, keepaliveTimeout = t, to }(keepaliveTime, keepaliveTimeout)
-	keepaliveTime, keepaliveTimeout = 200*time.Millisecond, 200*time.Millisecond
+// heldDeployment serves a heldModel as the deployment "held".
+func heldDeployment(t *testing.T) (*heldModel, *deploy.Manager) {
+	t.Helper()
 	m := &heldModel{entered: make(chan struct{}), cancelled: make(chan struct{})}
 	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(heldLoader{m}), nil, nil, quietLog())
 	t.Cleanup(func() {
@@ -364,6 +354,23 @@ func TestDeadPeerCallCancelled(t *testing.T) {
 	if st, err := models.WaitFor(wctx, "held", deploy.Settled); err != nil || !st.State.Serving() {
 		t.Fatalf("deploy: %v %v", err, st.State)
 	}
+	return m, models
+}
+
+func (heldLoader) Format() string   { return "held" }
+func (heldLoader) Available() error { return nil }
+func (l heldLoader) Load(context.Context, string, loaders.Options) (loaders.Model, error) {
+	return l.m, nil
+}
+
+// A ModelInfer whose client vanished (the connection black-holed: no FIN,
+// no RST) is cancelled, its model run with it, once the server's keepalive
+// ping goes unanswered; with gRPC's default the first ping came after 2 h,
+// and the call, its run and the connection were held until then.
+func TestDeadPeerCallCancelled(t *testing.T) {
+	defer func(t, to time.Duration) { keepaliveTime, keepaliveTimeout = t, to }(keepaliveTime, keepaliveTimeout)
+	keepaliveTime, keepaliveTimeout = 200*time.Millisecond, 200*time.Millisecond
+	m, models := heldDeployment(t)
 	srv, _, _ := startServer(t, testConfig(t), Services{Inference: NewInference(models)})
 	proxy := newBlackHole(t, srv.GRPCAddr().String())
 	conn, err := grpc.NewClient(proxy.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -450,23 +457,7 @@ func TestHalfSentRequestDropped(t *testing.T) {
 		}
 	}
 	// A call whose handler runs past receiveTimeout is not cut.
-	m := &heldModel{entered: make(chan struct{}), cancelled: make(chan struct{})}
-	models := deploy.NewManager(deploy.Config{}, loaders.NewRegistry(heldLoader{m}), nil, nil, quietLog())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		models.Close(ctx)
-	})
-	spec := deploy.Spec{Name: "held", Format: "held", Model: artifact.Artifact{URI: "file:///mem"},
-		Batching: engine.Config{MaxBatchSize: 1, Instances: 1, QueueCapacity: 4}}
-	if _, err := models.Assign("held", spec, deploy.OwnerOperator); err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer wcancel()
-	if st, err := models.WaitFor(wctx, "held", deploy.Settled); err != nil || !st.State.Serving() {
-		t.Fatalf("deploy: %v %v", err, st.State)
-	}
+	m, models := heldDeployment(t)
 	_, conn2, _ := startServer(t, testConfig(t), Services{Inference: NewInference(models)})
 	ctx, cancel := context.WithCancel(context.Background())
 	called := make(chan error, 1)
