@@ -22,8 +22,10 @@
 // server cannot satisfy (416) or refuses (403, 404) ends the download. No body is read past the
 // length its server announced (Content-Length, or a 206's Content-Range).
 // The request carries If-Range with the first response's strong ETag or Last-Modified,
-// so a file that changed in between ends the download (the server sends it
-// whole, which is refused) instead of mixing two versions.
+// so a file that changed in between is never mixed with what came before:
+// the server sends it whole, and the download starts again from the start
+// (as it does when a load balancer's backends give the same file other
+// ETags, or a proxy drops the Range), up to 8 times; the digest decides.
 //
 // A download that fails or is cancelled is deleted. One cut short by Close
 // (the node stopping), a crash or a kill stays in tmp/: New keeps every

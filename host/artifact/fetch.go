@@ -580,6 +580,9 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 			break // every byte came before the cut: the digest decides
 		}
 		next, err := c.reopen(ctx, f, src, ri, n, total, &resumes, err)
+		if errors.Is(err, errWholeFile) {
+			return c.restart(ctx, f, d, a, src, body, tmp, fmt.Errorf("%w: resume at byte %d of %d: %w", ErrFetch, n, total, err), &again)
+		}
 		if err != nil {
 			return 0, err
 		}
@@ -874,6 +877,12 @@ func resumeInfoOf(resp *http.Response) resumeInfo {
 // range asked for; resuming cannot work.
 var errRangeRefused = errors.New("range request refused")
 
+// errWholeFile is a resume answered with the whole file (HTTP 200): the
+// validator did not match (the file changed, or a load balancer's
+// backends give the same file other ETags), or a proxy dropped the Range.
+// The download starts again from the start; the digest decides.
+var errWholeFile = errors.New("the server sent the whole file (HTTP 200)")
+
 // reopen resumes a download cut off at offset by cut, retrying a resume
 // request that fails on the way (a refused connection, a 503) until the
 // download has used maxResumes. A server that refuses the range, or the
@@ -926,7 +935,7 @@ func (c *Cache) resume(ctx context.Context, src source, ri resumeInfo, offset, t
 		resp.Body.Close()
 		switch resp.StatusCode {
 		case http.StatusOK:
-			return nil, fmt.Errorf("%w: the server sent the whole file (HTTP 200): it changed, or ranges are not served", errRangeRefused)
+			return nil, fmt.Errorf("%w: %w: it changed, or ranges are not served here", errRangeRefused, errWholeFile)
 		case http.StatusRequestedRangeNotSatisfiable:
 			// The file is not as long as the first response said (it
 			// shrank, or that length was false): asking again cannot help.

@@ -3,6 +3,7 @@ package artifact_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -69,5 +70,41 @@ func TestFetchStalledServerResumes(t *testing.T) {
 				t.Errorf("second request's Range %q, want %q", got, tc.wantRange)
 			}
 		})
+	}
+}
+
+// Behind a load balancer whose backends give the same file other ETags (or
+// a proxy that drops Range), a resume comes back whole (HTTP 200): the
+// download starts again from the start and succeeds. It failed with "range
+// request refused" after one dropped connection.
+func TestFetchResumeAnsweredWholeStartsOver(t *testing.T) {
+	content := blob(t, 64<<10)
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := hits.Add(1)
+		w.Header().Set("ETag", fmt.Sprintf(`"backend-%d"`, n))
+		if n == 1 {
+			w.Header().Set("Accept-Ranges", "bytes")
+			w.Header().Set("Content-Length", strconv.Itoa(len(content)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(content[:1000])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // cut
+		}
+		http.ServeContent(w, r, "model", time.Time{}, bytes.NewReader(content)) // If-Range "backend-1" does not match: 200
+	}))
+	t.Cleanup(srv.Close)
+	c := newCache(t, t.TempDir(), 0, artifact.WithResumeBackoff(time.Millisecond))
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	path, err := c.Fetch(ctx, artifact.Artifact{URI: srv.URL + "/m", SHA256: digest(content)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+		t.Fatal("cached file differs from the served one")
+	}
+	if n := hits.Load(); n != 3 {
+		t.Errorf("%d requests, want 3 (the cut one, the resume answered whole, a new download)", n)
 	}
 }
