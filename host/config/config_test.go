@@ -31,7 +31,7 @@ func TestRepoNodeTOMLIsValid(t *testing.T) {
 		t.Errorf("model path not resolved: %q", cfg.Models[0].Path)
 	}
 	b := cfg.BatchingFor(cfg.Models[0])
-	if b.MaxBatchSize != 8 || b.QueueCapacity != 256 || b.MaxQueueDelayUS != 200 {
+	if b.MaxBatchSize != 8 || b.QueueCapacity != 256 || b.MaxQueueDelayUS != 0 || b.Instances != 2 {
 		t.Errorf("batching did not inherit defaults: %+v", b)
 	}
 }
