@@ -151,6 +151,9 @@ func signalContext(log *slog.Logger, level *slog.LevelVar) (context.Context, fun
 					to := slog.LevelDebug
 					if level.Level() == slog.LevelDebug {
 						to = configured
+						if to == slog.LevelDebug { // log.level is debug: the switch is to info
+							to = slog.LevelInfo
+						}
 					}
 					level.Set(to)
 					// Said at warn, so that it shows whatever the level.

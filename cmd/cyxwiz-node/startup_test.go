@@ -230,6 +230,19 @@ func TestSIGUSR1TogglesDebugLogging(t *testing.T) {
 	if !strings.Contains(buf.String(), "a debug line") {
 		t.Errorf("debug line not logged after SIGUSR1:\n%s", buf.String())
 	}
+	stop()
+
+	// With log.level = "debug", SIGUSR1 switches to info and back.
+	level = new(slog.LevelVar)
+	log = newLogger(config.Log{Level: "debug", Format: "text"}, level, buf)
+	_, stop2 := signalContext(log, level)
+	defer stop2()
+	for _, l := range []slog.Level{slog.LevelInfo, slog.LevelDebug} {
+		if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		want(l)
+	}
 }
 
 // syncBuffer is a bytes.Buffer that a logger's goroutines may write while
