@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cyxwiz/cyxwiz-node/host/deploy"
 	"github.com/cyxwiz/cyxwiz-node/host/engine"
@@ -101,7 +102,7 @@ func TestPPOCRPreUserImages(t *testing.T) {
 // so three 5.7 MB images ran a 32 MiB guest out of memory (a trap: the
 // instance thrown away) after a request of two had succeeded.
 func TestPPOCRPreSeveralLargeImages(t *testing.T) {
-	n := newGuestNode(t) // guests of 512 pages: 32 MiB
+	n := newGuestNodeTimeout(t, time.Minute) // guests of 512 pages: 32 MiB
 	if st := n.deploy(t, "ocr", ocrSpec(n, t, "0,180")); !st.State.Serving() {
 		t.Fatalf("deploy: %v %s", st.State, st.Message)
 	}

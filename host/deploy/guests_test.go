@@ -41,10 +41,18 @@ type guestNode struct {
 
 func newGuestNode(t *testing.T) *guestNode {
 	t.Helper()
+	return newGuestNodeTimeout(t, 2*time.Second)
+}
+
+// newGuestNodeTimeout is newGuestNode with guests' calls bounded by
+// callTimeout (a test about memory, not time, must not fail on a busy
+// machine).
+func newGuestNodeTimeout(t *testing.T, callTimeout time.Duration) *guestNode {
+	t.Helper()
 	lib := loadertest.NativeLib(t, "onnxruntime/libonnxruntime.so.1")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	rt, err := guest.NewRuntime(context.Background(), guest.Config{
-		CacheDir: filepath.Join(os.TempDir(), "cyxwiz-wazero-cache"), MemoryLimitPages: 512, CallTimeout: 2 * time.Second,
+		CacheDir: filepath.Join(os.TempDir(), "cyxwiz-wazero-cache"), MemoryLimitPages: 512, CallTimeout: callTimeout,
 	}, log)
 	if err != nil {
 		t.Fatal(err)
