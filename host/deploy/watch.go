@@ -26,6 +26,17 @@ type Watcher struct {
 	// Overflowed is set (before C closes) when the watcher fell more than
 	// its buffer behind and was dropped.
 	overflowed bool
+
+	// The rest is guarded by b.mu. Events that do not fit in c wait in
+	// queue, moved into c by a goroutine that runs only while queue is not
+	// empty (pump): c is small, and a watcher that keeps up holds no more.
+	queue    []Event
+	max      int           // events c and queue may hold together: the lag allowed
+	pumping  chan struct{} // closed when the running pump exits; nil when none runs
+	ended    bool          // overflowed or the node's watches stopped: no more events; c closes once queue is delivered
+	removed  bool          // closed: stop is closed, queue is dropped
+	stop     chan struct{}
+	isClosed bool // c is closed
 }
 
 // Overflowed reports whether the watcher was dropped for falling behind.
@@ -35,11 +46,17 @@ func (w *Watcher) Overflowed() bool {
 	return w.overflowed
 }
 
-// Close stops the watcher; C is closed.
+// Close stops the watcher; C is closed when it returns.
 func (w *Watcher) Close() { w.b.remove(w) }
 
 // watcherBuffer is how many events a watcher may lag behind.
 const watcherBuffer = 1024
+
+// watcherChan is the capacity of a watcher's channel (besides its
+// snapshot); the rest of its lag waits in its queue. A channel of
+// watcherBuffer events (728 bytes each) took 745 KB per watcher, reader or
+// not: a client's 256 idle watch streams on one connection held 190 MB.
+const watcherChan = 16
 
 // broker fans events out to watchers without ever blocking a publisher.
 type broker struct {
@@ -58,22 +75,84 @@ func (b *broker) publish(e Event) {
 		if seq, ok := w.snap[e.Status.ID]; ok && e.Status.Seq <= seq {
 			continue
 		}
-		select {
-		case w.c <- e:
-		default:
-			w.overflowed = true
+		if w.pumping == nil {
+			select {
+			case w.c <- e:
+				continue
+			default:
+			}
+		}
+		if len(w.c)+len(w.queue) >= w.max {
+			w.overflowed, w.ended = true, true
 			delete(b.watchers, w)
-			close(w.c)
+			if w.pumping == nil {
+				w.closeLocked()
+			} // else the pump closes c once it has delivered the queue
+			continue
+		}
+		w.queue = append(w.queue, e)
+		if w.pumping == nil {
+			w.pumping = make(chan struct{})
+			go b.pump(w, w.pumping)
 		}
 	}
 }
 
+// pump moves w's queued events into w.c, in order, until the queue is
+// empty (or w is closed), then exits.
+func (b *broker) pump(w *Watcher, done chan struct{}) {
+	defer close(done)
+	for {
+		b.mu.Lock()
+		if w.removed || len(w.queue) == 0 {
+			w.queue, w.pumping = nil, nil
+			if w.removed || w.ended {
+				w.closeLocked()
+			}
+			b.mu.Unlock()
+			return
+		}
+		e := w.queue[0]
+		w.queue[0] = Event{}
+		w.queue = w.queue[1:]
+		b.mu.Unlock()
+		select {
+		case w.c <- e:
+		case <-w.stop:
+		}
+	}
+}
+
+// closeLocked closes w's channel once.
+func (w *Watcher) closeLocked() {
+	if !w.isClosed {
+		w.isClosed = true
+		close(w.c)
+	}
+}
+
+// stopLocked closes w for good: no more events, c closed now or by its
+// pump as it exits (returned: wait for it).
+func (b *broker) stopLocked(w *Watcher) (pump chan struct{}) {
+	delete(b.watchers, w)
+	if w.removed {
+		return w.pumping
+	}
+	w.removed = true
+	close(w.stop)
+	if w.pumping == nil {
+		w.queue = nil
+		w.closeLocked()
+	}
+	return w.pumping
+}
+
 func (b *broker) remove(w *Watcher) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if _, ok := b.watchers[w]; ok {
-		delete(b.watchers, w)
-		close(w.c)
+	pump := b.stopLocked(w)
+	b.mu.Unlock()
+	if pump != nil {
+		<-pump
 	}
 }
 
@@ -82,8 +161,13 @@ func (b *broker) close() {
 	defer b.mu.Unlock()
 	b.closed = true
 	for w := range b.watchers {
+		// What was published stays readable, then C closes (its pump
+		// closes it once the queue is delivered, or Close ends it).
 		delete(b.watchers, w)
-		close(w.c)
+		w.ended = true
+		if w.pumping == nil {
+			w.closeLocked()
+		}
 	}
 }
 
@@ -95,7 +179,7 @@ func (m *Manager) StopWatches() { m.watch.close() }
 // Watch subscribes to deployment changes (of ids, or all when empty). With
 // snapshot, the current status of each watched deployment comes first.
 func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
-	w := &Watcher{b: &m.watch}
+	w := &Watcher{b: &m.watch, stop: make(chan struct{})}
 	if len(ids) > 0 {
 		w.ids = map[string]bool{}
 		for _, id := range ids {
@@ -117,10 +201,12 @@ func (m *Manager) Watch(ids []string, snapshot bool) *Watcher {
 			}
 		}
 	}
-	c := make(chan Event, watcherBuffer+len(snap))
-	w.C, w.c = c, c
+	c := make(chan Event, watcherChan+len(snap))
+	w.C, w.c, w.max = c, c, watcherBuffer+len(snap)
 	if b.closed {
-		close(c)
+		w.removed = true
+		close(w.stop)
+		w.closeLocked()
 		return w
 	}
 	if snapshot {
