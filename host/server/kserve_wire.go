@@ -375,6 +375,7 @@ func inferenceDesc() *grpc.ServiceDesc {
 // modelInferHandler is the generated handler's shape, decoding into an
 // inferRequest.
 func modelInferHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	received(ctx) // the request is in (see receiveDeadline)
 	s := srv.(*Inference)
 	in := new(inferRequest)
 	if err := dec(in); err != nil {

@@ -74,12 +74,16 @@ type receiveTimer struct{}
 // nothing, answering pings, held it for good. The interceptors stop the
 // timer as the handler starts (a stream's handler reads its messages
 // itself, for as long as the stream lasts).
-func receiveDeadline(ctx context.Context, _ *tap.Info) (context.Context, error) {
+func receiveDeadline(ctx context.Context, info *tap.Info) (context.Context, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	t := time.AfterFunc(receiveTimeout, cancel)
-	// A call that ends before its handler (a malformed request, an
-	// unknown method) frees its timer as gRPC cancels its context.
-	context.AfterFunc(ctx, func() { t.Stop() })
+	if info.FullMethodName != inference.GRPCInferenceService_ModelInfer_FullMethodName {
+		// A call that ends before its handler (a malformed request, an
+		// unknown method) frees its timer as gRPC cancels its context.
+		// Not ModelInfer's: its handler stops the timer first thing
+		// (modelInferHandler), and this costs a goroutine per call.
+		context.AfterFunc(ctx, func() { t.Stop() })
+	}
 	return context.WithValue(ctx, receiveTimer{}, t), nil
 }
 
