@@ -617,17 +617,18 @@ func (c *Cache) download(ctx context.Context, f *flight, d string, a Artifact, s
 }
 
 // restart downloads d again from the start after cut, the error of a
-// download from a server that does not offer ranges (no Accept-Ranges),
-// after the resume backoff, up to maxResumes times per download: one cut
-// failed the deployment. It closes body and empties tmp; again is set when
-// the error returned is the new download's, wrapped already.
+// download that cannot be resumed (a server without Accept-Ranges, or a
+// resume answered with the whole file), after the resume backoff, up to
+// maxResumes times per download: one cut failed the deployment. It closes
+// body and empties tmp; again is set when the error returned is the new
+// download's, wrapped already.
 func (c *Cache) restart(ctx context.Context, f *flight, d string, a Artifact, src source, body io.Closer, tmp *os.File, cut error, again *bool) (int64, error) {
 	if f.restarts == maxResumes {
 		return 0, fmt.Errorf("%w (downloaded from the start %d times: the server cannot resume)", cut, maxResumes)
 	}
 	wait := c.backoffWait(f.restarts)
 	f.restarts++
-	c.log.Warn("download cut off by a server that cannot resume it; downloading it again from the start",
+	c.log.Warn("download cut off and cannot be resumed; downloading it again from the start",
 		"uri", src.String(), "attempt", f.restarts, "in", wait, "err", cut)
 	body.Close()
 	if err := tmp.Truncate(0); err != nil {

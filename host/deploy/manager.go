@@ -97,12 +97,7 @@ func (m *Manager) batchingFor(owner string, spec Spec) engine.Config {
 // batching defaults (a deployment stored before specs kept their zeros
 // holds the defaults of its day, filled in).
 func (m *Manager) sameSpec(have, next Spec) bool {
-	if have.Equal(next) {
-		return true
-	}
-	have.Batching = WithBatchingDefaults(have.Batching, m.cfg.Batching)
-	next.Batching = WithBatchingDefaults(next.Batching, m.cfg.Batching)
-	return have.Equal(next)
+	return have.Equal(next) || m.withDefaults(have).Equal(m.withDefaults(next))
 }
 
 // withDefaults is spec with the node's batching defaults filled in.
@@ -1245,8 +1240,8 @@ func (l *idLocks) tryLock(id string) (unlock func(), ok bool) {
 	return l.unlocker(id, k), true
 }
 
-// lock locks id and returns its unlock, or ctx's error (wrapped, naming
-// the id) if ctx ends first.
+// lock locks id and returns its unlock, or ctx's error (wrapped) if ctx
+// ends while another holds it.
 func (l *idLocks) lock(ctx context.Context, id string) (unlock func(), err error) {
 	l.mu.Lock()
 	if l.locks == nil {

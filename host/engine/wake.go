@@ -20,16 +20,22 @@ type goWaker struct {
 	c chan struct{}
 }
 
-func newGoWaker() waker {
-	w := &goWaker{c: make(chan struct{}, 1)}
-	w.t = time.AfterFunc(time.Hour, func() {
-		select {
-		case w.c <- struct{}{}:
-		default:
-		}
-	})
+func newGoWaker() waker { return goWakerOn(make(chan struct{}, 1)) }
+
+// goWakerOn is a goWaker signalling c (capacity 1).
+func goWakerOn(c chan struct{}) *goWaker {
+	w := &goWaker{c: c}
+	w.t = time.AfterFunc(time.Hour, func() { signal(c) })
 	w.t.Stop()
 	return w
+}
+
+// signal sends one wake-up on c, unless one is pending already.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 func (w *goWaker) C() <-chan struct{} { return w.c }

@@ -25,9 +25,8 @@ func newWaker() waker {
 	if err != nil {
 		return newGoWaker()
 	}
-	w := &fdWaker{fd: fd, f: os.NewFile(uintptr(fd), "timerfd"), c: make(chan struct{}, 1), exited: make(chan struct{})}
-	w.timer = time.AfterFunc(time.Hour, w.signal)
-	w.timer.Stop()
+	c := make(chan struct{}, 1)
+	w := &fdWaker{fd: fd, f: os.NewFile(uintptr(fd), "timerfd"), c: c, exited: make(chan struct{}), fallback: goWakerOn(c)}
 	go w.loop()
 	return w
 }
@@ -40,9 +39,9 @@ type fdWaker struct {
 	c      chan struct{}
 	exited chan struct{}
 	// broken: reading the timerfd failed (the runtime's poller could not
-	// take it, say): Reset falls back to timer, a Go timer.
-	broken atomic.Bool
-	timer  *time.Timer
+	// take it, say): Reset falls back to fallback, a Go timer on c.
+	broken   atomic.Bool
+	fallback *goWaker
 }
 
 func (w *fdWaker) C() <-chan struct{} { return w.c }
@@ -52,7 +51,7 @@ func (w *fdWaker) C() <-chan struct{} { return w.c }
 // batcher treats a wake-up as "look again", so an early one costs a check.
 func (w *fdWaker) Reset(d time.Duration) {
 	if w.broken.Load() {
-		w.timer.Reset(d)
+		w.fallback.Reset(d)
 		return
 	}
 	if d <= 0 {
@@ -62,21 +61,13 @@ func (w *fdWaker) Reset(d time.Duration) {
 	if err := unix.TimerfdSettime(w.fd, 0, &spec, nil); err != nil {
 		// Not expected once created (EINVAL is ruled out above); the
 		// batcher must still wake, so fire now: it looks again and re-arms.
-		w.signal()
+		signal(w.c)
 	}
 }
 
 func (w *fdWaker) Stop() {
-	w.timer.Stop()
+	w.fallback.Stop()
 	_ = unix.TimerfdSettime(w.fd, 0, &unix.ItimerSpec{}, nil)
-}
-
-// signal sends one wake-up, unless one is pending already.
-func (w *fdWaker) signal() {
-	select {
-	case w.c <- struct{}{}:
-	default:
-	}
 }
 
 // Close stops the goroutine and waits for it; the timerfd is closed.
@@ -96,10 +87,10 @@ func (w *fdWaker) loop() {
 				// Go timers from now on, and a wake-up now, so that the
 				// batcher looks again and re-arms through them.
 				w.broken.Store(true)
-				w.signal()
+				signal(w.c)
 			}
 			return
 		}
-		w.signal()
+		signal(w.c)
 	}
 }

@@ -22,9 +22,8 @@ func TestWakerFallsBackWhenTimerfdFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	wr.Close() // reads of r fail at once (EOF), as an unpollable timerfd's would
-	w := &fdWaker{fd: fd, f: r, c: make(chan struct{}, 1), exited: make(chan struct{})}
-	w.timer = time.AfterFunc(time.Hour, w.signal)
-	w.timer.Stop()
+	c := make(chan struct{}, 1)
+	w := &fdWaker{fd: fd, f: r, c: c, exited: make(chan struct{}), fallback: goWakerOn(c)}
 	go w.loop()
 	defer w.Close()
 	select {
