@@ -41,3 +41,14 @@ func TestWakerFallsBackWhenTimerfdFails(t *testing.T) {
 		t.Fatal("the fallback timer never fired")
 	}
 }
+
+// On Linux the batcher's waker is a timerfd: a Go timer, on an otherwise
+// idle process, fires whole milliseconds late (see newWaker), which made a
+// max_queue_delay of 200 µs a wait of 1.1 ms.
+func TestWakerIsPreciseOnLinux(t *testing.T) {
+	w := newWaker()
+	defer w.Close()
+	if _, ok := w.(*fdWaker); !ok {
+		t.Fatalf("waker is %T, want the timerfd one", w)
+	}
+}

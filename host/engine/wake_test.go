@@ -9,20 +9,6 @@ import (
 	"time"
 )
 
-// On Linux the batcher's waker is a timerfd: a Go timer, on an otherwise
-// idle process, fires whole milliseconds late (see newWaker), which made a
-// max_queue_delay of 200 µs a wait of 1.1 ms.
-func TestWakerIsPreciseOnLinux(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("timerfd is Linux only")
-	}
-	w := newWaker()
-	defer w.Close()
-	if _, ok := w.(*fdWaker); !ok {
-		t.Fatalf("waker is %T, want the timerfd one", w)
-	}
-}
-
 func testWaker(t *testing.T, w waker) {
 	defer w.Close()
 	// Fires once per arming; a zero or negative wait fires at once.
